@@ -1,0 +1,83 @@
+"""kvplane: the data plane for RL post-training, as a library.
+
+Three faces over one contract: the ``kv_*`` facade (Redis-style, TransferQueue's signatures),
+the :class:`DataPlaneClient` contract (NeMo-RL compatible), and the PyTorch loaders in ``loaders``.
+Backends: the embedded memory backend (default) and TransferQueue on Ray.
+
+Examples:
+    >>> import torch, kvplane
+    >>> _ = kvplane.init()                       # the embedded backend
+    >>> _ = kvplane.kv_put("k0", "demo", fields={"x": torch.tensor([1, 2])}, tag={"seq_len": 2})
+    >>> kvplane.kv_batch_get(["k0"], "demo")["x"].tolist()
+    [[1, 2]]
+    >>> kvplane.kv_list("demo")
+    {'demo': {'k0': {'seq_len': 2}}}
+    >>> kvplane.close()
+
+Public names are loaded on first use from the module that defines them (the table below), so
+``import kvplane`` stays cheap and every name has exactly one home.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_HOMES: dict[str, str] = {
+    # facade
+    "init": "kvplane.facade",
+    "close": "kvplane.facade",
+    "get_client": "kvplane.facade",
+    "kv_put": "kvplane.facade",
+    "kv_batch_put": "kvplane.facade",
+    "kv_batch_get": "kvplane.facade",
+    "kv_batch_get_by_meta": "kvplane.facade",
+    "kv_list": "kvplane.facade",
+    "kv_clear": "kvplane.facade",
+    "async_kv_put": "kvplane.facade",
+    "async_kv_batch_put": "kvplane.facade",
+    "async_kv_batch_get": "kvplane.facade",
+    "async_kv_batch_get_by_meta": "kvplane.facade",
+    "async_kv_list": "kvplane.facade",
+    "async_kv_clear": "kvplane.facade",
+    # contract
+    "DataPlaneClient": "kvplane.client",
+    "KVBatchMeta": "kvplane.meta",
+    "DataPlaneGroupMeta": "kvplane.meta",
+    "DataPlaneCapabilities": "kvplane.meta",
+    "DataPlaneConfig": "kvplane.config",
+    "build_data_plane_client": "kvplane.factory",
+    # errors
+    "DataPlaneError": "kvplane.errors",
+    "DataPlaneUnavailable": "kvplane.errors",
+    "DataPlaneTimeout": "kvplane.errors",
+    "DataPlaneReadError": "kvplane.errors",
+    "DataPlaneWriteError": "kvplane.errors",
+    "DataPlaneClearError": "kvplane.errors",
+    "DataPlaneNotReady": "kvplane.errors",
+    "DataPlaneBadRequest": "kvplane.errors",
+    "DataPlaneKeyError": "kvplane.errors",
+    # middleware
+    "MetricsDataPlaneClient": "kvplane.observability",
+    # balancing
+    "shard_meta_for_dp": "kvplane.balancing",
+}
+
+__all__ = sorted(_HOMES)
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'kvplane' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -1,0 +1,221 @@
+"""Input validation and tensor shaping shared by every backend.
+
+Writes are checked here, whole, before a backend stores anything (so a rejected write leaves no
+trace on any backend); reads are shaped here so every backend returns the same shapes: dense
+``[B, ...]`` when rows are uniform, ``[B]`` for per-row scalars, a jagged nested tensor for ragged
+rows, a ``NonTensorStack`` for Python objects.
+
+Examples:
+    >>> import torch
+    >>> from kvplane.codec import to_batch, stack_rows, densify
+    >>> td = to_batch({"ids": torch.zeros(2, 3), "text": ["a", "b"]}, 2)
+    >>> td.batch_size, td.get("text").tolist()
+    (torch.Size([2]), ['a', 'b'])
+    >>> stack_rows("x", [torch.ones(2), torch.ones(3)]).is_nested
+    True
+    >>> nt = torch.nested.nested_tensor([torch.arange(3), torch.arange(3)], layout=torch.jagged)
+    >>> densify(nt).shape
+    torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase, is_non_tensor
+
+from kvplane.errors import DataPlaneBadRequest
+
+__all__ = [
+    "OBJECT_KIND",
+    "check_ids",
+    "check_partition",
+    "check_select",
+    "check_tags",
+    "densify",
+    "field_kind",
+    "make_object_column",
+    "stack_rows",
+    "td_nbytes",
+    "to_batch",
+]
+
+#: The ``field_kind`` of a non-tensor column.
+OBJECT_KIND = "object"
+
+
+def check_partition(partition_id: Any) -> str:
+    """A partition id must be a non-empty string."""
+    if not isinstance(partition_id, str) or not partition_id:
+        raise DataPlaneBadRequest(f"partition_id must be a non-empty string, got {partition_id!r}")
+    return partition_id
+
+
+def check_ids(ids: Any, what: str = "keys") -> list[str]:
+    """Ids must be a list (or tuple) of distinct non-empty strings; a lone string is one id."""
+    if isinstance(ids, str):
+        ids = [ids]
+    if not isinstance(ids, (list, tuple)):
+        raise DataPlaneBadRequest(f"{what} must be a list of strings, got {type(ids).__name__}")
+    seen: set[str] = set()
+    for key in ids:
+        if not isinstance(key, str) or not key:
+            raise DataPlaneBadRequest(f"{what} must be non-empty strings, got {key!r} ({type(key).__name__})")
+        if key in seen:
+            raise DataPlaneBadRequest(f"{what} contain {key!r} more than once")
+        seen.add(key)
+    return list(ids)
+
+
+def check_select(select_fields: Any) -> list[str] | None:
+    """``None`` (every field), a field name, or a list of distinct field names."""
+    if select_fields is None:
+        return None
+    return check_ids(select_fields, "select_fields")
+
+
+def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
+    """Tags must be ``None`` or one mapping with string keys per id; returns copies."""
+    if tags is None:
+        return None
+    if isinstance(tags, Mapping) or not isinstance(tags, Sequence):
+        raise DataPlaneBadRequest(f"tags must be a list with one dict per key, got {type(tags).__name__}")
+    if len(tags) != n:
+        raise DataPlaneBadRequest(f"got {len(tags)} tags for {n} keys; pass exactly one tag dict per key")
+    out = []
+    for i, tag in enumerate(tags):
+        if tag is None:
+            tag = {}
+        if not isinstance(tag, Mapping):
+            raise DataPlaneBadRequest(f"tags[{i}] must be a dict, got {type(tag).__name__}")
+        for name in tag:
+            if not isinstance(name, str):
+                raise DataPlaneBadRequest(f"tags[{i}] has a non-string tag name {name!r}")
+        out.append(dict(tag))
+    return out
+
+
+def make_object_column(values: Sequence[Any]) -> NonTensorStack:
+    """A ``NonTensorStack`` holding one Python object per row (lists stay whole objects)."""
+    return NonTensorStack(*[NonTensorData(v) for v in values])
+
+
+def _column_from_list(name: str, values: Sequence[Any]) -> torch.Tensor | NonTensorStack:
+    if values and all(isinstance(v, torch.Tensor) for v in values):
+        return stack_rows(name, list(values))
+    if any(isinstance(v, torch.Tensor) for v in values):
+        raise DataPlaneBadRequest(f"field {name!r} mixes tensors and other values")
+    return make_object_column(values)
+
+
+def to_batch(fields: Any, n: int) -> TensorDict | None:
+    """Normalise ``fields`` into a flat ``TensorDict`` with batch size ``[n]``.
+
+    Accepts ``None``, a ``TensorDict`` whose first batch dim is ``n``, or a dict whose values are
+    tensors with leading dim ``n`` (nested jagged allowed), ``NonTensorStack``s of ``n`` items, or
+    lists of ``n`` per-row values (tensors → stacked or jagged; anything else → ``NonTensorStack``).
+    Nothing is copied here.
+
+    Raises:
+        DataPlaneBadRequest: Wrong type, row count mismatch, nested sub-dicts, non-string names.
+    """
+    if fields is None:
+        return None
+    if isinstance(fields, TensorDictBase):
+        if fields.batch_dims < 1 or fields.batch_size[0] != n:
+            raise DataPlaneBadRequest(
+                f"fields has batch size {list(fields.batch_size)} but there are {n} keys; "
+                "the first batch dimension must equal the number of keys"
+            )
+        items = {k: fields.get(k) for k in fields.keys()}
+    elif isinstance(fields, Mapping):
+        items = dict(fields)
+    else:
+        raise DataPlaneBadRequest(f"fields must be a TensorDict or a dict, got {type(fields).__name__}")
+    if not items:
+        raise DataPlaneBadRequest("fields is empty; pass None for a tag-only write")
+    columns: dict[str, Any] = {}
+    for name, value in items.items():
+        if not isinstance(name, str) or not name:
+            raise DataPlaneBadRequest(f"field names must be non-empty strings, got {name!r}")
+        if isinstance(value, TensorDictBase) and not is_non_tensor(value):
+            raise DataPlaneBadRequest(f"field {name!r} is a nested TensorDict; store flat fields only")
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise DataPlaneBadRequest(f"field {name!r} has {len(value)} rows for {n} keys")
+            value = _column_from_list(name, value)
+        elif isinstance(value, NonTensorData) and not isinstance(value, NonTensorStack):
+            value = make_object_column([value.data] * n) if n == 1 else value
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0 or value.size(0) != n:
+                shape = list(value.shape) if not value.is_nested else f"nested of {value.size(0)} rows"
+                raise DataPlaneBadRequest(f"field {name!r} has shape {shape} but there are {n} keys")
+        elif is_non_tensor(value):
+            if value.batch_size[:1] != torch.Size([n]):
+                raise DataPlaneBadRequest(f"field {name!r} has {list(value.batch_size)} rows for {n} keys")
+        else:
+            raise DataPlaneBadRequest(
+                f"field {name!r} must be a tensor, a NonTensorStack or a list of {n} values, "
+                f"got {type(value).__name__}"
+            )
+        columns[name] = value
+    return TensorDict(columns, batch_size=[n])
+
+
+def field_kind(value: Any) -> str:
+    """The dtype a column must keep within a partition: ``"torch.float32"``…, or ``"object"``."""
+    if isinstance(value, torch.Tensor):
+        return str(value.dtype)
+    return OBJECT_KIND
+
+
+def stack_rows(name: str, rows: list[torch.Tensor]) -> torch.Tensor:
+    """Rows of equal shape → one dense tensor; ragged rows → a jagged nested tensor.
+
+    Raises:
+        DataPlaneBadRequest: Rows differ in rank or in a dimension other than their first.
+    """
+    if not rows:
+        return torch.empty(0)
+    first = rows[0].shape
+    if all(r.shape == first for r in rows):
+        return torch.stack(rows)
+    if any(r.dim() != len(first) or r.dim() == 0 or r.shape[1:] != first[1:] for r in rows):
+        raise DataPlaneBadRequest(
+            f"field {name!r}: rows differ in more than their first dimension "
+            f"({sorted({tuple(r.shape) for r in rows})[:3]}...); a jagged tensor cannot hold them"
+        )
+    return torch.nested.nested_tensor(rows, layout=torch.jagged)
+
+
+def densify(value: torch.Tensor) -> torch.Tensor:
+    """A jagged nested tensor whose rows all have one length → a dense view (zero-copy).
+
+    Anything else is returned unchanged.
+    """
+    if not (isinstance(value, torch.Tensor) and value.is_nested):
+        return value
+    offsets = value.offsets()
+    if offsets is None:
+        return value
+    lengths = offsets.diff()
+    batch = lengths.numel()
+    if batch == 0 or bool((lengths != lengths[0]).any()):
+        return value
+    inner = value.values()
+    return inner.view(batch, int(lengths[0]), *inner.shape[1:])
+
+
+def td_nbytes(td: TensorDictBase | None) -> int:
+    """Payload bytes of a TensorDict's tensor leaves (non-tensor leaves count 0)."""
+    if td is None:
+        return 0
+    total = 0
+    for key in td.keys(include_nested=True, leaves_only=True):
+        value = td.get(key)
+        if isinstance(value, torch.Tensor):
+            data = value.values() if value.is_nested else value
+            total += data.numel() * data.element_size()
+    return total

@@ -1,0 +1,214 @@
+"""``DataPlaneConfig``: which backend to build and how, validated when it is loaded.
+
+A config comes from a dict, a YAML file, or ``None`` (the embedded memory backend). Every error names
+the offending key. ``impl: memory`` needs nothing else; ``impl: transfer_queue`` needs the
+TransferQueue keys, and ``backend: mooncake_cpu`` also the Mooncake sizes.
+
+Keys beyond NeMo-RL's set (decisions written down here): ``ray_address`` joins an existing Ray
+cluster; ``ray_num_cpus`` sizes a local one (default: enough for the controller and every storage
+unit, at least 4); ``request_timeout_s`` is the deadline of every backend call that has no deadline
+of its own; ``bootstrap_timeout_s`` bounds a TransferQueue bootstrap; ``seq_len_tag`` names the tag
+that fills ``KVBatchMeta.sequence_lengths`` on claimed metas.
+
+Examples:
+    >>> from kvplane import DataPlaneConfig
+    >>> DataPlaneConfig.load(None).impl
+    'memory'
+    >>> cfg = DataPlaneConfig.load({"impl": "transfer_queue", "backend": "simple", "storage_capacity": None,
+    ...                             "num_storage_units": 1, "claim_meta_poll_interval_s": 0.01})
+    >>> cfg.backend, cfg.num_storage_units
+    ('simple', 1)
+    >>> DataPlaneConfig.load({"impl": "memory", "storage_capacty": 3})
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key (known keys: ...)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvplane.errors import DataPlaneBadRequest
+
+__all__ = ["DataPlaneConfig", "ObservabilityConfig"]
+
+_IMPLS = ("memory", "transfer_queue")
+_BACKENDS = ("simple", "mooncake_cpu")
+_TQ_REQUIRED = ("backend", "storage_capacity", "num_storage_units", "claim_meta_poll_interval_s")
+_MOONCAKE_REQUIRED = ("global_segment_size", "local_buffer_size")
+
+
+def _bad(key: str, why: str) -> DataPlaneBadRequest:
+    return DataPlaneBadRequest(f"data plane config: {key!r} {why}")
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """Observability settings.
+
+    Attributes:
+        enabled: Wrap the client in ``MetricsDataPlaneClient``.
+        callback: Called with every event (set programmatically; callables do not come from YAML).
+        prometheus_port: Serve Prometheus metrics on this port (0 picks a free one); ``None`` = off.
+        log_events: Log every event at DEBUG level through ``kvplane.observability``.
+    """
+
+    enabled: bool = False
+    callback: Callable[[dict[str, Any]], None] | None = None
+    prometheus_port: int | None = None
+    log_events: bool = False
+
+    @classmethod
+    def load(cls, raw: Any) -> ObservabilityConfig:
+        """Validate a mapping (or ``None``, or an instance) into an ``ObservabilityConfig``."""
+        if raw is None:
+            return cls()
+        if isinstance(raw, cls):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise _bad("observability", f"must be a mapping, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise _bad(f"observability.{key}", f"is not a known key (known keys: {sorted(known)})")
+        enabled = raw.get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise _bad("observability.enabled", "must be true or false")
+        callback = raw.get("callback")
+        if callback is not None and not callable(callback):
+            raise _bad("observability.callback", "must be callable")
+        port = raw.get("prometheus_port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536):
+            raise _bad("observability.prometheus_port", f"must be a port number or null, got {port!r}")
+        log_events = raw.get("log_events", False)
+        if not isinstance(log_events, bool):
+            raise _bad("observability.log_events", "must be true or false")
+        return cls(enabled=enabled, callback=callback, prometheus_port=port, log_events=log_events)
+
+
+@dataclass(frozen=True)
+class DataPlaneConfig:
+    """A validated data plane configuration. Build it with :meth:`load`."""
+
+    impl: str = "memory"
+    enabled: bool = True
+    backend: str | None = None
+    storage_capacity: int | None = None
+    num_storage_units: int | None = None
+    claim_meta_poll_interval_s: float = 0.01
+    global_segment_size: int | None = None
+    local_buffer_size: int | None = None
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    request_timeout_s: float = 60.0
+    bootstrap_timeout_s: float = 120.0
+    seq_len_tag: str = "seq_len"
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+    @classmethod
+    def load(cls, source: DataPlaneConfig | Mapping[str, Any] | str | os.PathLike[str] | None) -> DataPlaneConfig:
+        """Build a config from ``None`` (memory backend), a mapping, a YAML path, or a config.
+
+        A YAML file may hold the keys at top level or under a ``data_plane:`` section.
+
+        Raises:
+            DataPlaneBadRequest: A key is unknown, missing, or has a bad value (the message names it).
+        """
+        if source is None:
+            return cls()
+        if isinstance(source, cls):
+            return source
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise DataPlaneBadRequest(f"data plane config: no such file {str(path)!r}")
+            try:
+                raw = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise DataPlaneBadRequest(f"data plane config: {str(path)!r} is not valid YAML: {exc}") from exc
+            if isinstance(raw, Mapping) and set(raw) == {"data_plane"}:
+                raw = raw["data_plane"]
+            return cls._from_mapping(raw if raw is not None else {})
+        if isinstance(source, Mapping):
+            return cls._from_mapping(source)
+        raise DataPlaneBadRequest(
+            f"data plane config must be None, a mapping or a YAML path, got {type(source).__name__}"
+        )
+
+    @classmethod
+    def _from_mapping(cls, raw: Any) -> DataPlaneConfig:
+        if not isinstance(raw, Mapping):
+            raise DataPlaneBadRequest(f"data plane config must be a mapping, got {type(raw).__name__}")
+        known = [f.name for f in fields(cls)]
+        for key in raw:
+            if key not in known:
+                raise _bad(str(key), f"is an unknown key (known keys: {', '.join(known)})")
+        impl = raw.get("impl", "memory")
+        if impl not in _IMPLS:
+            raise _bad("impl", f"must be one of {list(_IMPLS)}, got {impl!r}")
+        values: dict[str, Any] = {"impl": impl}
+        values["enabled"] = _check_bool(raw, "enabled", True)
+        if impl == "transfer_queue":
+            for key in _TQ_REQUIRED:
+                if key not in raw:
+                    raise _bad(key, "is required for impl: transfer_queue")
+            if raw["backend"] not in _BACKENDS:
+                raise _bad("backend", f"must be one of {list(_BACKENDS)}, got {raw['backend']!r}")
+            values["backend"] = raw["backend"]
+            if raw["backend"] == "mooncake_cpu":
+                for key in _MOONCAKE_REQUIRED:
+                    if key not in raw:
+                        raise _bad(key, "is required for backend: mooncake_cpu")
+                    values[key] = _check_int(raw, key, minimum=1)
+            values["storage_capacity"] = _check_int(raw, "storage_capacity", minimum=1, nullable=True)
+            values["num_storage_units"] = _check_int(raw, "num_storage_units", minimum=1)
+            values["ray_address"] = _check_str(raw, "ray_address", nullable=True)
+            values["ray_num_cpus"] = _check_int(raw, "ray_num_cpus", minimum=1, nullable=True)
+            values["bootstrap_timeout_s"] = _check_float(raw, "bootstrap_timeout_s", 120.0)
+        else:
+            for key in (*_TQ_REQUIRED, *_MOONCAKE_REQUIRED, "ray_address", "ray_num_cpus", "bootstrap_timeout_s"):
+                if key in raw and key != "claim_meta_poll_interval_s" and raw[key] is not None:
+                    raise _bad(key, "applies only to impl: transfer_queue")
+        values["claim_meta_poll_interval_s"] = _check_float(raw, "claim_meta_poll_interval_s", 0.01)
+        values["request_timeout_s"] = _check_float(raw, "request_timeout_s", 60.0)
+        values["seq_len_tag"] = _check_str(raw, "seq_len_tag", nullable=False, default="seq_len")
+        values["observability"] = ObservabilityConfig.load(raw.get("observability"))
+        return cls(**values)
+
+
+def _check_bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise _bad(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _check_int(raw: Mapping[str, Any], key: str, *, minimum: int, nullable: bool = False) -> int | None:
+    value = raw.get(key)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(key, f"must be an integer >= {minimum}{' or null' if nullable else ''}, got {value!r}")
+    return value
+
+
+def _check_float(raw: Mapping[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _bad(key, f"must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _check_str(raw: Mapping[str, Any], key: str, *, nullable: bool, default: str | None = None) -> str | None:
+    value = raw.get(key, default)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _bad(key, f"must be a non-empty string, got {value!r}")
+    return value

@@ -1,0 +1,80 @@
+"""The kvplane error tree.
+
+Every error a kvplane call raises is a :class:`DataPlaneError`; backend exceptions (TransferQueue,
+Ray, ZMQ) are translated at the adapter boundary and chained as ``__cause__``.
+
+::
+
+    RuntimeError
+    └── DataPlaneError
+        ├── DataPlaneUnavailable        backend gone, closed client, deployment not reachable
+        ├── DataPlaneTimeout            a deadline passed (also a TimeoutError)
+        ├── DataPlaneReadError          a read failed for a reason that is not the caller's
+        ├── DataPlaneWriteError         a write failed for a reason that is not the caller's
+        ├── DataPlaneClearError         a clear / pop / evict failed
+        ├── DataPlaneNotReady           data is not (yet) produced where the call needs it
+        └── DataPlaneBadRequest         bad input (also a ValueError)
+            └── DataPlaneKeyError       missing partition, key or field (also a KeyError)
+
+Examples:
+    >>> from kvplane import DataPlaneKeyError, DataPlaneBadRequest
+    >>> err = DataPlaneKeyError("partition 'train' has no key 'k9'")
+    >>> isinstance(err, KeyError) and isinstance(err, ValueError) and isinstance(err, DataPlaneBadRequest)
+    True
+    >>> str(err)
+    "partition 'train' has no key 'k9'"
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DataPlaneBadRequest",
+    "DataPlaneClearError",
+    "DataPlaneError",
+    "DataPlaneKeyError",
+    "DataPlaneNotReady",
+    "DataPlaneReadError",
+    "DataPlaneTimeout",
+    "DataPlaneUnavailable",
+    "DataPlaneWriteError",
+]
+
+
+class DataPlaneError(RuntimeError):
+    """Root of every error kvplane raises."""
+
+
+class DataPlaneUnavailable(DataPlaneError):
+    """The backend cannot be reached: closed client, dead actor, lost deployment."""
+
+
+class DataPlaneTimeout(DataPlaneError, TimeoutError):
+    """A call did not finish before its deadline."""
+
+
+class DataPlaneReadError(DataPlaneError):
+    """A read or metadata listing failed inside the backend."""
+
+
+class DataPlaneWriteError(DataPlaneError):
+    """A write failed inside the backend (after validation passed)."""
+
+
+class DataPlaneClearError(DataPlaneError):
+    """A clear, pop or evict failed inside the backend."""
+
+
+class DataPlaneNotReady(DataPlaneError):
+    """The data a call needs has not been produced."""
+
+
+class DataPlaneBadRequest(DataPlaneError, ValueError):
+    """The caller's input is invalid; nothing was stored or changed."""
+
+
+class DataPlaneKeyError(DataPlaneBadRequest, KeyError):
+    """A partition, key or field that the call names does not exist."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument (repr); a message reads better plain.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
