@@ -1,0 +1,1 @@
+"""Backends behind the ``DataPlaneClient`` contract (imported lazily by the factory)."""
