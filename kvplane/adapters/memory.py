@@ -1,0 +1,365 @@
+"""The embedded memory backend: the whole contract in one process, with threads.
+
+Nothing to start. One lock guards all metadata, so claims are exactly-once per task across threads,
+and a condition variable wakes blocking claims when a write lands (no sleep polling). Tensor bytes
+are copied outside the lock: a put clones each column once into an immutable *chunk* and stores
+(chunk, row) references per key, so the stored data is isolated from the caller's later in-place
+edits, and a get of rows from one chunk is a single ``index_select`` copy. A chunk's memory is
+released when no key references it any more (its keys cleared or overwritten).
+
+Examples:
+    >>> import torch
+    >>> from kvplane.adapters.memory import MemoryDataPlaneClient
+    >>> client = MemoryDataPlaneClient()
+    >>> x = torch.arange(6).view(3, 2)
+    >>> _ = client.put_samples(["a", "b", "c"], "p", {"x": x, "text": ["u", "v", "w"]})
+    >>> _ = x.zero_()                                   # the store kept its own copy
+    >>> td = client.get_samples(["c", "a"], "p", ["x", "text"])
+    >>> td["x"].tolist(), td.get("text").tolist()
+    ([[4, 5], [0, 1]], ['w', 'u'])
+    >>> client.get_samples(["a", "zz"], "p", ["x"])
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneKeyError: partition 'p' has no key 'zz'
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tensordict import TensorDict, is_non_tensor
+
+from kvplane.client import DataPlaneClient
+from kvplane.codec import (
+    check_ids,
+    check_partition,
+    check_select,
+    check_tags,
+    field_kind,
+    make_object_column,
+    stack_rows,
+    to_batch,
+)
+from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
+from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
+
+__all__ = ["MemoryDataPlaneClient"]
+
+# A stored cell: ("chunk", tensor, row) — a row of an immutable column chunk;
+# ("row", tensor) — a standalone row (from a jagged column); ("obj", value) — a Python object.
+Cell = tuple
+
+
+@dataclass
+class _Registration:
+    fields: list[str]
+    num_samples: int | None
+    consumer_tasks: list[str]
+    grpo_group_size: int | None
+    enums: dict[str, list[str]]
+
+
+@dataclass
+class _Partition:
+    registration: _Registration | None = None
+    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # key -> field -> cell (insertion order)
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # field -> dtype fixed by its first write
+    unclaimed: dict[str, dict[str, None]] = field(default_factory=dict)  # task -> ordered set of keys
+    claimed_total: dict[str, int] = field(default_factory=dict)  # task -> samples ever claimed
+
+    def task_queue(self, task: str) -> dict[str, None]:
+        queue = self.unclaimed.get(task)
+        if queue is None:
+            queue = self.unclaimed[task] = dict.fromkeys(self.cells)
+            self.claimed_total[task] = 0
+        return queue
+
+
+def _own_column(value: Any) -> tuple[str, Any]:
+    """Copy a validated column into storage form: ("chunk", tensor) | ("rows", [tensors]) | ("objs", [values])."""
+    if isinstance(value, torch.Tensor):
+        if value.is_nested:
+            return "rows", list(value.detach().clone().unbind())
+        return "chunk", value.detach().clone()
+    if is_non_tensor(value):
+        return "objs", copy.deepcopy(value.tolist())
+    raise DataPlaneBadRequest(f"cannot store a column of type {type(value).__name__}")
+
+
+def _read_column(name: str, cells: list[Cell]) -> Any:
+    """Assemble one output column from cells, copying once."""
+    kinds = {c[0] for c in cells}
+    if kinds == {"obj"}:
+        return make_object_column(copy.deepcopy([c[1] for c in cells]))
+    if "obj" in kinds:
+        raise DataPlaneBadRequest(f"field {name!r} holds tensors for some keys and objects for others")
+    if kinds == {"chunk"}:
+        chunk = cells[0][1]
+        if all(c[1] is chunk for c in cells):
+            rows = [c[2] for c in cells]
+            if rows == list(range(chunk.shape[0])):
+                return chunk.clone()
+            return chunk.index_select(0, torch.tensor(rows, dtype=torch.long))
+    return stack_rows(name, [c[1][c[2]] if c[0] == "chunk" else c[1] for c in cells])
+
+
+class MemoryDataPlaneClient(DataPlaneClient):
+    """The contract in process memory. Thread-safe; see the module docstring.
+
+    Args:
+        seq_len_tag: The tag whose values fill ``sequence_lengths`` on claimed metas.
+    """
+
+    def __init__(self, *, seq_len_tag: str = "seq_len") -> None:
+        self._seq_len_tag = seq_len_tag
+        self._partitions: dict[str, _Partition] = {}
+        self._changed = threading.Condition(threading.Lock())
+        self._closed = False
+
+    # ------------------------------------------------------------------ helpers (call with the lock held)
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DataPlaneUnavailable("the memory data plane client is closed")
+
+    def _partition(self, partition_id: str) -> _Partition:
+        part = self._partitions.get(partition_id)
+        if part is None:
+            raise DataPlaneKeyError(f"no partition {partition_id!r}")
+        return part
+
+    def _meta(self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None) -> KVBatchMeta:
+        tags = [dict(part.tags.get(k, {})) for k in keys]
+        lengths = None
+        if keys and all(self._seq_len_tag in t for t in tags):
+            lengths = [int(t[self._seq_len_tag]) for t in tags]
+        return KVBatchMeta(partition_id, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
+
+    # ------------------------------------------------------------------ (A) task-mediated
+    def register_partition(
+        self,
+        partition_id: str,
+        fields: list[str],
+        num_samples: int | None,
+        consumer_tasks: list[str],
+        grpo_group_size: int | None = None,
+        enums: dict[str, list[str]] | None = None,
+    ) -> None:
+        check_partition(partition_id)
+        fields = check_ids(list(fields), "fields")
+        tasks = check_ids(list(consumer_tasks), "consumer_tasks")
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0):
+            raise DataPlaneBadRequest(f"num_samples must be a non-negative int or None, got {num_samples!r}")
+        if grpo_group_size is not None and (not isinstance(grpo_group_size, int) or grpo_group_size < 1):
+            raise DataPlaneBadRequest(f"grpo_group_size must be a positive int or None, got {grpo_group_size!r}")
+        with self._changed:
+            self._check_open()
+            part = self._partitions.setdefault(partition_id, _Partition())
+            part.registration = _Registration(fields, num_samples, tasks, grpo_group_size, dict(enums or {}))
+            self._changed.notify_all()
+
+    def claim_meta(
+        self,
+        partition_id: str,
+        task_name: str,
+        required_fields: list[str],
+        batch_size: int,
+        dp_rank: int | None = None,
+        blocking: bool = True,
+        timeout_s: float = 60.0,
+    ) -> KVBatchMeta:
+        check_partition(partition_id)
+        if not isinstance(task_name, str) or not task_name:
+            raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
+        required = check_ids(list(required_fields), "required_fields")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
+        deadline = time.monotonic() + max(0.0, float(timeout_s))
+        with self._changed:
+            while True:
+                self._check_open()
+                meta = self._try_claim(partition_id, task_name, required, batch_size)
+                if meta is not None:
+                    return meta
+                remaining = deadline - time.monotonic()
+                if not blocking:
+                    return KVBatchMeta(partition_id, task_name, [], fields=required, tags=[])
+                if remaining <= 0:
+                    raise DataPlaneTimeout(
+                        f"claim_meta(partition={partition_id!r}, task={task_name!r}, batch_size={batch_size}) "
+                        f"found too few ready samples within {timeout_s}s"
+                    )
+                self._changed.wait(remaining)
+
+    def _try_claim(self, partition_id: str, task: str, required: list[str], batch_size: int) -> KVBatchMeta | None:
+        part = self._partitions.get(partition_id)
+        if part is None:
+            return None
+        reg = part.registration
+        if reg is not None and reg.consumer_tasks and task not in reg.consumer_tasks:
+            raise DataPlaneKeyError(
+                f"task {task!r} is not a consumer task of partition {partition_id!r} "
+                f"(registered: {reg.consumer_tasks})"
+            )
+        queue = part.task_queue(task)
+        want = batch_size
+        if reg is not None and reg.num_samples is not None:
+            want = min(batch_size, reg.num_samples - part.claimed_total[task])
+            if want <= 0:
+                return KVBatchMeta(partition_id, task, [], fields=required, tags=[])
+        ready = []
+        for key in queue:
+            row = part.cells[key]
+            if all(f in row for f in required):
+                ready.append(key)
+                if len(ready) == want:
+                    break
+        if len(ready) < want:
+            return None
+        for key in ready:
+            del queue[key]
+        part.claimed_total[task] += len(ready)
+        return self._meta(part, partition_id, task, ready, list(required))
+
+    def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
+        check_partition(partition_id)
+        tasks = check_ids(list(task_names), "task_names")
+        with self._changed:
+            self._check_open()
+            part = self._partition(partition_id)
+            expected = part.registration.num_samples if part.registration else None
+            for task in tasks:
+                if task not in part.unclaimed:
+                    if part.cells or expected:
+                        return False
+                    continue
+                if part.unclaimed[task] or (expected is not None and part.claimed_total[task] < expected):
+                    return False
+            return True
+
+    # ------------------------------------------------------------------ (B) direct-by-key
+    def put_samples(self, sample_ids: list[str], partition_id: str, fields: Any = None, tags: Any = None) -> KVBatchMeta:
+        check_partition(partition_id)
+        keys = check_ids(sample_ids, "sample_ids")
+        batch = to_batch(fields, len(keys))
+        tag_list = check_tags(tags, len(keys))
+        if not keys:
+            return KVBatchMeta(partition_id, None, [], fields=None)
+        names = list(batch.keys()) if batch is not None else []
+        incoming = {name: field_kind(batch.get(name)) for name in names}
+        owned = {name: _own_column(batch.get(name)) for name in names}  # the copy, outside the lock
+        with self._changed:
+            self._check_open()
+            part = self._partitions.get(partition_id)
+            for name, kind in incoming.items():
+                stored = part.kinds.get(name) if part else None
+                if stored is not None and stored != kind:
+                    raise DataPlaneBadRequest(
+                        f"field {name!r} of partition {partition_id!r} holds {stored}; "
+                        f"refusing a write of {kind} (a field keeps one dtype within a partition)"
+                    )
+            if part is None:
+                part = self._partitions[partition_id] = _Partition()
+            for name, kind in incoming.items():
+                part.kinds.setdefault(name, kind)
+            for i, key in enumerate(keys):
+                row = part.cells.get(key)
+                if row is None:
+                    row = part.cells[key] = {}
+                    part.tags[key] = {}
+                    for queue in part.unclaimed.values():
+                        queue[key] = None
+                for name, (form, data) in owned.items():
+                    row[name] = ("chunk", data, i) if form == "chunk" else ("row" if form == "rows" else "obj", data[i])
+                if tag_list is not None:
+                    part.tags[key].update(tag_list[i])
+            meta = self._meta(part, partition_id, None, keys, names or None)
+            self._changed.notify_all()
+        return meta
+
+    def get_samples(self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None) -> TensorDict:
+        check_partition(partition_id)
+        keys = check_ids(sample_ids, "sample_ids")
+        wanted = check_select(select_fields)
+        with self._changed:
+            self._check_open()
+            part = self._partition(partition_id)
+            missing = [k for k in keys if k not in part.cells]
+            if missing:
+                listed = ", ".join(repr(k) for k in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                raise DataPlaneKeyError(f"partition {partition_id!r} has no key {listed}")
+            rows = [part.cells[k] for k in keys]
+            if wanted is None:
+                wanted = _uniform_fields(partition_id, keys, rows)
+            columns: dict[str, list[Cell]] = {}
+            for name in wanted:
+                lacking = [k for k, row in zip(keys, rows) if name not in row]
+                if lacking:
+                    raise DataPlaneKeyError(
+                        f"field {name!r} is not stored for key(s) {lacking[:5]} of partition {partition_id!r}"
+                    )
+                columns[name] = [row[name] for row in rows]
+        return TensorDict({name: _read_column(name, cells) for name, cells in columns.items()}, batch_size=[len(keys)])
+
+    def clear_samples(self, sample_ids: list[str] | None, partition_id: str) -> None:
+        check_partition(partition_id)
+        keys = None if sample_ids is None else check_ids(sample_ids, "sample_ids")
+        with self._changed:
+            self._check_open()
+            if keys is None:
+                self._partitions.pop(partition_id, None)
+            else:
+                part = self._partitions.get(partition_id)
+                if part is not None:
+                    for key in keys:
+                        part.cells.pop(key, None)
+                        part.tags.pop(key, None)
+                        for queue in part.unclaimed.values():
+                            queue.pop(key, None)
+            self._changed.notify_all()
+
+    # ------------------------------------------------------------------ (C) recovery / control plane
+    def ping(self, timeout_s: float | None = None) -> None:
+        with self._changed:
+            self._check_open()
+
+    def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+        if partition_id is not None:
+            check_partition(partition_id)
+        with self._changed:
+            self._check_open()
+            names = [partition_id] if partition_id is not None else list(self._partitions)
+            return {
+                name: {k: copy.deepcopy(t) for k, t in self._partitions[name].tags.items()}
+                for name in names
+                if name in self._partitions
+            }
+
+    def get_capabilities(self) -> DataPlaneCapabilities:
+        # Puts are validated whole and applied under one lock; clears are done when they return.
+        return DataPlaneCapabilities(supports_atomic_batch_put=True, supports_verified_clear=True)
+
+    # ------------------------------------------------------------------ (D) lifecycle
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._partitions.clear()
+            self._changed.notify_all()
+
+
+def _uniform_fields(partition_id: str, keys: Sequence[str], rows: Sequence[dict[str, Cell]]) -> list[str]:
+    """Every field the keys store; an error naming the difference when they do not all store the same."""
+    first = set(rows[0]) if rows else set()
+    for key, row in zip(keys, rows):
+        if set(row) != first:
+            raise DataPlaneBadRequest(
+                f"keys of partition {partition_id!r} store different fields: {keys[0]!r} has {sorted(first)}, "
+                f"{key!r} has {sorted(row)}; pass select_fields"
+            )
+    return list(rows[0]) if rows else []
