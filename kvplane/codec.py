@@ -54,9 +54,7 @@ def check_partition(partition_id: Any) -> str:
 
 
 def check_ids(ids: Any, what: str = "keys") -> list[str]:
-    """Ids must be a list (or tuple) of distinct non-empty strings; a lone string is one id."""
-    if isinstance(ids, str):
-        ids = [ids]
+    """Ids must be a list (or tuple) of distinct non-empty strings."""
     if not isinstance(ids, (list, tuple)):
         raise DataPlaneBadRequest(f"{what} must be a list of strings, got {type(ids).__name__}")
     seen: set[str] = set()
@@ -73,7 +71,7 @@ def check_select(select_fields: Any) -> list[str] | None:
     """``None`` (every field), a field name, or a list of distinct field names."""
     if select_fields is None:
         return None
-    return check_ids(select_fields, "select_fields")
+    return check_ids([select_fields] if isinstance(select_fields, str) else select_fields, "select_fields")
 
 
 def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:

@@ -287,6 +287,8 @@ class MemoryDataPlaneClient(DataPlaneClient):
         check_partition(partition_id)
         keys = check_ids(sample_ids, "sample_ids")
         wanted = check_select(select_fields)
+        if not keys:
+            return TensorDict({}, batch_size=[0])
         with self._changed:
             self._check_open()
             part = self._partition(partition_id)
