@@ -337,8 +337,9 @@ class MemoryDataPlaneClient(DataPlaneClient):
         with self._changed:
             self._check_open()
             names = [partition_id] if partition_id is not None else list(self._partitions)
+            # Each tag dict is copied (values are shared: tags hold primitives by convention).
             return {
-                name: {k: copy.deepcopy(t) for k, t in self._partitions[name].tags.items()}
+                name: {k: dict(t) for k, t in self._partitions[name].tags.items()}
                 for name in names
                 if name in self._partitions
             }

@@ -1,0 +1,197 @@
+"""KV suite: put/get throughput, sweeps, small-op latency and metadata scale, as ratios.
+
+Measured side by side in one run, on the embedded backend (and on TransferQueue, when a deployment
+is requested with ``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu``: see :mod:`kvplane.bench.tq`):
+
+- ``grpo``: the GRPO batch of ``perf_baselines.md`` (512 samples: int64 [512, 4096], f32 [512, 4096],
+  f32 [512], tags) put and get through the client.
+- ``roundtrip_vs_clone``: put + get of 256 MiB against single-thread ``torch.clone`` of the same bytes
+  (target ≥ 0.45×; a round trip is two copies, so 0.5× is the ceiling without buffer reuse).
+- ``byte_sweep`` (16 MiB → 1 GiB, 512 keys) and ``key_sweep`` (100 → 100k tiny samples): put, get,
+  ``kv_list``/``list_metadata`` and ``kv_clear`` times.
+- ``small_ops``: p50/p99 latency of single-key ``kv_put`` and ``kv_batch_get``.
+
+Every figure is a median over repeats with its min and max.
+
+Examples:
+    >>> from kvplane.bench import kv
+    >>> report = kv.run(quick=True)
+    >>> sorted(report["memory"])
+    ['byte_sweep', 'grpo', 'key_sweep', 'roundtrip_vs_clone', 'small_ops']
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+
+from kvplane.bench.stats import measure, ratio, summarize
+from kvplane.client import DataPlaneClient
+from kvplane.codec import td_nbytes
+from kvplane.factory import build_data_plane_client
+
+__all__ = ["grpo_batch", "run"]
+
+MiB = 2**20
+
+
+def grpo_batch(n: int = 512, seq: int = 4096) -> tuple[list[str], TensorDict, list[dict[str, Any]]]:
+    """The GRPO batch: ``input_ids`` int64 [n, seq], ``logprobs`` f32 [n, seq], ``advantages`` f32 [n]."""
+    keys = [f"s{i:06d}" for i in range(n)]
+    td = TensorDict(
+        input_ids=torch.randint(0, 32000, (n, seq), dtype=torch.int64),
+        logprobs=torch.randn(n, seq),
+        advantages=torch.randn(n),
+        batch_size=[n],
+    )
+    tags = [{"group_id": f"g{i // 8}", "weight_version": 0, "seq_len": seq} for i in range(n)]
+    return keys, td, tags
+
+
+def _gbps(nbytes: int, summary: dict[str, Any]) -> float:
+    return round(nbytes / summary["median"] / 1e9, 3)
+
+
+def _put_get(client: DataPlaneClient, partition: str, keys: list[str], td: TensorDict,
+             tags: list[dict[str, Any]] | None, repeats: int) -> dict[str, Any]:
+    fields = list(td.keys())
+    nbytes = td_nbytes(td)
+    put = measure(lambda: client.put_samples(keys, partition, td, tags=tags), repeats=repeats)
+    get = measure(lambda: client.get_samples(keys, partition, fields), repeats=repeats)
+    clear = measure(lambda: client.clear_samples(keys, partition), repeats=repeats,
+                    setup=lambda: client.put_samples(keys, partition, td, tags=tags))
+    client.clear_samples(None, partition)
+    return {
+        "bytes": nbytes, "keys": len(keys),
+        "put_s": put, "get_s": get, "clear_s": clear,
+        "put_gbps": _gbps(nbytes, put), "get_gbps": _gbps(nbytes, get),
+        "put_samples_per_s": round(len(keys) / put["median"]), "get_samples_per_s": round(len(keys) / get["median"]),
+    }
+
+
+def bench_grpo(client: DataPlaneClient, repeats: int) -> dict[str, Any]:
+    """Put and get of the GRPO batch through ``client``."""
+    keys, td, tags = grpo_batch()
+    return _put_get(client, "bench-grpo", keys, td, tags, repeats)
+
+
+def bench_roundtrip_vs_clone(client: DataPlaneClient, mib: int, repeats: int) -> dict[str, Any]:
+    """Put + get of ``mib`` MiB against single-thread ``torch.clone`` of the same tensor."""
+    n = 512
+    x = torch.randint(0, 1 << 30, (n, mib * MiB // (n * 8)), dtype=torch.int64)
+    keys = [f"r{i}" for i in range(n)]
+    td = TensorDict(x=x, batch_size=[n])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clone = measure(x.clone, repeats=repeats)
+        copy_into = torch.empty_like(x)
+        prefaulted = measure(lambda: copy_into.copy_(x), repeats=repeats)
+
+        def roundtrip() -> None:
+            client.put_samples(keys, "bench-rt", td)
+            client.get_samples(keys, "bench-rt", ["x"])
+
+        rt = measure(roundtrip, repeats=repeats)
+    finally:
+        torch.set_num_threads(threads)
+        client.clear_samples(None, "bench-rt")
+    nbytes = x.numel() * 8
+    return {
+        "bytes": nbytes,
+        "clone_gbps": _gbps(nbytes, clone), "copy_prefaulted_gbps": _gbps(nbytes, prefaulted),
+        "roundtrip_gbps": _gbps(nbytes, rt), "roundtrip_s": rt,
+        "ratio_vs_clone": ratio(clone["median"], rt["median"]),
+        "ratio_vs_prefaulted_copy": ratio(prefaulted["median"], rt["median"]),
+        "target": 0.45,
+        "meets_target": ratio(clone["median"], rt["median"]) >= 0.45,
+    }
+
+
+def bench_byte_sweep(client: DataPlaneClient, sizes_mib: list[int], repeats: int) -> list[dict[str, Any]]:
+    """512 keys of growing rows: int64 ``input_ids`` + f32 ``logprobs`` (2/3 and 1/3 of the bytes)."""
+    out = []
+    n = 512
+    for mib in sizes_mib:
+        seq = max(1, mib * MiB // (n * 12))
+        td = TensorDict(input_ids=torch.zeros(n, seq, dtype=torch.int64), logprobs=torch.zeros(n, seq), batch_size=[n])
+        row = _put_get(client, "bench-bytes", [f"b{i}" for i in range(n)], td, None, repeats)
+        out.append({"mib": mib, **row})
+    return out
+
+
+def bench_key_sweep(client: DataPlaneClient, counts: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Tiny samples (int64 [8] + f32 scalar, tagged) at growing key counts, plus metadata listings."""
+    out = []
+    for n in counts:
+        keys = [f"t{i:07d}" for i in range(n)]
+        td = TensorDict(input_ids=torch.zeros(n, 8, dtype=torch.int64), advantages=torch.zeros(n), batch_size=[n])
+        tags = [{"group_id": f"g{i // 8}", "weight_version": 1, "committed": True, "expected_num_keys": 8}
+                for i in range(n)]
+        row = _put_get(client, "bench-keys", keys, td, tags, repeats)
+        client.put_samples(keys, "bench-keys", td, tags=tags)
+        row["kv_list_s"] = measure(lambda: client.list_keys("bench-keys"), repeats=repeats)
+        row["list_metadata_s"] = measure(lambda: client.list_metadata("bench-keys"), repeats=repeats)
+        client.clear_samples(None, "bench-keys")
+        out.append({"n_keys": n, **row})
+    return out
+
+
+def _latencies(fn: Callable[[int], Any], n: int) -> dict[str, Any]:
+    for i in range(min(10, n)):
+        fn(i)
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return {"p50_ms": round(times[len(times) // 2], 4), "p99_ms": round(times[int(len(times) * 0.99) - 1], 4),
+            **{k: round(v, 4) for k, v in summarize(times).items() if k in ("min", "max")}}
+
+
+def bench_small_ops(client: DataPlaneClient, n: int) -> dict[str, Any]:
+    """Latency of one-key writes and reads."""
+    row = TensorDict(input_ids=torch.zeros(1, 16, dtype=torch.int64), advantages=torch.zeros(1), batch_size=[1])
+    put = _latencies(lambda i: client.put_samples([f"o{i}"], "bench-small", row, tags=[{"t": i}]), n)
+    get = _latencies(lambda i: client.get_samples([f"o{i}"], "bench-small", ["input_ids", "advantages"]), n)
+    tag = _latencies(lambda i: client.put_samples([f"o{i}"], "bench-small", None, tags=[{"u": i}]), n)
+    client.clear_samples(None, "bench-small")
+    return {"put_one": put, "get_one": get, "tag_only_put": tag}
+
+
+def bench_client(client: DataPlaneClient, *, quick: bool) -> dict[str, Any]:
+    """Every backend-agnostic measurement on one client."""
+    repeats = 3 if quick else 7
+    return {
+        "grpo": bench_grpo(client, repeats),
+        "roundtrip_vs_clone": bench_roundtrip_vs_clone(client, 32 if quick else 256, repeats),
+        "byte_sweep": bench_byte_sweep(client, [16] if quick else [16, 64, 256, 1024], repeats if quick else 3),
+        "key_sweep": bench_key_sweep(client, [100, 1000] if quick else [100, 1000, 10_000, 100_000], 3),
+        "small_ops": bench_small_ops(client, 50 if quick else 300),
+    }
+
+
+def run(*, quick: bool = False) -> dict[str, Any]:
+    """The KV suite: the embedded backend always; TransferQueue when ``KVPLANE_BENCH_TQ`` names backends."""
+    client = build_data_plane_client(None)
+    try:
+        report: dict[str, Any] = {"memory": bench_client(client, quick=quick)}
+    finally:
+        client.close()
+    tq_backends = [b for b in os.environ.get("KVPLANE_BENCH_TQ", "").split(",") if b]
+    if tq_backends:
+        from kvplane.bench import tq
+
+        report["transfer_queue"] = {b: tq.run_backend(b, quick=quick) for b in tq_backends}
+    keys_100k = [r for r in report["memory"]["key_sweep"] if r["n_keys"] == 100_000]
+    report["targets"] = {
+        "memory_roundtrip_ratio_vs_clone>=0.45": report["memory"]["roundtrip_vs_clone"]["meets_target"],
+        "list_metadata_100k_keys<=1s": keys_100k[0]["list_metadata_s"]["median"] <= 1.0 if keys_100k else None,
+    }
+    return report
