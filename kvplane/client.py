@@ -250,11 +250,11 @@ class DataPlaneClient(ABC):
 
     def pop(self, keys: list[str], partition_id: str) -> None:
         """Release keys that were trained on (same effect as ``clear_samples(keys, ...)``)."""
-        self.clear_samples(list(keys), partition_id)
+        self.clear_samples(keys, partition_id)
 
     def evict(self, keys: list[str], partition_id: str) -> None:
         """Release keys that are stale or abandoned (same effect as ``clear_samples(keys, ...)``)."""
-        self.clear_samples(list(keys), partition_id)
+        self.clear_samples(keys, partition_id)
 
     @abstractmethod
     def get_capabilities(self) -> DataPlaneCapabilities:
