@@ -152,8 +152,8 @@ class MemoryDataPlaneClient(DataPlaneClient):
         enums: dict[str, list[str]] | None = None,
     ) -> None:
         check_partition(partition_id)
-        fields = check_ids(list(fields), "fields")
-        tasks = check_ids(list(consumer_tasks), "consumer_tasks")
+        fields = check_ids(fields, "fields")
+        tasks = check_ids(consumer_tasks, "consumer_tasks")
         if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0):
             raise DataPlaneBadRequest(f"num_samples must be a non-negative int or None, got {num_samples!r}")
         if grpo_group_size is not None and (not isinstance(grpo_group_size, int) or grpo_group_size < 1):
@@ -177,7 +177,7 @@ class MemoryDataPlaneClient(DataPlaneClient):
         check_partition(partition_id)
         if not isinstance(task_name, str) or not task_name:
             raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
-        required = check_ids(list(required_fields), "required_fields")
+        required = check_ids(required_fields, "required_fields")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
         deadline = time.monotonic() + max(0.0, float(timeout_s))
@@ -229,7 +229,7 @@ class MemoryDataPlaneClient(DataPlaneClient):
 
     def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
         check_partition(partition_id)
-        tasks = check_ids(list(task_names), "task_names")
+        tasks = check_ids(task_names, "task_names")
         with self._changed:
             self._check_open()
             part = self._partition(partition_id)
