@@ -1,0 +1,344 @@
+"""Rollout groups for replay buffers: write them whole, select the fresh ones, evict the rest.
+
+Works on any :class:`~kvplane.DataPlaneClient` (memory, TransferQueue, wrapped in middleware): the
+helpers use only ``put_samples``, ``list_metadata``, ``list_sample_ids``, ``evict`` and
+``register_partition``, and selection reads tags only (no tensor is fetched).
+
+**Writing** (:func:`write_group`). The producer writes every key's data together with the group tags
+``group_id``, ``weight_version``, ``created_at``, ``expected_num_keys``, ``size_bytes`` and
+``committed=False``; only after that write has returned for every key does it commit, with a
+tag-only put of ``committed=True`` on every key. A group counts as committed only when *all* its keys
+say so (see :mod:`kvplane.groups`) and as complete only when all ``expected_num_keys`` keys exist, so
+a reader never sees a committed group with a key missing or unwritten, even on a backend whose
+batch put or commit lands key by key (TransferQueue). A producer that dies before committing leaves
+an uncommitted group: visible in ``list_metadata``, never selected, and evicted as *abandoned* once
+it is older than the deadline given to :func:`evict_stale`. Writing the same group again (a retry)
+is safe: it uncommits the group, rewrites it and commits again.
+
+**Classifying** (:func:`select_groups`, :func:`evict_stale`). With ``staleness = current_version -
+weight_version``, every group is exactly one of:
+
+- *selected*: committed, complete, ``weight_version`` known and ``staleness <= max_staleness``
+  (inclusive: ``max_staleness=0`` selects only the current version). A group from a *newer* version
+  than ``current_version`` (negative staleness) is selected, and a warning is logged: it usually
+  means the caller's version counter was reset on resume.
+- *stale*: committed and complete, but ``staleness > max_staleness`` or ``weight_version`` missing
+  or unparsable (data of unknown age is never trained on).
+- *abandoned*: not both committed and complete, with a known ``created_at`` (seconds since the
+  epoch) and ``now - created_at > abandon_after_s`` (strict: a group exactly at the deadline is
+  still pending).
+- *pending*: everything else (being written, or of unknown age). Never selected, never evicted.
+
+**Concurrency rule** (TransferQueue merges tags with a non-atomic read-modify-write, so two writers of
+one key lose updates): each key has one writer, the producer of its group, which writes the group
+tags and later the commit. Readers (replay buffers, trainers, :func:`select_groups`) never write
+tags; they release keys only through ``pop``/``evict``. Eviction racing a slow producer's commit
+is harmless: the commit then re-creates the evicted keys as tag-only keys holding just
+``committed=True``; each is its own one-key group with no ``weight_version``, hence *stale*, and the
+next :func:`evict_stale` removes it. Choose ``abandon_after_s`` well above the longest time a
+producer takes between its data write and its commit.
+
+Examples:
+    >>> import torch
+    >>> from kvplane.adapters.memory import MemoryDataPlaneClient
+    >>> from kvplane.replay import evict_stale, keys_of, select_groups, write_group
+    >>> client = MemoryDataPlaneClient()
+    >>> for version in (3, 5):
+    ...     _ = write_group(client, "buf", [f"v{version}-0", f"v{version}-1"],
+    ...                     {"reward": torch.tensor([1.0, 0.0])}, group_id=f"g{version}",
+    ...                     weight_version=version, extra_tags=[{"seq_len": 7}, {"seq_len": 9}])
+    >>> fresh, stale = select_groups(client, "buf", current_version=6, max_staleness=2)
+    >>> [g.group_id for g in fresh], [g.group_id for g in stale]
+    (['g5'], ['g3'])
+    >>> client.get_samples(keys_of(fresh), "buf", ["reward"])["reward"].tolist()
+    [1.0, 0.0]
+    >>> [g.group_id for g in evict_stale(client, "buf", current_version=6, max_staleness=2)]
+    ['g3']
+    >>> client.list_sample_ids("buf")
+    ['v5-0', 'v5-1']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from kvplane.client import DataPlaneClient, FieldsLike
+from kvplane.codec import check_ids, check_partition, check_tags, td_nbytes, to_batch
+from kvplane.errors import DataPlaneBadRequest
+from kvplane.meta import DataPlaneGroupMeta, KVBatchMeta
+
+__all__ = [
+    "GROUP_TAG_NAMES",
+    "GroupSelection",
+    "evict_stale",
+    "keys_of",
+    "requeue_unfinished",
+    "select_groups",
+    "write_group",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The tags :func:`write_group` owns; ``extra_tags`` may not set them.
+GROUP_TAG_NAMES = ("group_id", "weight_version", "created_at", "committed", "expected_num_keys", "size_bytes")
+
+_SELECTED, _STALE, _ABANDONED, _PENDING = "selected", "stale", "abandoned", "pending"
+
+
+class GroupSelection(NamedTuple):
+    """The committed, complete groups of a partition, split by staleness (``list_metadata`` order)."""
+
+    selected: list[DataPlaneGroupMeta]
+    stale: list[DataPlaneGroupMeta]
+
+
+def keys_of(groups: Iterable[DataPlaneGroupMeta]) -> list[str]:
+    """Every key of ``groups``, group after group (ready for ``get_samples``, ``pop`` or ``evict``)."""
+    return [key for group in groups for key in group.keys]
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataPlaneBadRequest(f"{name} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _check_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataPlaneBadRequest(f"{name} must be a finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def _extra_tags(
+    extra_tags: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, n: int
+) -> list[dict[str, Any]]:
+    if extra_tags is None:
+        return [{} for _ in range(n)]
+    per_key = check_tags([extra_tags] * n if isinstance(extra_tags, Mapping) else extra_tags, n) or []
+    for tag in per_key:
+        reserved = sorted(set(tag) & set(GROUP_TAG_NAMES))
+        if reserved:
+            raise DataPlaneBadRequest(
+                f"extra_tags may not set the group tags {reserved}; write_group owns them"
+            )
+    return per_key
+
+
+def write_group(
+    client: DataPlaneClient,
+    partition_id: str,
+    keys: list[str],
+    fields: FieldsLike,
+    *,
+    group_id: str,
+    weight_version: int,
+    created_at: float | None = None,
+    extra_tags: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+) -> KVBatchMeta:
+    """Write a rollout group's data with uncommitted group tags, then commit it.
+
+    Args:
+        client: Any data plane client.
+        partition_id: The partition.
+        keys: The group's keys (at least one; this producer must be their only writer).
+        fields: One row per key, as ``put_samples`` accepts them.
+        group_id: The group's id (a non-empty string, unique within the partition).
+        weight_version: The policy version that produced the group (a non-negative int).
+        created_at: Seconds since the epoch; defaults to now. :func:`evict_stale` ages groups by it.
+        extra_tags: More tags: one dict for every key, or one dict per key (e.g. ``seq_len``).
+
+    Returns:
+        The meta of the group's keys: ``fields`` written, each key's merged tags after the commit.
+
+    Raises:
+        DataPlaneBadRequest: Invalid input (checked before anything is written), or a rejected write.
+        DataPlaneError: The backend failed; the group stays uncommitted and the call may be retried.
+    """
+    check_partition(partition_id)
+    keys = check_ids(keys, "keys")
+    if not keys:
+        raise DataPlaneBadRequest("a group needs at least one key")
+    if fields is None:
+        raise DataPlaneBadRequest("write_group needs fields: a group without data cannot be trained on")
+    if not isinstance(group_id, str) or not group_id:
+        raise DataPlaneBadRequest(f"group_id must be a non-empty string, got {group_id!r}")
+    _check_count("weight_version", weight_version)
+    created = time.time() if created_at is None else _check_seconds("created_at", created_at)
+    per_key = _extra_tags(extra_tags, len(keys))
+    batch = to_batch(fields, len(keys))
+    group_tags = {
+        "group_id": group_id,
+        "weight_version": weight_version,
+        "created_at": created,
+        "expected_num_keys": len(keys),
+        "size_bytes": td_nbytes(batch),
+        "committed": False,
+    }
+    written = client.put_samples(
+        keys, partition_id, batch, tags=[{**extra, **group_tags} for extra in per_key]
+    )
+    committed = client.put_samples(keys, partition_id, None, tags=[{"committed": True} for _ in keys])
+    logger.debug(
+        "committed group %r (%d keys, version %d) in %r", group_id, len(keys), weight_version, partition_id
+    )
+    return dataclasses.replace(committed, fields=written.fields)
+
+
+def _state(
+    group: DataPlaneGroupMeta, current: int, max_staleness: int, abandon_after_s: float | None, now: float
+) -> str:
+    if group.committed and group.is_complete:
+        version = group.weight_version
+        return _SELECTED if version is not None and current - version <= max_staleness else _STALE
+    if (
+        abandon_after_s is not None
+        and group.created_at is not None
+        and now - group.created_at > abandon_after_s
+    ):
+        return _ABANDONED
+    return _PENDING
+
+
+def _classify(
+    client: DataPlaneClient,
+    partition_id: str,
+    current_version: int,
+    max_staleness: int,
+    abandon_after_s: float | None = None,
+    now: float | None = None,
+) -> list[tuple[str, DataPlaneGroupMeta]]:
+    _check_count("current_version", current_version)
+    _check_count("max_staleness", max_staleness)
+    if abandon_after_s is not None and _check_seconds("abandon_after_s", abandon_after_s) < 0:
+        raise DataPlaneBadRequest(f"abandon_after_s must be >= 0, got {abandon_after_s!r}")
+    now = time.time() if now is None else _check_seconds("now", now)
+    states = [
+        (_state(g, current_version, max_staleness, abandon_after_s, now), g)
+        for g in client.list_metadata(partition_id)
+    ]
+    ahead = [g.group_id for s, g in states if s == _SELECTED and g.weight_version > current_version]
+    if ahead:
+        logger.warning(
+            "%d group(s) of partition %r (e.g. %r) carry a weight_version above current_version=%d; "
+            "counted as fresh. Was the version counter reset on resume?",
+            len(ahead),
+            partition_id,
+            ahead[0],
+            current_version,
+        )
+    return states
+
+
+def select_groups(
+    client: DataPlaneClient, partition_id: str, *, current_version: int, max_staleness: int
+) -> GroupSelection:
+    """Split the committed, complete groups into fresh (``selected``) and ``stale`` (tags only).
+
+    See the module docstring for the exact rules. Uncommitted and incomplete groups are in neither
+    list. Nothing is consumed or changed; an unknown partition gives two empty lists.
+
+    Raises:
+        DataPlaneBadRequest: ``current_version`` or ``max_staleness`` is not a non-negative int.
+    """
+    states = _classify(client, partition_id, current_version, max_staleness)
+    return GroupSelection([g for s, g in states if s == _SELECTED], [g for s, g in states if s == _STALE])
+
+
+def evict_stale(
+    client: DataPlaneClient,
+    partition_id: str,
+    *,
+    current_version: int,
+    max_staleness: int,
+    abandon_after_s: float | None = None,
+    now: float | None = None,
+) -> list[DataPlaneGroupMeta]:
+    """Evict the stale groups and, with ``abandon_after_s``, the abandoned ones (one ``evict`` call).
+
+    Args:
+        client: Any data plane client.
+        partition_id: The partition.
+        current_version: The trainer's current weight version.
+        max_staleness: How many versions behind a group may be and still be selected.
+        abandon_after_s: Evict groups that are not committed and complete and were created more than
+            this many seconds before ``now``; ``None`` keeps them.
+        now: The clock to age groups by (seconds since the epoch); defaults to ``time.time()``.
+
+    Returns:
+        The evicted groups.
+
+    Examples:
+        >>> import torch
+        >>> from kvplane.adapters.memory import MemoryDataPlaneClient
+        >>> client = MemoryDataPlaneClient()
+        >>> _ = client.put_samples(["k0"], "buf", {"x": torch.ones(1)},        # a producer died here
+        ...                        tags=[{"group_id": "g", "created_at": 100.0, "committed": False}])
+        >>> evict_stale(client, "buf", current_version=0, max_staleness=0, abandon_after_s=60, now=160.0)
+        []
+        >>> [g.group_id for g in evict_stale(client, "buf", current_version=0, max_staleness=0,
+        ...                                  abandon_after_s=60, now=160.5)]
+        ['g']
+    """
+    states = _classify(client, partition_id, current_version, max_staleness, abandon_after_s, now)
+    doomed = [g for s, g in states if s in (_STALE, _ABANDONED)]
+    if doomed:
+        client.evict(keys_of(doomed), partition_id)
+        logger.info("evicted %d group(s) (%d keys) from %r", len(doomed), len(keys_of(doomed)), partition_id)
+    return doomed
+
+
+def requeue_unfinished(
+    client: DataPlaneClient,
+    partition_id: str,
+    *,
+    new_task: str,
+    fields: list[str],
+    streaming: bool = False,
+) -> list[str]:
+    """After a consumer crash, make every sample still stored claimable again under ``new_task``.
+
+    The recovery path for a partition with one consumer task whose consumer ``pop``s each sample only
+    after finishing it: the samples still stored are then exactly those never claimed plus those
+    claimed but unfinished when the consumer died. The partition is registered again with
+    ``consumer_tasks=[new_task]``, whose cursor starts empty, so ``new_task`` claims each of them once;
+    the old task name is fenced off (its claims raise :class:`~kvplane.DataPlaneKeyError`), so a
+    consumer that was presumed dead cannot keep claiming. Delivery across the crash is at least once:
+    a sample finished but not yet popped when the consumer died is delivered again.
+
+    Args:
+        client: Any data plane client.
+        partition_id: The partition.
+        new_task: A task name never used on this partition (e.g. ``"train#2"``).
+        fields: The partition's fields (the registration's superset hint).
+        streaming: ``False`` registers ``num_samples`` = the samples still stored, so the last claim
+            returns a short batch (call it after the producers finished); ``True`` registers an
+            unbounded stream for producers that are still writing.
+
+    Returns:
+        The requeued sample ids, sorted. Each must eventually store the fields ``new_task`` claims
+        with (evict tag-only leftovers first, e.g. with :func:`evict_stale`).
+
+    Examples:
+        >>> import torch
+        >>> from kvplane.adapters.memory import MemoryDataPlaneClient
+        >>> client = MemoryDataPlaneClient()
+        >>> client.register_partition("p", ["x"], num_samples=4, consumer_tasks=["train"])
+        >>> _ = client.put_samples(["a", "b", "c", "d"], "p", {"x": torch.arange(4)})
+        >>> done = client.claim_meta("p", "train", ["x"], 2); client.pop(done.sample_ids, "p")
+        >>> lost = client.claim_meta("p", "train", ["x"], 2)            # ... and the consumer dies
+        >>> requeue_unfinished(client, "p", new_task="train#2", fields=["x"])
+        ['c', 'd']
+        >>> client.claim_meta("p", "train#2", ["x"], 2).sample_ids
+        ['c', 'd']
+    """
+    if not isinstance(new_task, str) or not new_task:
+        raise DataPlaneBadRequest(f"new_task must be a non-empty string, got {new_task!r}")
+    remaining = client.list_sample_ids(partition_id)
+    client.register_partition(partition_id, fields, None if streaming else len(remaining), [new_task])
+    logger.info("requeued %d sample(s) of %r under task %r", len(remaining), partition_id, new_task)
+    return remaining
