@@ -45,6 +45,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import importlib
 import importlib.util
@@ -58,6 +59,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from kvplane.client import DataPlaneClient
@@ -68,7 +70,6 @@ __all__ = ["bench_suites", "build_parser", "main"]
 logger = logging.getLogger(__name__)
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_NOT_BENCH_SUITES = frozenset({"stats"})  # helper modules of kvplane.bench that are not suites
 _MAX_TABLE_METRICS = 12
 
 
@@ -265,7 +266,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- bench
 def bench_suites() -> list[str]:
-    """The benchmark suites: the modules of :mod:`kvplane.bench` other than helpers, sorted.
+    """The benchmark suites: the modules of :mod:`kvplane.bench` that define a top-level ``run``, sorted.
+
+    Found by reading the sources, so discovery imports nothing (helpers such as ``stats`` are skipped).
 
     Examples:
         >>> "stats" in bench_suites()
@@ -273,11 +276,22 @@ def bench_suites() -> list[str]:
     """
     import kvplane.bench
 
-    return sorted(
-        info.name
-        for info in pkgutil.iter_modules(kvplane.bench.__path__)
-        if not info.ispkg and not info.name.startswith("_") and info.name not in _NOT_BENCH_SUITES
-    )
+    names = []
+    for info in pkgutil.iter_modules(kvplane.bench.__path__):
+        if info.ispkg or info.name.startswith("_"):
+            continue
+        spec = info.module_finder.find_spec(info.name, None)  # type: ignore[call-arg]
+        if spec is not None and spec.origin and _defines_run(spec.origin):
+            names.append(info.name)
+    return sorted(names)
+
+
+def _defines_run(path: str) -> bool:
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return True  # let running it report the problem instead of hiding the suite
+    return any(isinstance(node, ast.FunctionDef) and node.name == "run" for node in tree.body)
 
 
 def _selected_suites(requested: list[str] | None) -> list[str]:
@@ -360,24 +374,36 @@ def _host_info() -> dict[str, Any]:
 
 
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(dotted.path, scalar)`` for every scalar leaf of nested dicts (lists are skipped)."""
+    """``(dotted.path, scalar)`` for the scalar leaves of nested dicts (lists are skipped).
+
+    A timing summary (``median``/``min``/``max``, :func:`kvplane.bench.stats.summarize`) counts as its median.
+    """
     if isinstance(value, dict):
+        if {"median", "min", "max"} <= value.keys():
+            yield prefix, value["median"]
+            return
         for key, item in value.items():
             yield from _flatten(item, f"{prefix}.{key}" if prefix else str(key))
     elif isinstance(value, (bool, int, float, str)) or value is None:
         yield prefix, value
 
 
+def _headline_first(metrics: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Targets and ratios first (what a reader looks for), then the rest in report order."""
+    headline = [m for m in metrics if any(word in m[0] for word in ("target", "ratio", "meets"))]
+    return headline + [m for m in metrics if m not in headline]
+
+
 def _bench_table(suites: dict[str, Any]) -> str:
     rows: list[list[Any]] = []
     for name, outcome in suites.items():
         rows.append([name, outcome["status"], f"{outcome['seconds']:.2f}s", outcome.get("error", "")])
-        metrics = list(_flatten(outcome.get("result", {})))
+        metrics = _headline_first(list(_flatten(outcome.get("result", {}))))
         for path, value in metrics[:_MAX_TABLE_METRICS]:
             rows.append(["", "", path, value])
         if len(metrics) > _MAX_TABLE_METRICS:
             rows.append(["", "", f"... {len(metrics) - _MAX_TABLE_METRICS} more in the JSON", ""])
-    return _table(["SUITE", "STATUS", "TIME / METRIC", "VALUE"], rows)
+    return _table(["SUITE", "STATUS", "TIME / METRIC (medians)", "VALUE"], rows)
 
 
 # ---------------------------------------------------------------------------------------------- ls

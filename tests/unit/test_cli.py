@@ -1,0 +1,324 @@
+"""The kvplane CLI, run in-process through ``main([...])`` and once as ``python -m kvplane``."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import logging
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import kvplane.bench
+import kvplane.factory
+from kvplane.adapters.memory import MemoryDataPlaneClient
+from kvplane.cli import bench_suites, main
+from kvplane.prometheus import PrometheusExporter
+
+
+@pytest.fixture
+def populated(client):
+    """Two partitions: 'rollouts' (a committed group g0 of two keys, an open group g1) and 'eval'."""
+    committed = {"group_id": "g0", "committed": True, "weight_version": 3, "size_bytes": 64}
+    client.put_samples(["k0", "k1"], "rollouts", {"x": torch.zeros(2, 4)}, tags=[committed, committed])
+    client.put_samples(
+        ["k2"], "rollouts", {"x": torch.zeros(1, 4)}, tags=[{"group_id": "g1", "committed": False}]
+    )
+    client.put_samples(["e0"], "eval", tags=[{"note": "tag only"}])
+    return client
+
+
+def _run(capsys, argv, **kwargs):
+    code = main(argv, **kwargs)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------------------------------- ls
+def test_ls_lists_partitions_with_key_group_and_depth_counts(capsys, populated):
+    code, out, _ = _run(capsys, ["ls"], client=populated)
+    assert code == 0
+    lines = [line.split() for line in out.strip().splitlines()]
+    assert lines == [
+        ["PARTITION", "KEYS", "GROUPS", "DEPTH"],
+        ["eval", "1", "1", "0"],
+        ["rollouts", "3", "2", "1"],
+    ]
+    code, out, _ = _run(capsys, ["ls", "--json"], client=populated)
+    assert json.loads(out) == {
+        "eval": {"keys": 1, "groups": 1, "depth": 0},
+        "rollouts": {"keys": 3, "groups": 2, "depth": 1},
+    }
+
+
+def test_ls_partition_lists_keys_tags_or_groups(capsys, populated):
+    assert _run(capsys, ["ls", "rollouts"], client=populated)[1].split() == ["k0", "k1", "k2"]
+    code, out, _ = _run(capsys, ["ls", "rollouts", "--tags", "--json"], client=populated)
+    assert json.loads(out)["rollouts"]["k2"] == {"group_id": "g1", "committed": False}
+    code, out, _ = _run(capsys, ["ls", "rollouts", "--groups", "--json"], client=populated)
+    groups = {g["group_id"]: g for g in json.loads(out)["rollouts"]}
+    assert groups["g0"]["keys"] == ["k0", "k1"] and groups["g0"]["committed"] is True
+    assert groups["g0"]["weight_version"] == 3 and groups["g0"]["size_bytes"] == 64
+    assert groups["g1"]["num_keys"] == 1 and groups["g1"]["committed"] is False
+    code, out, _ = _run(capsys, ["ls", "rollouts", "--groups"], client=populated)
+    table = [line.split() for line in out.strip().splitlines()]
+    assert table[0][:4] == ["GROUP", "KEYS", "EXPECTED", "COMMITTED"]
+    assert table[1][:4] == ["g0", "2", "-", "True"]
+
+
+def test_ls_tags_without_partition_covers_every_partition(capsys, populated):
+    code, out, _ = _run(capsys, ["ls", "--tags"], client=populated)
+    assert code == 0
+    assert "# eval" in out and "# rollouts" in out and '{"note": "tag only"}' in out
+
+
+def test_ls_of_an_unknown_partition_says_it_is_empty(capsys, populated):
+    code, out, _ = _run(capsys, ["ls", "nope"], client=populated)
+    assert code == 0 and out.strip() == "(partition 'nope' has no keys)"
+
+
+def test_ls_on_the_default_embedded_backend_is_empty(capsys):
+    assert _run(capsys, ["ls"]) == (0, "(no partitions)\n", "")
+    code, out, _ = _run(capsys, ["ls", "--json"])
+    assert (code, json.loads(out)) == (0, {})
+
+
+def test_inspection_attaches_to_a_transfer_queue_config_and_observes_nothing(capsys, tmp_path, monkeypatch):
+    cfg = tmp_path / "tq.yaml"
+    cfg.write_text(
+        "impl: transfer_queue\nbackend: simple\nstorage_capacity: null\nnum_storage_units: 1\n"
+        "claim_meta_poll_interval_s: 0.01\nobservability: {enabled: true, prometheus_port: 0}\n"
+    )
+    built = []
+
+    def fake_build(config, *, bootstrap=True):  # stands in for the TransferQueue adapter: no Ray here
+        client = MemoryDataPlaneClient()
+        built.append((config, bootstrap, client))
+        return client
+
+    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", fake_build)
+    code, out, _ = _run(capsys, ["ls", "--config", str(cfg)])
+    assert (code, out) == (0, "(no partitions)\n")
+    [(config, bootstrap, client)] = built
+    assert config.impl == "transfer_queue" and bootstrap is False
+    assert config.observability.enabled is False and config.observability.prometheus_port is None
+    assert _run(capsys, ["ping"], client=client)[0] == 1  # the CLI closed (detached) what it built
+
+
+def test_a_memory_config_file_with_observability_serves_nothing(capsys, tmp_path, monkeypatch):
+    cfg = tmp_path / "memory.yaml"
+    cfg.write_text(
+        "data_plane:\n  impl: memory\n  observability:\n    enabled: true\n    prometheus_port: 0\n"
+    )
+    monkeypatch.setattr(PrometheusExporter, "serve", lambda *a, **k: pytest.fail("inspection must not serve"))
+    code, out, _ = _run(capsys, ["ls", "--config", str(cfg)])
+    assert (code, out) == (0, "(no partitions)\n")
+
+
+# ---------------------------------------------------------------------------------------------- stats
+def test_stats_reports_inventory_and_capabilities(capsys, populated):
+    code, out, _ = _run(capsys, ["stats", "--json"], client=populated)
+    doc = json.loads(out)
+    assert code == 0
+    assert (doc["partitions"], doc["keys"], doc["groups"], doc["depth"]) == (2, 4, 3, 1)
+    assert doc["group_size_bytes"] == 64
+    assert doc["capabilities"] == {
+        name: getattr(populated.get_capabilities(), name) for name in doc["capabilities"]
+    }
+    assert doc["by_partition"]["rollouts"] == {"keys": 3, "groups": 2, "depth": 1}
+    code, out, _ = _run(capsys, ["stats"], client=populated)
+    rows = dict(line.split(None, 1) for line in out.strip().splitlines()[1:])
+    assert rows["keys"] == "4" and rows["partitions"] == "2"
+
+
+def test_stats_prometheus_prints_the_exposition(capsys, populated):
+    code, out, _ = _run(capsys, ["stats", "--prometheus"], client=populated)
+    assert code == 0
+    assert 'kvplane_partition_keys{partition="rollouts"} 3.0' in out
+    assert 'kvplane_partition_depth{partition="rollouts"} 1.0' in out
+    assert 'kvplane_ops_total{op="ping",status="ok"} 1.0' in out
+    assert "# TYPE kvplane_op_duration_seconds histogram" in out
+
+
+# ---------------------------------------------------------------------------------------------- ping
+def test_ping_answers_pong(capsys, client):
+    code, out, _ = _run(capsys, ["ping"], client=client)
+    assert code == 0 and out.startswith("PONG (MemoryDataPlaneClient, ")
+    code, out, _ = _run(capsys, ["ping", "--json"])
+    doc = json.loads(out)
+    assert code == 0 and doc["ok"] is True and doc["backend"] == "memory" and doc["ms"] >= 0
+
+
+def test_ping_of_an_unavailable_backend_exits_1(capsys, client):
+    client.close()
+    code, out, err = _run(capsys, ["ping"], client=client)
+    assert (code, out) == (1, "")
+    assert err.startswith("kvplane: unavailable: ") and err.count("\n") == 1
+    code, out, _ = _run(capsys, ["ping", "--json"], client=client)
+    assert code == 1 and json.loads(out)["ok"] is False
+
+
+def test_ping_rejects_a_non_positive_timeout(capsys):
+    code, _, err = _run(capsys, ["ping", "--timeout", "0"])
+    assert code == 1 and "--timeout must be positive" in err
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("command", ["ls", "stats", "ping"])
+def test_a_bad_config_exits_1_with_one_line(capsys, tmp_path, command):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("impl: memory\nstorage_capacty: 3\n")
+    code, out, err = _run(capsys, [command, "--config", str(cfg)])
+    assert (code, out) == (1, "")
+    assert err.startswith("kvplane: bad request: data plane config: 'storage_capacty' is an unknown key")
+    assert err.count("\n") == 1
+
+
+def test_a_missing_config_file_is_named(capsys, tmp_path):
+    code, _, err = _run(capsys, ["ls", "--config", str(tmp_path / "nope.yaml")])
+    assert code == 1 and "no such file" in err and "nope.yaml" in err
+
+
+def test_config_and_an_explicit_client_conflict(capsys, client, tmp_path):
+    code, _, err = _run(capsys, ["ls", "--config", str(tmp_path / "x.yaml")], client=client)
+    assert code == 1 and "--config cannot be combined" in err
+
+
+def test_usage_errors_return_2_without_exiting(capsys):
+    assert main([]) == 2
+    assert main(["ls", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("kvplane ")
+
+
+# ---------------------------------------------------------------------------------------------- logging
+def test_log_level_configures_the_kvplane_logger_for_the_command_only(capsys, client):
+    package_logger = logging.getLogger("kvplane")
+    handlers, level = list(package_logger.handlers), package_logger.level
+
+    def chatty(event):
+        logging.getLogger("kvplane.observability").debug("saw %s", event["op"])
+
+    from kvplane.observability import MetricsDataPlaneClient
+
+    code, _, err = _run(
+        capsys, ["--log-level", "debug", "ping"], client=MetricsDataPlaneClient(client, chatty)
+    )
+    assert code == 0 and "DEBUG kvplane.observability: saw ping" in err
+    assert (package_logger.handlers, package_logger.level) == (handlers, level)
+    code, _, err = _run(capsys, ["ping"], client=MetricsDataPlaneClient(client, chatty))
+    assert "saw ping" not in err  # default WARNING
+
+
+# ---------------------------------------------------------------------------------------------- bench
+@pytest.fixture
+def fake_suites(tmp_path, monkeypatch):
+    """Two suites and a helper module in an extra directory of the kvplane.bench package."""
+    (tmp_path / "clitest_tiny.py").write_text(
+        "def run(*, quick=False):\n"
+        "    timing = {'median': 0.5, 'min': 0.4, 'max': 0.6}\n"
+        "    return {'quick': quick, 'ratio_vs_raw': 0.97, 'timing': timing}\n"
+    )
+    (tmp_path / "clitest_broken.py").write_text("def run(*, quick=False):\n    raise RuntimeError('boom')\n")
+    (tmp_path / "clitest_helper.py").write_text("def measure():\n    return 1\n")
+    monkeypatch.setattr(kvplane.bench, "__path__", [*kvplane.bench.__path__, str(tmp_path)])
+    yield
+    for name in ("clitest_tiny", "clitest_broken", "clitest_helper"):
+        sys.modules.pop(f"kvplane.bench.{name}", None)
+
+
+def test_bench_discovers_modules_that_define_run(fake_suites):
+    suites = bench_suites()
+    assert {"clitest_tiny", "clitest_broken"} <= set(suites)
+    assert "clitest_helper" not in suites and "stats" not in suites
+
+
+def test_bench_runs_a_selected_suite_and_prints_json(capsys, fake_suites):
+    code, out, err = _run(capsys, ["bench", "--suite", "clitest_tiny", "--quick"])
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["quick"] is True and list(doc["suites"]) == ["clitest_tiny"]
+    outcome = doc["suites"]["clitest_tiny"]
+    assert outcome["status"] == "ok" and outcome["result"]["quick"] is True and outcome["seconds"] >= 0
+    assert {"python", "torch", "cpu_count"} <= set(doc["host"])
+    table = err.splitlines()
+    assert table[0].split()[:2] == ["SUITE", "STATUS"]
+    assert table[1].split()[:2] == ["clitest_tiny", "ok"]
+    assert table[2].split() == ["ratio_vs_raw", "0.97"]  # headline metrics first
+    assert ["timing", "0.5"] in [line.split() for line in table]  # a timing summary shows its median
+
+
+def test_bench_writes_output_and_fails_when_a_suite_fails(capsys, fake_suites, tmp_path):
+    target = tmp_path / "result.json"
+    code, out, err = _run(
+        capsys, ["bench", "--suite", "clitest_tiny,clitest_broken", "--output", str(target)]
+    )
+    assert code == 1 and out == ""
+    doc = json.loads(target.read_text())
+    assert doc["suites"]["clitest_tiny"]["status"] == "ok"
+    assert doc["suites"]["clitest_broken"] == {
+        "status": "error",
+        "seconds": doc["suites"]["clitest_broken"]["seconds"],
+        "error": "RuntimeError: boom",
+    }
+    assert f"wrote {target}" in err
+
+
+def test_bench_unknown_suite_is_a_one_line_error(capsys, fake_suites):
+    code, out, err = _run(capsys, ["bench", "--suite", "nope"])
+    assert (code, out) == (1, "")
+    assert err.startswith("kvplane: bad request: unknown bench suite(s) ['nope']") and "clitest_tiny" in err
+
+
+def test_bench_list(capsys, fake_suites):
+    code, out, _ = _run(capsys, ["bench", "--list"])
+    assert code == 0 and out.split() == bench_suites()
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def test_demo_dispatches_to_kvplane_demo(capsys, monkeypatch):
+    seen = {}
+    demo = types.ModuleType("kvplane.demo")
+    demo.__spec__ = importlib.machinery.ModuleSpec("kvplane.demo", None)
+    demo.add_arguments = lambda parser: parser.add_argument("--plot", metavar="FILE.png")
+
+    def run(args):
+        seen["plot"] = args.plot
+        return 3
+
+    demo.run = run
+    monkeypatch.setitem(sys.modules, "kvplane.demo", demo)
+    assert main(["demo", "--plot", "out.png"]) == 3
+    assert seen == {"plot": "out.png"}
+
+
+def test_demo_missing_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kvplane.demo", None)  # as if the module were not installed
+    code, _, err = _run(capsys, ["demo", "--plot", "x.png"])
+    assert code == 1 and "kvplane.demo is missing" in err
+
+
+# ---------------------------------------------------------------------------------------------- subprocess
+def test_python_dash_m_kvplane_exit_codes(tmp_path):
+    ok = subprocess.run(
+        [sys.executable, "-m", "kvplane", "ping", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["ok"] is True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("impl: nosuch\n")
+    failed = subprocess.run(
+        [sys.executable, "-m", "kvplane", "ls", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert (
+        failed.stderr.strip() == "kvplane: bad request: data plane config: 'impl' must be one of "
+        "['memory', 'transfer_queue'], got 'nosuch'"
+    )
