@@ -153,7 +153,7 @@ def _column_nbytes(fields: FieldsLike) -> dict[str, int]:
     accounted.
     """
     if isinstance(fields, TensorDictBase):
-        return {name: _payload_nbytes(fields.get(name)) for name in fields.keys()}
+        return {name: _payload_nbytes(value) for name, value in fields.items()}
     if isinstance(fields, Mapping):
         return {name: _payload_nbytes(value) for name, value in fields.items()}
     return {}
