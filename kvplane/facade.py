@@ -131,7 +131,7 @@ def _single_row(fields: Any) -> TensorDict | None:
             row[name] = make_object_column([value.tolist() if hasattr(value, "tolist") else value.data])
         else:
             row[name] = make_object_column([value])
-    return TensorDict(row, batch_size=[1]) if row else None
+    return TensorDict(row, batch_size=[1])  # an empty row is rejected by to_batch, as in kv_batch_put
 
 
 def _require_payload(fields: Any, tags: Any) -> None:
