@@ -129,7 +129,9 @@ def build_parser(*, with_demo_arguments: bool = False) -> argparse.ArgumentParse
     )
     if with_demo_arguments:
         if importlib.util.find_spec("kvplane.demo") is not None:
-            importlib.import_module("kvplane.demo").add_arguments(demo)
+            add_arguments = getattr(importlib.import_module("kvplane.demo"), "add_arguments", None)
+            if add_arguments is not None:
+                add_arguments(demo)
         else:  # let the handler say what is missing instead of "unrecognized arguments"
             demo.set_defaults(lenient=True)
     demo.set_defaults(handler=_cmd_demo)
