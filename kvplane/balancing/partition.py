@@ -40,6 +40,7 @@ __all__ = [
     "candidate_assignments",
     "contiguous",
     "karmarkar_karp",
+    "lower_bound",
     "lpt",
     "rank_loads",
     "sort_and_stride",
@@ -231,15 +232,35 @@ def candidate_assignments(weights: np.ndarray, k: int, *, equal_count: bool) -> 
     return out
 
 
-def ranked_assignments(
-    weights: np.ndarray, k: int, *, equal_count: bool = False
-) -> list[tuple[float, str, np.ndarray]]:
-    """Every candidate as ``(most-loaded rank's load, name, assignment)``, lightest first (stable)."""
+def lower_bound(weights: np.ndarray, k: int) -> float:
+    """No partition's most-loaded rank is lighter: the heaviest item, and the mean (rounded up when
+    the weights are integers)."""
     w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0:
+        return 0.0
+    mean = w.sum() / k
+    if np.array_equal(w, np.floor(w)):
+        mean = float(np.ceil(mean - 1e-9 * max(1.0, mean)))
+    return max(float(w.max()), mean)
+
+
+def ranked_assignments(
+    weights: np.ndarray, k: int, *, equal_count: bool = False, stop_at_optimum: bool = False
+) -> list[tuple[float, str, np.ndarray]]:
+    """Every candidate as ``(most-loaded rank's load, name, assignment)``, lightest first (stable).
+
+    With ``stop_at_optimum``, candidates stop once one reaches :func:`lower_bound` (it is optimal,
+    so no later one can be lighter); Karmarkar–Karp does at 64 or more items per rank.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    bound = lower_bound(w, k) if stop_at_optimum else -np.inf
     ranked = []
     for name, fn in candidate_assignments(w, k, equal_count=equal_count):
         assignment = fn()
-        ranked.append((float(rank_loads(assignment, w, k).max()), name, assignment))
+        peak = float(rank_loads(assignment, w, k).max())
+        ranked.append((peak, name, assignment))
+        if peak <= bound:
+            break
     if not ranked:
         raise DataPlaneBadRequest(
             f"no candidate partition of {w.size} items over {k} ranks (equal count needs n % k == 0)"
@@ -260,5 +281,5 @@ def best_assignment(weights: np.ndarray, k: int, *, equal_count: bool = False) -
         >>> rank_loads(a, w, 2).tolist(), name
         ([12.0, 4.0], 'kk_equal_count')
     """
-    _, name, assignment = ranked_assignments(weights, k, equal_count=equal_count)[0]
+    _, name, assignment = ranked_assignments(weights, k, equal_count=equal_count, stop_at_optimum=True)[0]
     return assignment, name

@@ -106,12 +106,14 @@ def nemo_packed(req: ShardRequest, cfg: SequencePacking, lo: int) -> ChunkSplit:
 # --- balanced modes ------------------------------------------------------------------------------
 
 
-def _ranked(req: ShardRequest, lo: int, *, equal_count: bool) -> list[tuple[float, str, np.ndarray]]:
+def _ranked(
+    req: ShardRequest, lo: int, *, equal_count: bool, stop_at_optimum: bool = False
+) -> list[tuple[float, str, np.ndarray]]:
     """Candidate row assignments for this chunk, lightest most-loaded rank first."""
     k = req.dp_world
     weights = req.weights(lo, lo + req.batch_size)
     if req.group_codes is None:
-        return ranked_assignments(weights, k, equal_count=equal_count)
+        return ranked_assignments(weights, k, equal_count=equal_count, stop_at_optimum=stop_at_optimum)
     _, groups = np.unique(req.group_codes[lo : lo + req.batch_size], return_inverse=True)
     sizes = np.bincount(groups)
     if equal_count and (sizes.size % k or (sizes != sizes[0]).any()):
@@ -125,12 +127,12 @@ def _ranked(req: ShardRequest, lo: int, *, equal_count: bool) -> list[tuple[floa
             "every rank needs at least one whole group"
         )
     group_weights = np.bincount(groups, weights=weights)
-    ranked = ranked_assignments(group_weights, k, equal_count=equal_count)
+    ranked = ranked_assignments(group_weights, k, equal_count=equal_count, stop_at_optimum=stop_at_optimum)
     return [(peak, f"group_{name}", assignment[groups]) for peak, name, assignment in ranked]
 
 
 def _chosen(req: ShardRequest, lo: int, *, equal_count: bool) -> np.ndarray:
-    peak, name, assignment = _ranked(req, lo, equal_count=equal_count)[0]
+    peak, name, assignment = _ranked(req, lo, equal_count=equal_count, stop_at_optimum=True)[0]
     logger.debug("chunk at row %d: %s, most-loaded rank %.6g", lo, name, peak)
     return assignment
 
