@@ -152,9 +152,7 @@ def _column_nbytes(fields: FieldsLike) -> dict[str, int]:
     Invalid input measures as whatever it holds; the inner call rejects it, and failed calls are never
     accounted.
     """
-    if isinstance(fields, TensorDictBase):
-        return {name: _payload_nbytes(value) for name, value in fields.items()}
-    if isinstance(fields, Mapping):
+    if isinstance(fields, (TensorDictBase, Mapping)):
         return {name: _payload_nbytes(value) for name, value in fields.items()}
     return {}
 
