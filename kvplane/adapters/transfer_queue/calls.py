@@ -1,0 +1,179 @@
+"""Deadline-bounded calls into TransferQueue, and translation of what they raise.
+
+TransferQueue's controller RPCs have no client-side timeout (a dead controller blocks a caller
+forever), and its errors are a mix of builtins, Ray, ZMQ and its own classes. Every call kvplane makes
+goes through :class:`LoopRunner` (coroutines on the TransferQueue client's event loop) or
+:func:`run_bounded` (blocking calls such as ``tq.init``), so each one has a deadline, and whatever it
+raises reaches the caller as a kvplane error with the original chained as ``__cause__``.
+
+Examples:
+    >>> from kvplane.adapters.transfer_queue.calls import translate
+    >>> from kvplane import DataPlaneWriteError
+    >>> type(translate("put", ValueError("bad batch"), DataPlaneWriteError)).__name__
+    'DataPlaneBadRequest'
+    >>> type(translate("put", RuntimeError("Storage capacity exceeded"), DataPlaneWriteError)).__name__
+    'DataPlaneWriteError'
+    >>> type(translate("get", ConnectionResetError(), DataPlaneWriteError)).__name__
+    'DataPlaneUnavailable'
+    >>> run_bounded("a nap", lambda: __import__("time").sleep(5), timeout_s=0.05)
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneTimeout: a nap did not finish within 0.05s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import ray.exceptions
+import zmq
+from transfer_queue import StorageKeyNotFoundError
+
+from kvplane.errors import (
+    DataPlaneBadRequest,
+    DataPlaneError,
+    DataPlaneKeyError,
+    DataPlaneTimeout,
+    DataPlaneUnavailable,
+)
+
+__all__ = ["LoopRunner", "run_bounded", "translate"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Extra time the calling thread waits beyond a coroutine's own deadline, so the in-loop
+#: ``wait_for`` normally fires first and cancels the request cleanly.
+_GRACE_S = 2.0
+
+_GONE = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.RaySystemError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.LocalRayletDiedError,
+    ConnectionError,
+    zmq.ZMQError,
+    concurrent.futures.CancelledError,
+)
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
+# TransferQueue wraps transport failures in RuntimeError text; these phrases mean "backend gone".
+_GONE_PHRASES = (
+    "no controller registered",
+    "storage manager not initialized",
+    "zmq recv timeout",
+    "context was terminated",
+)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def translate(operation: str, exc: BaseException, default: type[DataPlaneError]) -> DataPlaneError:
+    """The kvplane error for ``exc`` raised by ``operation`` (the caller chains ``exc`` as cause).
+
+    Rules, first match wins over the exception and its causes: a kvplane error passes through;
+    a timeout → :class:`~kvplane.DataPlaneTimeout`; a dead actor, node, socket or connection →
+    :class:`~kvplane.DataPlaneUnavailable`; a key missing from storage or a ``KeyError`` →
+    :class:`~kvplane.DataPlaneKeyError`; ``ValueError``/``TypeError`` (TransferQueue's "bad input")
+    → :class:`~kvplane.DataPlaneBadRequest`; anything else → ``default`` (the operation's own
+    Read/Write/Clear error).
+    """
+    if isinstance(exc, DataPlaneError):
+        return exc
+    message = f"{operation} failed: {type(exc).__name__}: {exc}"
+    chain = list(_chain(exc))
+    if any(isinstance(e, _TIMEOUTS) for e in chain):
+        return DataPlaneTimeout(message)
+    if any(isinstance(e, _GONE) for e in chain) or any(
+        phrase in str(e).lower() for e in chain for phrase in _GONE_PHRASES
+    ):
+        return DataPlaneUnavailable(message)
+    if any(isinstance(e, StorageKeyNotFoundError) for e in chain) or isinstance(exc, KeyError):
+        return DataPlaneKeyError(message)
+    if isinstance(exc, (ValueError, TypeError)):
+        return DataPlaneBadRequest(message)
+    return default(message)
+
+
+def run_bounded(what: str, fn: Callable[[], T], *, timeout_s: float) -> T:
+    """Run a blocking call in a helper thread and give up on it after ``timeout_s``.
+
+    For calls that cannot be cancelled (``tq.init`` waiting on an unschedulable actor, a blocking
+    handshake): the thread is left behind as a daemon, the caller gets a
+    :class:`~kvplane.DataPlaneTimeout` and must release what the call may have created.
+
+    Raises:
+        DataPlaneTimeout: ``fn`` did not return in time.
+        Exception: Whatever ``fn`` raised, unchanged (the caller translates it).
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"kvplane-{what.replace(' ', '-')}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise DataPlaneTimeout(f"{what} did not finish within {timeout_s:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class LoopRunner:
+    """Runs TransferQueue coroutines on the client's event loop, each with a deadline.
+
+    Args:
+        loop: The TransferQueue client's event loop (it runs in the client's own thread).
+        timeout_s: The deadline of a call that does not name its own.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self._loop = loop
+        self._timeout_s = timeout_s
+
+    def run(
+        self,
+        operation: str,
+        coro: Coroutine[Any, Any, T],
+        default: type[DataPlaneError],
+        timeout_s: float | None = None,
+    ) -> T:
+        """Run ``coro`` on the loop; block until it finishes or its deadline passes.
+
+        On a deadline the coroutine is cancelled (TransferQueue then discards the socket it was
+        using, so a late reply cannot reach another request).
+
+        Raises:
+            DataPlaneTimeout: The deadline passed.
+            DataPlaneError: What the coroutine raised, translated (see :func:`translate`).
+        """
+        timeout = self._timeout_s if timeout_s is None else timeout_s
+        try:
+            future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout), self._loop)
+        except RuntimeError as exc:  # the loop is closed or stopped
+            coro.close()
+            raise DataPlaneUnavailable(f"{operation}: the TransferQueue client is closed") from exc
+        try:
+            return future.result(timeout + _GRACE_S)
+        except _TIMEOUTS as exc:
+            future.cancel()
+            raise DataPlaneTimeout(f"{operation} did not finish within {timeout:g}s") from exc
+        except Exception as exc:
+            raise translate(operation, exc, default) from exc

@@ -1,0 +1,557 @@
+"""``TransferQueueDataPlaneClient``: the kvplane contract on TransferQueue 0.1.11.
+
+Direct-by-key calls go through TransferQueue's KV path, task-mediated claims through its
+controller's per-task cursor (``get_meta`` in polling mode), and everything the contract needs that
+TransferQueue does not keep (declarations, field dtypes and row ranks, claim totals) lives in
+reserved control partitions (:mod:`.control`), so every process sees the same state. kvplane drives
+TransferQueue's client coroutines itself rather than ``tq.kv_*``, to check strictly at the cost of
+one controller metadata request and to put a deadline on every call (:mod:`.calls`).
+
+Where TransferQueue is silent, kvplane is strict (``reference/transferqueue_0.1.11.md`` §9):
+
+- reads check every key and every field against the controller's metadata before touching storage:
+  a missing partition, key or field raises ``DataPlaneKeyError`` naming it (TQ returns fewer rows
+  or an empty TensorDict); ``select_fields=None`` means every field the keys store and raises when
+  they differ (TQ silently intersects);
+- writes are validated whole (``kvplane.codec``), dtype and row rank per field per partition
+  included, before a key is registered; if storing fails afterwards (capacity, serialisation,
+  transport) the keys the call created are removed again, so no ghost key is left behind;
+- a key written with tags only is a real key: listed, tag-readable, never claimable, and a read of
+  a field it lacks names it (it does not poison reads of other keys);
+- reads come back dense where rows are uniform (a zero-copy view of TQ's jagged result), ``[B]`` as
+  ``[B]`` on MooncakeStore too, ragged rows jagged, object columns as ``NonTensorStack``.
+
+Decisions where the docs are silent: a claim is recorded in the shared claim counts only for a
+partition registered with ``num_samples`` (nothing else needs the total); a claim that crashes between
+TransferQueue's cursor move and that record under-counts, so a later claim waits for samples that
+never come (TransferQueue has no acknowledgement or lease to do better). Concurrent first writes of
+one new field with different dtypes both pass the check (no compare-and-set exists); tags merge by
+read-modify-write like TransferQueue's own (concurrent tag writers to one key can lose updates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from tensordict import TensorDict
+from transfer_queue import BatchMeta
+
+from kvplane.client import DataPlaneClient
+from kvplane.codec import check_ids, check_partition, check_select, check_tags, to_batch
+from kvplane.config import DataPlaneConfig
+from kvplane.errors import (
+    DataPlaneBadRequest,
+    DataPlaneClearError,
+    DataPlaneError,
+    DataPlaneKeyError,
+    DataPlaneReadError,
+    DataPlaneTimeout,
+    DataPlaneUnavailable,
+    DataPlaneWriteError,
+)
+from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
+
+from .calls import LoopRunner
+from .control import (
+    RESERVED_PREFIX,
+    ControlPlane,
+    ControlState,
+    FieldSpec,
+    Registration,
+    is_reserved,
+    user_partition,
+)
+from .deployment import open_deployment
+from .wire import prepare_batch, shape_column
+
+__all__ = ["TransferQueueDataPlaneClient"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Stands in for "every field" when clearing keys that store none (KV backends need a field name).
+_NO_FIELD = "__kvplane_no_field__"
+_UNKNOWN_SCHEMA = {"dtype": None, "shape": None, "is_nested": False, "is_non_tensor": False}
+
+
+def _listed(keys: Sequence[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:5])
+    return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+class TransferQueueDataPlaneClient(DataPlaneClient):
+    """The contract on a TransferQueue deployment (see the module docstring).
+
+    Args:
+        config: A config with ``impl: transfer_queue`` (or anything ``DataPlaneConfig.load`` takes).
+        bootstrap: Start the deployment (driver) when True; attach to the running one (worker) when
+            False. Only the bootstrapping client tears the deployment down on ``close()``.
+
+    Raises:
+        DataPlaneUnavailable: Ray, the deployment, enough free Ray CPUs or MooncakeStore is missing.
+        DataPlaneTimeout: The bootstrap or attach took longer than ``bootstrap_timeout_s``.
+        DataPlaneBadRequest: The config is invalid or does not match the running deployment.
+    """
+
+    def __init__(self, config: DataPlaneConfig | Mapping[str, Any] | str, *, bootstrap: bool = True) -> None:
+        cfg = DataPlaneConfig.load(config)
+        if cfg.impl != "transfer_queue":
+            raise DataPlaneBadRequest(
+                f"data plane config: 'impl' must be 'transfer_queue' here, got {cfg.impl!r}"
+            )
+        self._cfg = cfg
+        self._deployment = open_deployment(cfg, bootstrap=bootstrap)
+        self._tq = self._deployment.client
+        self._runner = LoopRunner(self._deployment.loop, cfg.request_timeout_s)
+        self._id = uuid.uuid4().hex[:12]
+        self._control = ControlPlane(self._tq, self._id)
+        self._kv_storage = self._deployment.storage_backend == "MooncakeStore"
+        self._claimed: dict[tuple[str, str], int] = {}  # this client's own claim totals
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ plumbing
+    def _run(
+        self,
+        operation: str,
+        coro: Coroutine[Any, Any, T],
+        default: type[DataPlaneError],
+        timeout_s: float | None = None,
+    ) -> T:
+        if self._closed:
+            coro.close()
+            raise DataPlaneUnavailable(f"{operation}: the TransferQueue data plane client is closed")
+        return self._runner.run(operation, coro, default, timeout_s)
+
+    @staticmethod
+    def _partition_arg(partition_id: Any) -> str:
+        pid = check_partition(partition_id)
+        if is_reserved(pid):
+            raise DataPlaneBadRequest(
+                f"partition ids starting with {RESERVED_PREFIX!r} are reserved for kvplane"
+            )
+        return pid
+
+    def _meta(
+        self,
+        pid: str,
+        task: str | None,
+        keys: list[str],
+        fields: list[str] | None,
+        tags: list[dict[str, Any]],
+    ) -> KVBatchMeta:
+        tag = self._cfg.seq_len_tag
+        lengths = [int(t[tag]) for t in tags] if keys and all(tag in t for t in tags) else None
+        return KVBatchMeta(pid, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
+
+    async def _fields_per_key(
+        self, pid: str, fields: Sequence[str], indexes: Sequence[int]
+    ) -> dict[str, list[bool]]:
+        """For each field, whether each sample (by global index) has it produced (one request a field)."""
+        answers = await asyncio.gather(*(self._tq.async_get_production_status([f], pid) for f in fields))
+        position = {gi: i for i, gi in enumerate(indexes)}
+        out = {}
+        for name, (partition_indexes, status) in zip(fields, answers, strict=True):
+            flags = [False] * len(indexes)
+            if partition_indexes is not None:
+                for gi, produced in zip(partition_indexes.tolist(), status[:, 0].tolist(), strict=True):
+                    if produced and gi in position:
+                        flags[position[gi]] = True
+            out[name] = flags
+        return out
+
+    async def _partition_exists(self, pid: str) -> bool:
+        partitions, state = await asyncio.gather(
+            self._tq.async_get_partition_list(), self._control.state(pid)
+        )
+        return pid in partitions or state.registration is not None
+
+    # ------------------------------------------------------------------ (A) task-mediated
+    def register_partition(
+        self,
+        partition_id: str,
+        fields: list[str],
+        num_samples: int | None,
+        consumer_tasks: list[str],
+        grpo_group_size: int | None = None,
+        enums: dict[str, list[str]] | None = None,
+    ) -> None:
+        pid = self._partition_arg(partition_id)
+        names = check_ids(list(fields), "fields")
+        tasks = check_ids(list(consumer_tasks), "consumer_tasks")
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
+        ):
+            raise DataPlaneBadRequest(f"num_samples must be a non-negative int or None, got {num_samples!r}")
+        if grpo_group_size is not None and (
+            isinstance(grpo_group_size, bool) or not isinstance(grpo_group_size, int) or grpo_group_size < 1
+        ):
+            raise DataPlaneBadRequest(
+                f"grpo_group_size must be a positive int or None, got {grpo_group_size!r}"
+            )
+        if enums is not None and not isinstance(enums, Mapping):
+            raise DataPlaneBadRequest(f"enums must be a dict of field -> values, got {type(enums).__name__}")
+        registration = Registration(
+            names, num_samples, tasks, grpo_group_size, {k: list(v) for k, v in (enums or {}).items()}
+        )
+        self._run("register_partition", self._control.register(pid, registration), DataPlaneWriteError)
+
+    def claim_meta(
+        self,
+        partition_id: str,
+        task_name: str,
+        required_fields: list[str],
+        batch_size: int,
+        dp_rank: int | None = None,
+        blocking: bool = True,
+        timeout_s: float = 60.0,
+    ) -> KVBatchMeta:
+        pid = self._partition_arg(partition_id)
+        if not isinstance(task_name, str) or not task_name:
+            raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
+        required = check_ids(list(required_fields), "required_fields")
+        if not required:
+            raise DataPlaneBadRequest(
+                "claim_meta needs at least one required field (readiness is field production)"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
+        deadline = time.monotonic() + max(0.0, float(timeout_s))
+        while True:
+            # Each attempt gets the full request deadline: abandoning a fetch the controller already
+            # served would lose its samples for this task (TransferQueue has no un-claim).
+            meta = self._run(
+                "claim_meta",
+                self._claim_once(pid, task_name, required, batch_size, dp_rank),
+                DataPlaneReadError,
+            )
+            if meta is not None:
+                return meta
+            if not blocking:
+                return KVBatchMeta(pid, task_name, [], fields=required, tags=[])
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DataPlaneTimeout(
+                    f"claim_meta(partition={pid!r}, task={task_name!r}, batch_size={batch_size}) "
+                    f"found too few ready samples within {timeout_s}s"
+                )
+            time.sleep(min(self._cfg.claim_meta_poll_interval_s, remaining))
+
+    async def _claim_once(
+        self, pid: str, task: str, required: list[str], batch_size: int, dp_rank: int | None
+    ) -> KVBatchMeta | None:
+        state = await self._control.state(pid)
+        registration = state.registration
+        if (
+            registration is not None
+            and registration.consumer_tasks
+            and task not in registration.consumer_tasks
+        ):
+            raise DataPlaneKeyError(
+                f"task {task!r} is not a consumer task of partition {pid!r} "
+                f"(registered: {registration.consumer_tasks})"
+            )
+        counted = registration is not None and registration.num_samples is not None
+        want = batch_size
+        if counted:
+            want = min(batch_size, registration.num_samples - state.claimed.get(task, 0))  # type: ignore[union-attr,operator]
+            if want <= 0:
+                return KVBatchMeta(pid, task, [], fields=required, tags=[])
+        batch = await self._tq.async_get_meta(
+            data_fields=required,
+            batch_size=want,
+            partition_id=pid,
+            mode="fetch",
+            task_name=task,
+            sampling_config={} if dp_rank is None else {"dp_rank": dp_rank},
+        )
+        if batch.size == 0:
+            return None
+        lookups: list[Coroutine[Any, Any, Any]] = [
+            self._tq.async_kv_retrieve_keys(list(batch.global_indexes), pid)
+        ]
+        if counted:
+            lookups.append(self._count_claim(pid, task, batch.size, state))
+        keys, *_ = await asyncio.gather(*lookups)
+        return self._meta(pid, task, list(keys), list(required), [dict(t) for t in batch.custom_meta])
+
+    async def _count_claim(self, pid: str, task: str, n: int, state: ControlState) -> None:
+        with self._lock:
+            total = self._claimed.get((pid, task), 0)
+            if (task, self._id) not in state.client_counts:
+                total = 0  # never recorded, or the partition was wiped since
+            total += n
+            self._claimed[(pid, task)] = total
+        await self._control.set_claimed(pid, task, total)
+
+    def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
+        pid = self._partition_arg(partition_id)
+        tasks = check_ids(list(task_names), "task_names")
+        return self._run("check_consumption_status", self._consumed(pid, tasks), DataPlaneReadError)
+
+    async def _consumed(self, pid: str, tasks: list[str]) -> bool:
+        state, partitions, *statuses = await asyncio.gather(
+            self._control.state(pid),
+            self._tq.async_get_partition_list(),
+            *(self._tq.async_get_consumption_status(task, pid) for task in tasks),
+        )
+        if pid not in partitions and state.registration is None:
+            raise DataPlaneKeyError(f"no partition {pid!r}")
+        expected = state.registration.num_samples if state.registration is not None else None
+        for task, (_, consumed) in zip(tasks, statuses, strict=True):
+            if consumed is not None and consumed.numel() and not bool((consumed == 1).all()):
+                return False
+            if expected is not None and state.claimed.get(task, 0) < expected:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ (B) direct-by-key
+    def put_samples(
+        self, sample_ids: list[str], partition_id: str, fields: Any = None, tags: Any = None
+    ) -> KVBatchMeta:
+        pid = self._partition_arg(partition_id)
+        keys = check_ids(sample_ids, "sample_ids")
+        batch = to_batch(fields, len(keys))
+        tag_list = check_tags(tags, len(keys))
+        if not keys:
+            return KVBatchMeta(pid, None, [], fields=None)
+        specs = {name: FieldSpec.of(batch.get(name)) for name in batch.keys()} if batch is not None else {}
+        wire = prepare_batch(batch) if batch is not None else None
+        merged = self._run("put_samples", self._put(pid, keys, wire, tag_list, specs), DataPlaneWriteError)
+        return self._meta(pid, None, keys, list(specs) or None, merged)
+
+    async def _put(
+        self,
+        pid: str,
+        keys: list[str],
+        wire: TensorDict | None,
+        tags: list[dict[str, Any]] | None,
+        specs: dict[str, FieldSpec],
+    ) -> list[dict[str, Any]]:
+        known: dict[str, FieldSpec] = {}
+        if specs:
+            known = (await self._control.state(pid)).fields
+            for name, spec in specs.items():
+                held = known.get(name)
+                if held is not None and held != spec:
+                    raise DataPlaneBadRequest(
+                        f"field {name!r} of partition {pid!r} holds {held.describe()}; refusing a write of "
+                        f"{spec.describe()} (a field keeps one dtype and row rank within a partition)"
+                    )
+            new = {name: spec for name, spec in specs.items() if name not in known}
+            if new:
+                await self._control.add_fields(pid, new)
+        # Everything is validated: from here on keys exist in TransferQueue.
+        meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=True)
+        untagged = [not t for t in meta.custom_meta]
+        if tags is not None:
+            meta.update_custom_meta(tags)
+        try:
+            if wire is not None:
+                await self._tq.storage_manager.put_data(wire, meta)
+            if tags is not None:
+                await self._tq.async_set_custom_meta(meta)
+        except BaseException:
+            await self._remove_created_keys(pid, meta, untagged, [*known, *specs])
+            raise
+        return [dict(t) for t in meta.custom_meta]
+
+    async def _remove_created_keys(
+        self, pid: str, meta: BatchMeta, untagged: list[bool], fields: list[str]
+    ) -> None:
+        """After a failed store, remove the keys the write registered (no tags before, no field produced).
+
+        A key that existed before with neither tags nor fields is indistinguishable and goes too.
+        """
+        try:
+            produced = await self._fields_per_key(pid, fields, meta.global_indexes)
+            ghosts = [
+                i
+                for i in range(meta.size)
+                if untagged[i] and not any(flags[i] for flags in produced.values())
+            ]
+            if ghosts:
+                created = meta.select_samples(ghosts)
+                await self._tq.async_clear_samples(self._clear_batch(created, fields))
+                logger.info("removed %d key(s) of partition %r after a failed write", len(ghosts), pid)
+        except Exception:  # the write's own error is what the caller needs to see
+            logger.warning("could not remove the keys a failed write registered in %r", pid, exc_info=True)
+
+    def get_samples(
+        self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None
+    ) -> TensorDict:
+        pid = self._partition_arg(partition_id)
+        keys = check_ids(sample_ids, "sample_ids")
+        wanted = check_select(select_fields)
+        return self._run("get_samples", self._get(pid, keys, wanted), DataPlaneReadError)
+
+    async def _get(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
+        if not keys:
+            if not await self._partition_exists(pid):
+                raise DataPlaneKeyError(f"no partition {pid!r}")
+            return TensorDict({}, batch_size=[0])
+        state: ControlState | None = None
+        if wanted is None or self._kv_storage:
+            meta, state = await asyncio.gather(
+                self._tq.async_kv_retrieve_meta(keys, pid, create=False), self._control.state(pid)
+            )
+        else:
+            meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=False)
+        if meta.size != len(keys):
+            await self._raise_missing_keys(pid, keys, meta)
+        if wanted is None:
+            assert state is not None
+            wanted = await self._uniform_fields(pid, keys, meta, state)
+        else:
+            for name in wanted:
+                if name not in meta.field_schema:
+                    lacking = (await self._fields_per_key(pid, [name], meta.global_indexes))[name]
+                    absent = [k for k, has in zip(keys, lacking, strict=True) if not has]
+                    raise DataPlaneKeyError(
+                        f"field {name!r} is not stored for key(s) {absent[:5]} of partition {pid!r}"
+                    )
+        n = len(keys)
+        if not wanted:
+            return TensorDict({}, batch_size=[n])
+        read = BatchMeta(
+            global_indexes=meta.global_indexes,
+            partition_ids=meta.partition_ids,
+            field_schema={name: meta.field_schema[name] for name in wanted},
+            production_status=np.ones(n, dtype=np.int8),
+            _custom_backend_meta=meta._custom_backend_meta,
+        )
+        data = await self._tq.storage_manager.get_data(read)
+        specs = state.fields if state is not None else {}
+        columns = {}
+        for name in wanted:
+            spec = specs.get(name)
+            columns[name] = shape_column(name, data.get(name), spec.rank if spec is not None else None)
+        return TensorDict(columns, batch_size=[n])
+
+    async def _raise_missing_keys(self, pid: str, keys: list[str], meta: BatchMeta) -> None:
+        if meta.size == 0 and not await self._partition_exists(pid):
+            raise DataPlaneKeyError(f"no partition {pid!r}")
+        present = (
+            set(await self._tq.async_kv_retrieve_keys(list(meta.global_indexes), pid)) if meta.size else set()
+        )
+        missing = [k for k in keys if k not in present]
+        raise DataPlaneKeyError(f"partition {pid!r} has no key {_listed(missing)}")
+
+    async def _uniform_fields(
+        self, pid: str, keys: list[str], meta: BatchMeta, state: ControlState
+    ) -> list[str]:
+        """Every field the keys store, in first-write order; an error naming a difference."""
+        common = set(meta.field_schema)
+        others = [name for name in state.fields if name not in common]
+        if others:
+            for name, flags in (await self._fields_per_key(pid, others, meta.global_indexes)).items():
+                if any(flags):
+                    having = keys[flags.index(True)]
+                    lacking = keys[flags.index(False)]
+                    raise DataPlaneBadRequest(
+                        f"keys of partition {pid!r} store different fields: {having!r} has {name!r}, "
+                        f"{lacking!r} does not; pass select_fields"
+                    )
+        ordered = [name for name in state.fields if name in common]
+        return ordered + sorted(common.difference(ordered))
+
+    def clear_samples(self, sample_ids: list[str] | None, partition_id: str) -> None:
+        pid = self._partition_arg(partition_id)
+        if sample_ids is None:
+            self._run("clear_samples", self._clear_partition(pid), DataPlaneClearError)
+            with self._lock:
+                for slot in [s for s in self._claimed if s[0] == pid]:
+                    del self._claimed[slot]
+            return
+        keys = check_ids(sample_ids, "sample_ids")
+        if keys:
+            self._run("clear_samples", self._clear_keys(pid, keys), DataPlaneClearError)
+
+    def _clear_batch(self, meta: BatchMeta, fields: Sequence[str]) -> BatchMeta:
+        """A BatchMeta naming every field a KV backend may hold for these samples."""
+        names = list(dict.fromkeys(fields)) or [_NO_FIELD]
+        return BatchMeta(
+            global_indexes=meta.global_indexes,
+            partition_ids=meta.partition_ids,
+            field_schema={name: dict(_UNKNOWN_SCHEMA) for name in names},
+            _custom_backend_meta=meta._custom_backend_meta,
+        )
+
+    async def _clear_keys(self, pid: str, keys: list[str]) -> None:
+        fields: list[str] = []
+        if self._kv_storage:  # MooncakeStore deletes by (sample, field): name every field there is
+            meta, state = await asyncio.gather(
+                self._tq.async_kv_retrieve_meta(keys, pid, create=False), self._control.state(pid)
+            )
+            fields = list(state.fields)
+        else:
+            meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=False)
+        if meta.size:
+            await self._tq.async_clear_samples(self._clear_batch(meta, fields))
+
+    async def _clear_partition(self, pid: str) -> None:
+        listing = await self._tq.async_kv_list(pid)
+        keys = list(listing.get(pid, {}))
+        if keys:
+            await self._clear_keys(pid, keys)
+        if pid in listing:
+            # Drop the emptied partition itself, with its consumption cursors.
+            await self._tq._clear_partition_in_controller(pid)
+        await self._control.wipe(pid)
+
+    # ------------------------------------------------------------------ (C) recovery / control plane
+    def ping(self, timeout_s: float | None = None) -> None:
+        self._run("ping", self._tq.async_get_partition_list(), DataPlaneUnavailable, timeout_s)
+
+    def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+        if partition_id is None:
+            return self._run("list_keys", self._list_all(), DataPlaneReadError)
+        pid = self._partition_arg(partition_id)
+        return self._run("list_keys", self._list_one(pid), DataPlaneReadError)
+
+    async def _list_one(self, pid: str) -> dict[str, dict[str, dict[str, Any]]]:
+        listing, state = await asyncio.gather(self._tq.async_kv_list(pid), self._control.state(pid))
+        if pid in listing:
+            return {pid: listing[pid]}
+        return {pid: {}} if state.registration is not None else {}
+
+    async def _list_all(self) -> dict[str, dict[str, dict[str, Any]]]:
+        listing = await self._tq.async_kv_list(None)
+        out = {pid: keys for pid, keys in listing.items() if not is_reserved(pid)}
+        for pid, records in listing.items():
+            owner = user_partition(pid)
+            if owner is not None and ControlState.parse(records).registration is not None:
+                out.setdefault(owner, {})
+        return out
+
+    def get_capabilities(self) -> DataPlaneCapabilities:
+        """All False on TransferQueue 0.1.11, for these reasons.
+
+        - ``supports_persistent_recovery``: the controller's metadata and the stored samples live in
+          the deployment's processes (SimpleStorage actors, MooncakeStore segments) and die with them.
+        - ``supports_server_side_filtering``: the controller selects claims by field production only;
+          tags are not filtered there.
+        - ``supports_atomic_batch_put``: data lands per storage unit before one controller update,
+          tags after it; an upsert can be read half old, half new, and a failed unit leaves the
+          others written (kvplane removes the keys the failed write created, not the bytes it
+          overwrote).
+        - ``supports_verified_clear``: both storage backends log a failed delete instead of raising it.
+        """
+        return DataPlaneCapabilities()
+
+    # ------------------------------------------------------------------ (D) lifecycle
+    def close(self) -> None:
+        """Detach (attached client) or tear the deployment down (bootstrapping client). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._deployment.close(self._cfg.bootstrap_timeout_s)

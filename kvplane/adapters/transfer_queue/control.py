@@ -1,0 +1,185 @@
+"""Shared control records (declarations, field specs, claim counts) kept inside TransferQueue.
+
+TransferQueue has no place for what kvplane's contract needs every process to agree on: a
+partition's declaration (``num_samples`` for the short-last-batch rule, ``consumer_tasks`` for the
+typo guard), each field's dtype and row rank (dtype stability; restoring ``[B]`` fields that
+MooncakeStore returns as ``[B, 1]``) and how many samples each task has claimed in all (claims
+cleared since are gone from TransferQueue's consumption bits). kvplane keeps them as tags of keys in a
+reserved partition per user partition, ``__kvplane__/<partition>``:
+
+- ``registration``: the declaration (replaced by a new ``register_partition``);
+- ``field/<name>``: ``{"field", "kind", "rank"}``, written before the field's first data lands;
+- ``claimed/<task>/<client>``: the number of samples one client has claimed for a task (each client
+  writes only its own key, so concurrent consumers never overwrite each other's counts).
+
+One ``kv_list`` of the control partition reads them all. The user cannot touch reserved partitions
+(the adapter rejects them and hides them from listings); ``clear_samples(None, p)`` wipes both.
+
+Examples:
+    >>> import torch
+    >>> from kvplane.adapters.transfer_queue.control import FieldSpec, ControlState, control_partition
+    >>> control_partition("rollouts")
+    '__kvplane__/rollouts'
+    >>> FieldSpec.of(torch.zeros(4, 3)), FieldSpec.of(torch.zeros(4))
+    (FieldSpec(kind='torch.float32', rank=1), FieldSpec(kind='torch.float32', rank=0))
+    >>> state = ControlState.parse({"field/x": {"field": "x", "kind": "torch.int64", "rank": 0},
+    ...                             "claimed/train/c1": {"task": "train", "n": 3},
+    ...                             "claimed/train/c2": {"task": "train", "n": 2}})
+    >>> state.fields["x"].describe(), state.claimed, state.registration is None
+    ('torch.int64 rows of rank 0', {'train': 5}, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from transfer_queue import TransferQueueClient
+
+from kvplane.codec import OBJECT_KIND, field_kind
+
+__all__ = [
+    "RESERVED_PREFIX",
+    "ControlPlane",
+    "ControlState",
+    "FieldSpec",
+    "Registration",
+    "control_partition",
+    "is_reserved",
+]
+
+#: Partitions whose id starts with this belong to kvplane, not to users.
+RESERVED_PREFIX = "__kvplane__"
+_REGISTRATION_KEY = "registration"
+_FIELD_PREFIX = "field/"
+_CLAIM_PREFIX = "claimed/"
+
+
+def is_reserved(partition_id: str) -> bool:
+    """True for kvplane's own partitions."""
+    return partition_id.startswith(RESERVED_PREFIX)
+
+
+def control_partition(partition_id: str) -> str:
+    """The reserved partition holding ``partition_id``'s control records."""
+    return f"{RESERVED_PREFIX}/{partition_id}"
+
+
+def user_partition(control_id: str) -> str | None:
+    """The user partition a control partition belongs to (``None`` for any other id)."""
+    prefix = f"{RESERVED_PREFIX}/"
+    return control_id[len(prefix) :] if control_id.startswith(prefix) else None
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a field holds, fixed by its first write within a partition.
+
+    Attributes:
+        kind: ``codec.field_kind``: a dtype string, or ``"object"`` for non-tensor columns.
+        rank: The number of dimensions of one row (0 for a ``[B]`` column); ``None`` for objects.
+    """
+
+    kind: str
+    rank: int | None
+
+    @classmethod
+    def of(cls, column: Any) -> FieldSpec:
+        """The spec of a validated column (see :func:`kvplane.codec.to_batch`)."""
+        kind = field_kind(column)
+        return cls(kind, None if kind == OBJECT_KIND else column.dim() - 1)
+
+    def describe(self) -> str:
+        """Human-readable, for error messages."""
+        return self.kind if self.rank is None else f"{self.kind} rows of rank {self.rank}"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A partition's declaration (see ``DataPlaneClient.register_partition``)."""
+
+    fields: list[str]
+    num_samples: int | None
+    consumer_tasks: list[str]
+    grpo_group_size: int | None = None
+    enums: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class ControlState:
+    """Everything the control partition holds about one user partition.
+
+    Attributes:
+        registration: The declaration, or ``None`` when the partition was never registered.
+        fields: The spec of every field written so far.
+        claimed: Samples claimed in all, per task (summed over clients).
+        client_counts: Per ``(task, client)`` claim counts, as stored.
+    """
+
+    registration: Registration | None = None
+    fields: dict[str, FieldSpec] = field(default_factory=dict)
+    claimed: dict[str, int] = field(default_factory=dict)
+    client_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, records: Mapping[str, Mapping[str, Any]]) -> ControlState:
+        """Decode ``{key: tags}`` as listed from a control partition."""
+        state = cls()
+        for key, tags in records.items():
+            if key == _REGISTRATION_KEY and tags:
+                state.registration = Registration(**tags)
+            elif key.startswith(_FIELD_PREFIX) and tags:
+                state.fields[tags["field"]] = FieldSpec(tags["kind"], tags["rank"])
+            elif key.startswith(_CLAIM_PREFIX) and tags:
+                task, client = key[len(_CLAIM_PREFIX) :].rsplit("/", 1)
+                state.client_counts[(task, client)] = int(tags["n"])
+                state.claimed[task] = state.claimed.get(task, 0) + int(tags["n"])
+        return state
+
+
+class ControlPlane:
+    """Reads and writes control records through a TransferQueue client (coroutines).
+
+    Args:
+        client: The process's TransferQueue client.
+        client_id: This kvplane client's unique id (names its claim-count keys).
+    """
+
+    def __init__(self, client: TransferQueueClient, client_id: str) -> None:
+        self._client = client
+        self._client_id = client_id
+
+    async def state(self, partition_id: str) -> ControlState:
+        """One listing of the control partition (empty state when it does not exist)."""
+        ctrl = control_partition(partition_id)
+        listing = await self._client.async_kv_list(ctrl)
+        return ControlState.parse(listing.get(ctrl, {}))
+
+    async def _write(self, partition_id: str, records: Mapping[str, Mapping[str, Any]]) -> None:
+        """Set the tags of control keys, replacing (not merging) what each key held."""
+        keys = list(records)
+        meta = await self._client.async_kv_retrieve_meta(keys, control_partition(partition_id), create=True)
+        meta.custom_meta = [dict(records[k]) for k in keys]
+        await self._client.async_set_custom_meta(meta)
+
+    async def add_fields(self, partition_id: str, specs: Mapping[str, FieldSpec]) -> None:
+        """Record the specs of fields written to the partition for the first time."""
+        await self._write(
+            partition_id,
+            {f"{_FIELD_PREFIX}{name}": {"field": name, **asdict(spec)} for name, spec in specs.items()},
+        )
+
+    async def register(self, partition_id: str, registration: Registration) -> None:
+        """Store (or replace) the partition's declaration."""
+        await self._write(partition_id, {_REGISTRATION_KEY: asdict(registration)})
+
+    async def set_claimed(self, partition_id: str, task_name: str, total: int) -> None:
+        """Store this client's running claim count for a task."""
+        key = f"{_CLAIM_PREFIX}{task_name}/{self._client_id}"
+        await self._write(partition_id, {key: {"task": task_name, "n": total}})
+
+    async def wipe(self, partition_id: str) -> None:
+        """Drop every control record of the partition (its registration, specs and counts)."""
+        # Control keys carry tags only (no stored data), so a controller-side clear is complete.
+        await self._client._clear_partition_in_controller(control_partition(partition_id))
