@@ -20,9 +20,10 @@ NeMo-RL's three modes (``balance=None``; same ``extra_info`` keys and structures
 Balanced mode (``balance="tokens"`` or ``"flops"``, weight ``a·L + L²`` with ``a = flops_coeff``):
 each global batch goes to the partition with the lightest most-loaded rank among Karmarkar–Karp,
 LPT, their equal-count variants, sort-and-stride and contiguous (so it is never worse than any of
-them). ``equal_count=True`` keeps the number of samples per rank equal; ``group_tag="group_id"``
-balances whole groups (rows sharing the tag's value stay on one rank; a group may not span two global
-batches). Every rank gets the same number of micro-batches per global batch:
+them), then polished by swapping items off the most-loaded rank. ``equal_count=True`` keeps the
+number of samples per rank equal; ``group_tag="group_id"`` balances whole groups (rows sharing the
+tag's value stay on one rank; a group may not span two global batches). Every rank gets the same
+number of micro-batches per global batch:
 
 - without packing arguments: one micro-batch per rank and global batch, in the packing structure
   (``micro_batch_indices``, ``micro_batch_lengths`` = token sums, ``elem_counts_per_gb``), so ranks

@@ -9,8 +9,9 @@ relabelled canonically (ordered by their smallest item index), so equal splits c
   rank (Graham's 4/3 bound when counts are free).
 - :func:`karmarkar_karp`: k-way largest differencing (LDM): merge the two partial solutions with the
   largest spread, pairing the heaviest part of one with the lightest of the other.
-- :func:`best_assignment`: runs the candidates and keeps the lowest most-loaded rank (never worse than
-  any of them, by construction).
+- :func:`improve_by_swaps`: local search that swaps (or moves) items off the most-loaded rank.
+- :func:`best_assignment`: runs the candidates, keeps the lowest most-loaded rank (never worse than
+  any of them, by construction) and polishes it with :func:`improve_by_swaps`.
 
 ``equal_count=True`` keeps ``n/k`` items on every rank (``n`` must be a multiple of ``k``). Free-count
 results never leave a rank empty when ``n >= k``.
@@ -39,6 +40,7 @@ __all__ = [
     "ranked_assignments",
     "candidate_assignments",
     "contiguous",
+    "improve_by_swaps",
     "karmarkar_karp",
     "lower_bound",
     "lpt",
@@ -208,6 +210,67 @@ def karmarkar_karp(weights: np.ndarray, k: int, *, equal_count: bool = False) ->
     return _canonical(assignment, k)
 
 
+def improve_by_swaps(
+    assignment: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    *,
+    equal_count: bool,
+    max_rounds: int | None = None,
+    lightest: int = 4,
+) -> np.ndarray:
+    """Local search on the most-loaded rank: each round makes the best single swap (or, with free
+    counts, move) between it and one of the ``lightest`` ranks, the one that lowers the pair's
+    heavier load most. Stops after ``max_rounds`` (default ``k``), when nothing helps, or within
+    1e-6 of :func:`lower_bound`. Never makes the most-loaded rank heavier; keeps counts when
+    ``equal_count``; deterministic.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    out = assignment.copy()
+    loads = rank_loads(out, w, k)
+    good_enough = lower_bound(w, k) * (1 + 1e-6)
+    for _ in range(k if max_rounds is None else max_rounds):
+        hi = int(loads.argmax())
+        top = float(loads[hi])
+        if top <= good_enough:
+            break
+        mine = np.flatnonzero(out == hi)
+        w_mine = w[mine]
+        best: tuple[float, int, int, int, float] | None = None  # (pair max, item, other item, rank, delta)
+        for lo in np.argsort(loads, kind="stable")[:lightest].tolist():
+            gap = top - float(loads[lo])
+            if lo == hi or gap <= 0:
+                continue
+            theirs = np.flatnonzero(out == lo)
+            theirs = theirs[np.argsort(w[theirs], kind="stable")]
+            w_theirs = w[theirs]
+            options = []
+            if theirs.size:  # swaps: delta = w_i - w_j, best near gap / 2
+                near = np.searchsorted(w_theirs, w_mine - gap / 2)
+                for pos in (near - 1, near):
+                    valid = (pos >= 0) & (pos < theirs.size)
+                    pos = np.clip(pos, 0, theirs.size - 1)
+                    options.append((w_mine - w_theirs[pos], valid, theirs[pos]))
+            if not equal_count:  # moves: delta = w_i
+                options.append((w_mine, np.ones(mine.size, dtype=bool), np.full(mine.size, -1)))
+            for delta, valid, partner in options:
+                pair_max = np.where(
+                    valid & (delta > 0) & (delta < gap), np.maximum(top - delta, top - gap + delta), np.inf
+                )
+                i = int(pair_max.argmin())
+                if pair_max[i] < top and (best is None or pair_max[i] < best[0]):
+                    best = (float(pair_max[i]), int(mine[i]), int(partner[i]), lo, float(delta[i]))
+        if best is None:
+            break
+        _, item, partner, lo, delta = best
+        out[item] = lo
+        if partner >= 0:
+            out[partner] = hi
+        loads[hi] -= delta
+        loads[lo] += delta
+    return out
+
+
 Candidate = tuple[str, Callable[[], np.ndarray]]
 
 
@@ -245,15 +308,16 @@ def lower_bound(weights: np.ndarray, k: int) -> float:
 
 
 def ranked_assignments(
-    weights: np.ndarray, k: int, *, equal_count: bool = False, stop_at_optimum: bool = False
+    weights: np.ndarray, k: int, *, equal_count: bool = False, polish: bool = False
 ) -> list[tuple[float, str, np.ndarray]]:
     """Every candidate as ``(most-loaded rank's load, name, assignment)``, lightest first (stable).
 
-    With ``stop_at_optimum``, candidates stop once one reaches :func:`lower_bound` (it is optimal,
-    so no later one can be lighter); Karmarkar–Karp does at 64 or more items per rank.
+    With ``polish``, candidates stop once one reaches :func:`lower_bound` (it is optimal, so no later
+    one can be lighter; Karmarkar–Karp does at 64 or more items per rank), and the lightest is then
+    improved by :func:`improve_by_swaps` (its name gains ``+swaps`` when that helped).
     """
     w = np.asarray(weights, dtype=np.float64)
-    bound = lower_bound(w, k) if stop_at_optimum else -np.inf
+    bound = lower_bound(w, k) if polish else -np.inf
     ranked = []
     for name, fn in candidate_assignments(w, k, equal_count=equal_count):
         assignment = fn()
@@ -266,6 +330,12 @@ def ranked_assignments(
             f"no candidate partition of {w.size} items over {k} ranks (equal count needs n % k == 0)"
         )
     ranked.sort(key=lambda entry: entry[0])
+    peak, name, assignment = ranked[0]
+    if polish and peak > bound:
+        better = improve_by_swaps(assignment, w, k, equal_count=equal_count)
+        better_peak = float(rank_loads(better, w, k).max())
+        if better_peak < peak:
+            ranked[0] = (better_peak, f"{name}+swaps", _canonical(better, k))
     return ranked
 
 
@@ -281,5 +351,5 @@ def best_assignment(weights: np.ndarray, k: int, *, equal_count: bool = False) -
         >>> rank_loads(a, w, 2).tolist(), name
         ([12.0, 4.0], 'kk_equal_count')
     """
-    _, name, assignment = ranked_assignments(weights, k, equal_count=equal_count, stop_at_optimum=True)[0]
+    _, name, assignment = ranked_assignments(weights, k, equal_count=equal_count, polish=True)[0]
     return assignment, name

@@ -6,7 +6,7 @@ the rank processes them) and, where the mode has one, its micro-batch plan for t
 NeMo-RL modes (``balance=None``, ``reference/nemo_rl_data_plane.md`` §7.3): :func:`nemo_contiguous`,
 :func:`nemo_dynamic`, :func:`nemo_packed`. Balanced modes: :func:`balanced_plain`,
 :func:`balanced_dynamic`, :func:`balanced_packed`; they pick the partition with the lightest
-most-loaded rank among Karmarkar–Karp, LPT and their equal-count variants (see
+most-loaded rank among Karmarkar–Karp, LPT and their equal-count variants, polished by swaps (see
 :mod:`kvplane.balancing.partition`), over rows or, with ``group_tag``, over whole groups.
 """
 
@@ -107,13 +107,13 @@ def nemo_packed(req: ShardRequest, cfg: SequencePacking, lo: int) -> ChunkSplit:
 
 
 def _ranked(
-    req: ShardRequest, lo: int, *, equal_count: bool, stop_at_optimum: bool = False
+    req: ShardRequest, lo: int, *, equal_count: bool, polish: bool = False
 ) -> list[tuple[float, str, np.ndarray]]:
     """Candidate row assignments for this chunk, lightest most-loaded rank first."""
     k = req.dp_world
     weights = req.weights(lo, lo + req.batch_size)
     if req.group_codes is None:
-        return ranked_assignments(weights, k, equal_count=equal_count, stop_at_optimum=stop_at_optimum)
+        return ranked_assignments(weights, k, equal_count=equal_count, polish=polish)
     _, groups = np.unique(req.group_codes[lo : lo + req.batch_size], return_inverse=True)
     sizes = np.bincount(groups)
     if equal_count and (sizes.size % k or (sizes != sizes[0]).any()):
@@ -127,12 +127,12 @@ def _ranked(
             "every rank needs at least one whole group"
         )
     group_weights = np.bincount(groups, weights=weights)
-    ranked = ranked_assignments(group_weights, k, equal_count=equal_count, stop_at_optimum=stop_at_optimum)
+    ranked = ranked_assignments(group_weights, k, equal_count=equal_count, polish=polish)
     return [(peak, f"group_{name}", assignment[groups]) for peak, name, assignment in ranked]
 
 
 def _chosen(req: ShardRequest, lo: int, *, equal_count: bool) -> np.ndarray:
-    peak, name, assignment = _ranked(req, lo, equal_count=equal_count, stop_at_optimum=True)[0]
+    peak, name, assignment = _ranked(req, lo, equal_count=equal_count, polish=True)[0]
     logger.debug("chunk at row %d: %s, most-loaded rank %.6g", lo, name, peak)
     return assignment
 
