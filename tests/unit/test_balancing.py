@@ -294,6 +294,19 @@ def _short_lengths():
 
 
 TAGGED = make_meta(tags=[{"group_id": i // 2} for i in range(8)])
+
+
+def grouped(tags: list[dict], **overrides) -> dict:
+    """Arguments of a balanced whole-group split of the worked vector with these tags."""
+    return {
+        "meta": make_meta(tags=tags),
+        "dp_world": 2,
+        "balance": "tokens",
+        "group_tag": "group_id",
+        **overrides,
+    }
+
+
 BAD = [
     pytest.param(lambda: {"meta": "not a meta", "dp_world": 2}, "KVBatchMeta", id="meta-type"),
     pytest.param(lambda: {"dp_world": 0}, "dp_world", id="dp-zero"),
@@ -412,54 +425,21 @@ BAD = [
         id="group-empty",
     ),
     pytest.param(
-        lambda: {
-            "meta": make_meta(tags=[{"group_id": 0}] * 7 + [{}]),
-            "dp_world": 2,
-            "balance": "tokens",
-            "group_tag": "group_id",
-        },
-        "has no 'group_id'",
-        id="group-missing-on-a-row",
+        lambda: grouped([{"group_id": 0}] * 7 + [{}]), "has no 'group_id'", id="group-missing-on-a-row"
     ),
+    pytest.param(lambda: grouped([{"group_id": [i]} for i in range(8)]), "unhashable", id="group-unhashable"),
     pytest.param(
-        lambda: {
-            "meta": make_meta(tags=[{"group_id": [i]} for i in range(8)]),
-            "dp_world": 2,
-            "balance": "tokens",
-            "group_tag": "group_id",
-        },
-        "unhashable",
-        id="group-unhashable",
-    ),
-    pytest.param(
-        lambda: {
-            "meta": make_meta(tags=[{"group_id": i // 3} for i in range(8)]),
-            "dp_world": 2,
-            "batch_size": 4,
-            "balance": "tokens",
-            "group_tag": "group_id",
-        },
+        lambda: grouped([{"group_id": i // 3} for i in range(8)], batch_size=4),
         "spans more than one batch",
         id="group-spans-batches",
     ),
     pytest.param(
-        lambda: {
-            "meta": make_meta(tags=[{"group_id": i // 4} for i in range(8)]),
-            "dp_world": 4,
-            "balance": "tokens",
-            "group_tag": "group_id",
-        },
+        lambda: grouped([{"group_id": i // 4} for i in range(8)], dp_world=4),
         "at least one whole group",
         id="fewer-groups-than-ranks",
     ),
     pytest.param(
-        lambda: {
-            "meta": make_meta(tags=[{"group_id": min(i // 3, 2)} for i in range(8)]),
-            "dp_world": 2,
-            "balance": "tokens",
-            "equal_count": True,
-            "group_tag": "group_id",
-        },
+        lambda: grouped([{"group_id": min(i // 3, 2)} for i in range(8)], equal_count=True),
         "equal-size groups",
         id="equal-count-unequal-groups",
     ),
