@@ -14,13 +14,15 @@ clipped to 32–8192; ``bimodal``: 70% in 100–800, 30% in 4000–8192), each n
 
 Each cell reports ``max_over_mean`` (mean and worst over trials, weight = tokens) and the median
 milliseconds per method. ``shard_4096_over_64`` times ``shard_meta_for_dp`` on 4096 lognormal samples
-over 64 ranks. ``targets`` checks DESIGN.md's balance and scale targets (worst trial counts).
+over 64 ranks; ``packing_4096_over_64`` compares NeMo-RL's packing with balanced packing (16384-token
+micro-batches, padding 64) on one such batch. ``targets`` checks DESIGN.md's balance and scale
+targets (worst trial counts).
 
 Examples:
     >>> from kvplane.bench import balance
     >>> report = balance.run(quick=True)
     >>> sorted(report)
-    ['cells', 'setup', 'shard_4096_over_64', 'targets']
+    ['cells', 'packing_4096_over_64', 'setup', 'shard_4096_over_64', 'targets']
     >>> report["targets"]["never_worse_than_sort_and_stride_or_kk_equal_count"]
     True
 """
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from kvplane.balancing import shard_meta_for_dp
+from kvplane.balancing.packers import PACKING_ALGORITHMS
 from kvplane.balancing.partition import contiguous, karmarkar_karp, lpt, rank_loads, sort_and_stride
 from kvplane.bench.stats import measure
 from kvplane.meta import KVBatchMeta
@@ -164,6 +167,33 @@ def _shard_timing(repeats: int) -> dict[str, Any]:
     return out
 
 
+def _packing_comparison(algorithms: tuple[str, ...]) -> dict[str, Any]:
+    """NeMo-RL packing vs balanced packing: padded-token max/mean and micro-batches per rank."""
+    lengths = lognormal_lengths(np.random.default_rng(8192), 4096)
+    meta = KVBatchMeta("bench", "train", [f"s{i}" for i in range(4096)], sequence_lengths=lengths.tolist())
+    out: dict[str, Any] = {}
+    for algorithm in algorithms:
+        args = {
+            "algorithm": algorithm,
+            "max_tokens_per_microbatch": 16384,
+            "sequence_length_pad_multiple": 64,
+        }
+        out[algorithm] = {}
+        for label, balance in (("nemo", None), ("balanced", "tokens")):
+            (metas, _), ms = _timed(
+                lambda b=balance, a=args: shard_meta_for_dp(
+                    meta, dp_world=64, sequence_packing_args=a, balance=b
+                )
+            )
+            loads = [sum(-(-n // 64) * 64 for n in m.sequence_lengths or []) for m in metas]
+            out[algorithm][label] = {
+                "max_over_mean": round(max(loads) / (sum(loads) / len(loads)), 5),
+                "micro_batches_per_rank": len(metas[0].extra_info["micro_batch_indices"][0]),
+                "ms": round(ms, 3),
+            }
+    return out
+
+
 def _targets(cells: list[dict[str, Any]], timing: dict[str, Any]) -> dict[str, Any]:
     def worst(pred: Callable[[dict[str, Any]], bool]) -> float | None:
         values = [c["max_over_mean"]["kvplane_balanced"]["worst"] for c in cells if pred(c)]
@@ -200,6 +230,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
                 cells.append(_cell(distribution, per_rank, k, trials, seed))
                 seed += 1
     timing = _shard_timing(repeats=3 if quick else 20)
+    packers = ("modified_first_fit_decreasing",) if quick else PACKING_ALGORITHMS
     return {
         "setup": {
             "metric": "most-loaded rank tokens / mean rank tokens (1.0 = perfect)",
@@ -213,5 +244,6 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         },
         "cells": cells,
         "shard_4096_over_64": timing,
+        "packing_4096_over_64": _packing_comparison(packers),
         "targets": _targets(cells, timing),
     }
