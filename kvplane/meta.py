@@ -128,13 +128,15 @@ class KVBatchMeta:
     def subset(self, indices: Sequence[int]) -> KVBatchMeta:
         """The rows at ``indices``, in that order (repeats allowed; out of range raises IndexError)."""
         idx = [int(i) for i in indices]
-        for i in idx:
-            if not -self.size <= i < self.size:
-                raise IndexError(f"KVBatchMeta.subset: index {i} out of range for size {self.size}")
+        n = len(self.sample_ids)
+        if idx and not (-n <= min(idx) and max(idx) < n):
+            bad = next(i for i in idx if not -n <= i < n)
+            raise IndexError(f"KVBatchMeta.subset: index {bad} out of range for size {n}")
+        ids, lengths, tags = self.sample_ids, self.sequence_lengths, self.tags
         return self._replace(
-            [self.sample_ids[i] for i in idx],
-            None if self.sequence_lengths is None else [self.sequence_lengths[i] for i in idx],
-            None if self.tags is None else [dict(self.tags[i]) for i in idx],
+            [ids[i] for i in idx],
+            None if lengths is None else [lengths[i] for i in idx],
+            None if tags is None else [dict(tags[i]) for i in idx],
         )
 
     def slice(self, start: int | None, stop: int | None) -> KVBatchMeta:
