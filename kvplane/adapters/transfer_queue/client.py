@@ -32,6 +32,7 @@ read-modify-write like TransferQueue's own (concurrent tag writers to one key ca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -114,7 +115,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         self._id = uuid.uuid4().hex[:12]
         self._control = ControlPlane(self._tq, self._id)
         self._kv_storage = self._deployment.storage_backend == "MooncakeStore"
-        self._claimed: dict[tuple[str, str], int] = {}  # this client's own claim totals
+        self._claimed: dict[tuple[str, str, str], int] = {}  # this client's own claim totals per epoch
+        self._count_writes = asyncio.Lock()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -202,7 +204,13 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         registration = Registration(
             names, num_samples, tasks, grpo_group_size, {k: list(v) for k, v in (enums or {}).items()}
         )
-        self._run("register_partition", self._control.register(pid, registration), DataPlaneWriteError)
+        self._run("register_partition", self._register(pid, registration), DataPlaneWriteError)
+
+    async def _register(self, pid: str, registration: Registration) -> None:
+        previous = (await self._control.state(pid)).registration
+        # A re-registration keeps the epoch, so claims already counted still count.
+        epoch = previous.epoch if previous is not None else uuid.uuid4().hex
+        await self._control.register(pid, dataclasses.replace(registration, epoch=epoch))
 
     def claim_meta(
         self,
@@ -279,18 +287,19 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             self._tq.async_kv_retrieve_keys(list(batch.global_indexes), pid)
         ]
         if counted:
-            lookups.append(self._count_claim(pid, task, batch.size, state))
+            lookups.append(self._count_claim(pid, task, registration.epoch, batch.size))  # type: ignore[union-attr]
         keys, *_ = await asyncio.gather(*lookups)
         return self._meta(pid, task, list(keys), list(required), [dict(t) for t in batch.custom_meta])
 
-    async def _count_claim(self, pid: str, task: str, n: int, state: ControlState) -> None:
+    async def _count_claim(self, pid: str, task: str, epoch: str, n: int) -> None:
+        slot = (pid, task, epoch)
         with self._lock:
-            total = self._claimed.get((pid, task), 0)
-            if (task, self._id) not in state.client_counts:
-                total = 0  # never recorded, or the partition was wiped since
-            total += n
-            self._claimed[(pid, task)] = total
-        await self._control.set_claimed(pid, task, total)
+            self._claimed[slot] = self._claimed.get(slot, 0) + n
+        # One count write at a time, each with the latest total, so the stored count never regresses.
+        async with self._count_writes:
+            with self._lock:
+                total = self._claimed[slot]
+            await self._control.set_claimed(pid, task, epoch, total)
 
     def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
         pid = self._partition_arg(partition_id)
@@ -395,8 +404,6 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
 
     async def _get(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         if not keys:
-            if not await self._partition_exists(pid):
-                raise DataPlaneKeyError(f"no partition {pid!r}")
             return TensorDict({}, batch_size=[0])
         state: ControlState | None = None
         if wanted is None or self._kv_storage:

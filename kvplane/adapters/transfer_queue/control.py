@@ -7,10 +7,12 @@ MooncakeStore returns as ``[B, 1]``) and how many samples each task has claimed 
 cleared since are gone from TransferQueue's consumption bits). kvplane keeps them as tags of keys in a
 reserved partition per user partition, ``__kvplane__/<partition>``:
 
-- ``registration``: the declaration (replaced by a new ``register_partition``);
+- ``registration``: the declaration (replaced by a new ``register_partition``), with an ``epoch`` id
+  that a re-registration keeps and a wipe ends;
 - ``field/<name>``: ``{"field", "kind", "rank"}``, written before the field's first data lands;
-- ``claimed/<task>/<client>``: the number of samples one client has claimed for a task (each client
-  writes only its own key, so concurrent consumers never overwrite each other's counts).
+- ``claimed/<task>/<client>``: the number of samples one client has claimed for a task in the
+  current epoch (each client writes only its own key, its running total, one write at a time, so
+  concurrent consumers never overwrite each other's counts and a count never goes backwards).
 
 One ``kv_list`` of the control partition reads them all. The user cannot touch reserved partitions
 (the adapter rejects them and hides them from listings); ``clear_samples(None, p)`` wipes both.
@@ -22,11 +24,14 @@ Examples:
     '__kvplane__/rollouts'
     >>> FieldSpec.of(torch.zeros(4, 3)), FieldSpec.of(torch.zeros(4))
     (FieldSpec(kind='torch.float32', rank=1), FieldSpec(kind='torch.float32', rank=0))
-    >>> state = ControlState.parse({"field/x": {"field": "x", "kind": "torch.int64", "rank": 0},
-    ...                             "claimed/train/c1": {"task": "train", "n": 3},
-    ...                             "claimed/train/c2": {"task": "train", "n": 2}})
-    >>> state.fields["x"].describe(), state.claimed, state.registration is None
-    ('torch.int64 rows of rank 0', {'train': 5}, True)
+    >>> state = ControlState.parse({
+    ...     "registration": {"fields": ["x"], "num_samples": 8, "consumer_tasks": ["train"], "epoch": "e2"},
+    ...     "field/x": {"field": "x", "kind": "torch.int64", "rank": 0},
+    ...     "claimed/train/c1": {"task": "train", "n": 3, "epoch": "e2"},
+    ...     "claimed/train/c2": {"task": "train", "n": 2, "epoch": "e2"},
+    ...     "claimed/train/c3": {"task": "train", "n": 9, "epoch": "e1"}})
+    >>> state.fields["x"].describe(), state.claimed, state.registration.num_samples
+    ('torch.int64 rows of rank 0', {'train': 5}, 8)
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class Registration:
     consumer_tasks: list[str]
     grpo_group_size: int | None = None
     enums: dict[str, list[str]] = field(default_factory=dict)
+    epoch: str = ""
 
 
 @dataclass
@@ -113,28 +119,29 @@ class ControlState:
     Attributes:
         registration: The declaration, or ``None`` when the partition was never registered.
         fields: The spec of every field written so far.
-        claimed: Samples claimed in all, per task (summed over clients).
-        client_counts: Per ``(task, client)`` claim counts, as stored.
+        claimed: Samples claimed in all in the registration's epoch, per task (summed over clients).
     """
 
     registration: Registration | None = None
     fields: dict[str, FieldSpec] = field(default_factory=dict)
     claimed: dict[str, int] = field(default_factory=dict)
-    client_counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, records: Mapping[str, Mapping[str, Any]]) -> ControlState:
         """Decode ``{key: tags}`` as listed from a control partition."""
         state = cls()
+        counts = []
         for key, tags in records.items():
             if key == _REGISTRATION_KEY and tags:
                 state.registration = Registration(**tags)
             elif key.startswith(_FIELD_PREFIX) and tags:
                 state.fields[tags["field"]] = FieldSpec(tags["kind"], tags["rank"])
             elif key.startswith(_CLAIM_PREFIX) and tags:
-                task, client = key[len(_CLAIM_PREFIX) :].rsplit("/", 1)
-                state.client_counts[(task, client)] = int(tags["n"])
-                state.claimed[task] = state.claimed.get(task, 0) + int(tags["n"])
+                counts.append(tags)
+        epoch = state.registration.epoch if state.registration is not None else None
+        for tags in counts:
+            if tags.get("epoch") == epoch:
+                state.claimed[tags["task"]] = state.claimed.get(tags["task"], 0) + int(tags["n"])
         return state
 
 
@@ -174,10 +181,10 @@ class ControlPlane:
         """Store (or replace) the partition's declaration."""
         await self._write(partition_id, {_REGISTRATION_KEY: asdict(registration)})
 
-    async def set_claimed(self, partition_id: str, task_name: str, total: int) -> None:
-        """Store this client's running claim count for a task."""
+    async def set_claimed(self, partition_id: str, task_name: str, epoch: str, total: int) -> None:
+        """Store this client's running claim count for a task in a registration epoch."""
         key = f"{_CLAIM_PREFIX}{task_name}/{self._client_id}"
-        await self._write(partition_id, {key: {"task": task_name, "n": total}})
+        await self._write(partition_id, {key: {"task": task_name, "n": total, "epoch": epoch}})
 
     async def wipe(self, partition_id: str) -> None:
         """Drop every control record of the partition (its registration, specs and counts)."""

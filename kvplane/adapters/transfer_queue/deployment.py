@@ -13,7 +13,10 @@ driver); any number of processes attach to it (``bootstrap=False``, workers). De
   bounded by ``bootstrap_timeout_s``. A bootstrap that finds a controller already running attaches
   instead (and will not tear it down).
 - Attaching never calls ``tq.init``: it reads the controller's config and builds its own client, so
-  closing it detaches only (``tq.close`` from any process kills the shared controller).
+  closing it detaches only (``tq.close`` from any process kills the shared controller). An attached
+  MooncakeStore client mounts no memory segment of its own: the data it writes lands in the
+  bootstrapping process's segment (size it with ``global_segment_size``) and survives the worker
+  (data in a worker's segment vanishes when the worker detaches or dies).
 - Only the bootstrapping process tears down: ``tq.close``, then the MooncakeStore client is
   unmounted while its master still runs, then the ``mooncake_master`` that TransferQueue started
   (and leaves running) is stopped by its PID.
@@ -32,6 +35,7 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import shutil
@@ -305,12 +309,19 @@ def _attach(cfg: DataPlaneConfig, *, started_ray: bool) -> Deployment:
     if in_process is not None:  # this process already holds TransferQueue's own client: share it
         return Deployment(in_process, backend, bootstrapped=False, owns_client=False, started_ray=started_ray)
 
+    storage_conf = conf.backend[backend]
+    if backend == "MooncakeStore":
+        # Mount no segment: what a worker writes then lives in the bootstrapping process's segment
+        # and survives the worker (data in a worker's own segment vanishes when it detaches).
+        storage_conf = copy.deepcopy(storage_conf)
+        storage_conf.global_segment_size = 0
+
     def connect() -> TransferQueueClient:
         client = TransferQueueClient(
             client_id=f"kvplane-{os.getpid()}-{uuid.uuid4().hex[:8]}",
             controller_info=conf.controller.zmq_info,
         )
-        client.initialize_storage_manager(manager_type=backend, config=conf.backend[backend])
+        client.initialize_storage_manager(manager_type=backend, config=storage_conf)
         return client
 
     try:
