@@ -5,15 +5,16 @@ helpers use only ``put_samples``, ``list_metadata``, ``list_sample_ids``, ``evic
 ``register_partition``, and selection reads tags only (no tensor is fetched).
 
 **Writing** (:func:`write_group`). The producer writes every key's data together with the group tags
-``group_id``, ``weight_version``, ``created_at``, ``expected_num_keys``, ``size_bytes`` and
-``committed=False``; only after that write has returned for every key does it commit, with a
-tag-only put of ``committed=True`` on every key. A group counts as committed only when *all* its keys
-say so (see :mod:`kvplane.groups`) and as complete only when all ``expected_num_keys`` keys exist, so
-a reader never sees a committed group with a key missing or unwritten, even on a backend whose
-batch put or commit lands key by key (TransferQueue). A producer that dies before committing leaves
-an uncommitted group: visible in ``list_metadata``, never selected, and evicted as *abandoned* once
-it is older than the deadline given to :func:`evict_stale`. Writing the same group again (a retry)
-is safe: it uncommits the group, rewrites it and commits again.
+``group_id``, ``weight_version``, ``created_at``, ``expected_num_keys``, ``size_bytes`` (the whole
+group's tensor bytes; object columns count 0) and ``committed=False``; only after that write has
+returned for every key does it commit, with a tag-only put of ``committed=True`` on every key. A
+group counts as committed only when *all* its keys say so (see :mod:`kvplane.groups`) and as
+complete only when all ``expected_num_keys`` keys exist, so a reader never sees a committed group
+with a key missing or unwritten, even on a backend whose batch put or commit lands key by key
+(TransferQueue). A producer that dies before committing leaves an uncommitted group: visible in
+``list_metadata``, never selected, and evicted as *abandoned* once it is older than the deadline
+given to :func:`evict_stale`. Writing the same group again (a retry) is safe: it uncommits the
+group, rewrites it and commits again.
 
 **Classifying** (:func:`select_groups`, :func:`evict_stale`). With ``staleness = current_version -
 weight_version``, every group is exactly one of:
