@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "check_partition",
     "check_select",
     "check_tags",
+    "check_timeout",
+    "check_write",
     "densify",
     "field_kind",
     "make_object_column",
@@ -95,6 +98,34 @@ def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
     return out
 
 
+def check_timeout(timeout_s: Any, what: str = "timeout_s") -> float:
+    """A deadline must be a finite, non-negative number of seconds."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s):
+        raise DataPlaneBadRequest(f"{what} must be a finite number of seconds, got {timeout_s!r}")
+    if timeout_s < 0:
+        raise DataPlaneBadRequest(f"{what} must not be negative, got {timeout_s!r}")
+    return float(timeout_s)
+
+
+def check_write(
+    sample_ids: Any, partition_id: Any, fields: Any, tags: Any
+) -> tuple[list[str], TensorDict | None, list[dict[str, Any]] | None]:
+    """Validate a whole ``put_samples`` call before anything is stored.
+
+    Returns the ids, the fields as a flat ``TensorDict`` (or ``None``) and the tag dicts (or ``None``).
+
+    Raises:
+        DataPlaneBadRequest: Any part of the call is invalid, or it writes neither fields nor tags.
+    """
+    check_partition(partition_id)
+    keys = check_ids(sample_ids, "sample_ids")
+    batch = to_batch(fields, len(keys))
+    tag_list = check_tags(tags, len(keys))
+    if keys and batch is None and tag_list is None:
+        raise DataPlaneBadRequest("a write needs fields, tags, or both")
+    return keys, batch, tag_list
+
+
 def make_object_column(values: Sequence[Any]) -> NonTensorStack:
     """A ``NonTensorStack`` holding one Python object per row (lists stay whole objects)."""
     return NonTensorStack(*[NonTensorData(v) for v in values])
@@ -102,6 +133,11 @@ def make_object_column(values: Sequence[Any]) -> NonTensorStack:
 
 def _column_from_list(name: str, values: Sequence[Any]) -> torch.Tensor | NonTensorStack:
     if values and all(isinstance(v, torch.Tensor) for v in values):
+        dtypes = {v.dtype for v in values}
+        if len(dtypes) > 1:
+            raise DataPlaneBadRequest(
+                f"field {name!r} mixes row dtypes {sorted(map(str, dtypes))}; use one dtype"
+            )
         return stack_rows(name, list(values))
     if any(isinstance(v, torch.Tensor) for v in values):
         raise DataPlaneBadRequest(f"field {name!r} mixes tensors and other values")

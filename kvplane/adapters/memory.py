@@ -40,11 +40,11 @@ from kvplane.codec import (
     check_ids,
     check_partition,
     check_select,
-    check_tags,
+    check_timeout,
+    check_write,
     field_kind,
     make_object_column,
     stack_rows,
-    to_batch,
 )
 from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
 from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
@@ -83,7 +83,10 @@ class _Partition:
 
 
 def _own_column(value: Any) -> tuple[str, Any]:
-    """Copy a validated column into storage form: ("chunk", tensor) | ("rows", [tensors]) | ("objs", [values])."""
+    """Copy a validated column into storage form.
+
+    Returns ("chunk", tensor), ("rows", [tensors]) or ("objs", [values]).
+    """
     if isinstance(value, torch.Tensor):
         if value.is_nested:
             return "rows", list(value.detach().clone().unbind())
@@ -134,7 +137,9 @@ class MemoryDataPlaneClient(DataPlaneClient):
             raise DataPlaneKeyError(f"no partition {partition_id!r}")
         return part
 
-    def _meta(self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None) -> KVBatchMeta:
+    def _meta(
+        self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
+    ) -> KVBatchMeta:
         tags = [dict(part.tags.get(k, {})) for k in keys]
         lengths = None
         if keys and all(self._seq_len_tag in t for t in tags):
@@ -154,10 +159,14 @@ class MemoryDataPlaneClient(DataPlaneClient):
         check_partition(partition_id)
         fields = check_ids(fields, "fields")
         tasks = check_ids(consumer_tasks, "consumer_tasks")
-        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0):
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
+        ):
             raise DataPlaneBadRequest(f"num_samples must be a non-negative int or None, got {num_samples!r}")
         if grpo_group_size is not None and (not isinstance(grpo_group_size, int) or grpo_group_size < 1):
-            raise DataPlaneBadRequest(f"grpo_group_size must be a positive int or None, got {grpo_group_size!r}")
+            raise DataPlaneBadRequest(
+                f"grpo_group_size must be a positive int or None, got {grpo_group_size!r}"
+            )
         with self._changed:
             self._check_open()
             part = self._partitions.setdefault(partition_id, _Partition())
@@ -178,9 +187,11 @@ class MemoryDataPlaneClient(DataPlaneClient):
         if not isinstance(task_name, str) or not task_name:
             raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
         required = check_ids(required_fields, "required_fields")
+        if not required:
+            raise DataPlaneBadRequest("required_fields must name at least one field the claimed samples have")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
-        deadline = time.monotonic() + max(0.0, float(timeout_s))
+        deadline = time.monotonic() + check_timeout(timeout_s)
         with self._changed:
             while True:
                 self._check_open()
@@ -192,12 +203,15 @@ class MemoryDataPlaneClient(DataPlaneClient):
                     return KVBatchMeta(partition_id, task_name, [], fields=required, tags=[])
                 if remaining <= 0:
                     raise DataPlaneTimeout(
-                        f"claim_meta(partition={partition_id!r}, task={task_name!r}, batch_size={batch_size}) "
+                        f"claim_meta(partition={partition_id!r}, task={task_name!r}, "
+                        f"batch_size={batch_size}) "
                         f"found too few ready samples within {timeout_s}s"
                     )
                 self._changed.wait(remaining)
 
-    def _try_claim(self, partition_id: str, task: str, required: list[str], batch_size: int) -> KVBatchMeta | None:
+    def _try_claim(
+        self, partition_id: str, task: str, required: list[str], batch_size: int
+    ) -> KVBatchMeta | None:
         part = self._partitions.get(partition_id)
         if part is None:
             return None
@@ -244,11 +258,10 @@ class MemoryDataPlaneClient(DataPlaneClient):
             return True
 
     # ------------------------------------------------------------------ (B) direct-by-key
-    def put_samples(self, sample_ids: list[str], partition_id: str, fields: Any = None, tags: Any = None) -> KVBatchMeta:
-        check_partition(partition_id)
-        keys = check_ids(sample_ids, "sample_ids")
-        batch = to_batch(fields, len(keys))
-        tag_list = check_tags(tags, len(keys))
+    def put_samples(
+        self, sample_ids: list[str], partition_id: str, fields: Any = None, tags: Any = None
+    ) -> KVBatchMeta:
+        keys, batch, tag_list = check_write(sample_ids, partition_id, fields, tags)
         if not keys:
             return KVBatchMeta(partition_id, None, [], fields=None)
         names = list(batch.keys()) if batch is not None else []
@@ -276,14 +289,20 @@ class MemoryDataPlaneClient(DataPlaneClient):
                     for queue in part.unclaimed.values():
                         queue[key] = None
                 for name, (form, data) in owned.items():
-                    row[name] = ("chunk", data, i) if form == "chunk" else ("row" if form == "rows" else "obj", data[i])
+                    row[name] = (
+                        ("chunk", data, i)
+                        if form == "chunk"
+                        else ("row" if form == "rows" else "obj", data[i])
+                    )
                 if tag_list is not None:
                     part.tags[key].update(tag_list[i])
             meta = self._meta(part, partition_id, None, keys, names or None)
             self._changed.notify_all()
         return meta
 
-    def get_samples(self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None) -> TensorDict:
+    def get_samples(
+        self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None
+    ) -> TensorDict:
         check_partition(partition_id)
         keys = check_ids(sample_ids, "sample_ids")
         wanted = check_select(select_fields)
@@ -294,20 +313,24 @@ class MemoryDataPlaneClient(DataPlaneClient):
             part = self._partition(partition_id)
             missing = [k for k in keys if k not in part.cells]
             if missing:
-                listed = ", ".join(repr(k) for k in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                listed = ", ".join(repr(k) for k in missing[:5]) + (
+                    f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+                )
                 raise DataPlaneKeyError(f"partition {partition_id!r} has no key {listed}")
             rows = [part.cells[k] for k in keys]
             if wanted is None:
                 wanted = _uniform_fields(partition_id, keys, rows)
             columns: dict[str, list[Cell]] = {}
             for name in wanted:
-                lacking = [k for k, row in zip(keys, rows) if name not in row]
+                lacking = [k for k, row in zip(keys, rows, strict=True) if name not in row]
                 if lacking:
                     raise DataPlaneKeyError(
                         f"field {name!r} is not stored for key(s) {lacking[:5]} of partition {partition_id!r}"
                     )
                 columns[name] = [row[name] for row in rows]
-        return TensorDict({name: _read_column(name, cells) for name, cells in columns.items()}, batch_size=[len(keys)])
+        return TensorDict(
+            {name: _read_column(name, cells) for name, cells in columns.items()}, batch_size=[len(keys)]
+        )
 
     def clear_samples(self, sample_ids: list[str] | None, partition_id: str) -> None:
         check_partition(partition_id)
@@ -359,10 +382,11 @@ class MemoryDataPlaneClient(DataPlaneClient):
 def _uniform_fields(partition_id: str, keys: Sequence[str], rows: Sequence[dict[str, Cell]]) -> list[str]:
     """Every field the keys store; an error naming the difference when they do not all store the same."""
     first = set(rows[0]) if rows else set()
-    for key, row in zip(keys, rows):
+    for key, row in zip(keys, rows, strict=True):
         if set(row) != first:
             raise DataPlaneBadRequest(
-                f"keys of partition {partition_id!r} store different fields: {keys[0]!r} has {sorted(first)}, "
+                f"keys of partition {partition_id!r} store different fields: "
+                f"{keys[0]!r} has {sorted(first)}, "
                 f"{key!r} has {sorted(row)}; pass select_fields"
             )
     return list(rows[0]) if rows else []

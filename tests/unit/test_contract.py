@@ -23,23 +23,11 @@ from kvplane import (
     KVBatchMeta,
 )
 from kvplane.codec import make_object_column
+from tests.snapshots import store_snapshot
 
 
 def _td(n: int, **columns) -> TensorDict:
     return TensorDict(columns, batch_size=[n])
-
-
-def _snapshot(client, pid):
-    """Everything a partition holds: its keys, tags and every field's values."""
-    listing = client.list_keys(pid).get(pid, {})
-    data = {}
-    for key in listing:
-        try:
-            td = client.get_samples([key], pid, None)
-        except DataPlaneKeyError:
-            continue
-        data[key] = {name: td.get(name).tolist() for name in td.keys()}
-    return listing, data
 
 
 # ---------------------------------------------------------------------- direct-by-key
@@ -124,7 +112,9 @@ def test_a_key_may_carry_only_tags(client, pid):
 
 
 def test_put_meta_carries_merged_tags_and_sequence_lengths(client, pid):
-    meta = client.put_samples(["a", "b"], pid, _td(2, x=torch.zeros(2, 3)), tags=[{"seq_len": 3}, {"seq_len": 2}])
+    meta = client.put_samples(
+        ["a", "b"], pid, _td(2, x=torch.zeros(2, 3)), tags=[{"seq_len": 3}, {"seq_len": 2}]
+    )
     assert meta.partition_id == pid and meta.sample_ids == ["a", "b"] and meta.task_name is None
     assert meta.sequence_lengths == [3, 2]
 
@@ -168,22 +158,32 @@ def test_empty_id_lists(client, pid):
     "bad_call",
     [
         pytest.param(lambda c, p: c.put_samples(["a", "a"], p, _td(2, x=torch.ones(2))), id="duplicate-keys"),
-        pytest.param(lambda c, p: c.put_samples(["a", "b"], p, _td(2, x=torch.ones(2)), tags=[{}]), id="tag-count"),
+        pytest.param(
+            lambda c, p: c.put_samples(["a", "b"], p, _td(2, x=torch.ones(2)), tags=[{}]), id="tag-count"
+        ),
         pytest.param(lambda c, p: c.put_samples(["a", "b"], p, _td(3, x=torch.ones(3))), id="batch-size"),
         pytest.param(lambda c, p: c.put_samples(["a", 7], p, _td(2, x=torch.ones(2))), id="non-string-key"),
         pytest.param(lambda c, p: c.put_samples(["a", ""], p, _td(2, x=torch.ones(2))), id="empty-key"),
         pytest.param(lambda c, p: c.put_samples("ab", p, {"x": torch.ones(2)}), id="string-as-keys"),
-        pytest.param(lambda c, p: c.put_samples(["q"], p, _td(1, old=torch.ones(1, dtype=torch.int64))), id="dtype-drift"),
+        pytest.param(
+            lambda c, p: c.put_samples(["q"], p, _td(1, old=torch.ones(1, dtype=torch.int64))),
+            id="dtype-drift",
+        ),
         pytest.param(lambda c, p: c.put_samples(["q"], p, {"x": object()}), id="bad-column-type"),
         pytest.param(lambda c, p: c.put_samples(["q"], p, None, tags=[{1: "x"}]), id="non-string-tag-name"),
+        pytest.param(lambda c, p: c.put_samples(["q"], p, None, None), id="neither-fields-nor-tags"),
+        pytest.param(lambda c, p: c.claim_meta(p, "t", [], 1, blocking=False), id="claim-without-fields"),
+        pytest.param(
+            lambda c, p: c.claim_meta(p, "t", ["old"], 1, timeout_s=float("inf")), id="infinite-timeout"
+        ),
     ],
 )
 def test_rejected_writes_raise_bad_request_and_leave_no_trace(client, pid, bad_call):
     client.put_samples(["keep"], pid, _td(1, old=torch.ones(1)), tags=[{"g": 1}])
-    before = _snapshot(client, pid)
+    before = store_snapshot(client, pid)
     with pytest.raises(DataPlaneBadRequest):
         bad_call(client, pid)
-    assert _snapshot(client, pid) == before
+    assert store_snapshot(client, pid) == before
 
 
 def test_stored_data_is_isolated_from_caller_edits(client, pid):
@@ -277,7 +277,10 @@ def test_claim_waits_for_every_required_field(client, pid):
     client.put_samples(["a", "b"], pid, _td(2, prompt=torch.ones(2)))
     assert client.claim_meta(pid, "train", ["prompt", "reward"], 2, blocking=False).size == 0
     client.put_samples(["a", "b"], pid, _td(2, reward=torch.zeros(2)))
-    assert sorted(client.claim_meta(pid, "train", ["prompt", "reward"], 2, blocking=False).sample_ids) == ["a", "b"]
+    assert sorted(client.claim_meta(pid, "train", ["prompt", "reward"], 2, blocking=False).sample_ids) == [
+        "a",
+        "b",
+    ]
 
 
 def test_blocking_claim_wakes_when_a_producer_writes(client, pid):
@@ -293,9 +296,14 @@ def test_blocking_claim_wakes_when_a_producer_writes(client, pid):
 
 
 def test_claimed_meta_carries_tags_and_sequence_lengths(client, pid):
-    client.put_samples(["a", "b"], pid, _td(2, x=torch.ones(2)), tags=[{"seq_len": 5, "group_id": "g"}, {"seq_len": 7, "group_id": "g"}])
+    client.put_samples(
+        ["a", "b"],
+        pid,
+        _td(2, x=torch.ones(2)),
+        tags=[{"seq_len": 5, "group_id": "g"}, {"seq_len": 7, "group_id": "g"}],
+    )
     meta = client.claim_meta(pid, "train", ["x"], 2)
-    by_id = dict(zip(meta.sample_ids, meta.sequence_lengths))
+    by_id = dict(zip(meta.sample_ids, meta.sequence_lengths, strict=True))
     assert by_id == {"a": 5, "b": 7}
     assert [t["group_id"] for t in meta.tags] == ["g", "g"]
 
@@ -365,9 +373,19 @@ def test_concurrent_claims_are_exactly_once(client, pid):
 
 
 def test_list_metadata_is_non_consuming_and_depth_counts_committed_complete_groups(client, pid):
-    group = {"group_id": "g1", "committed": True, "expected_num_keys": 2, "weight_version": 2, "created_at": 100.0}
-    client.put_samples(["a", "b", "c"], pid, _td(3, x=torch.ones(3)),
-                       tags=[group, group, {"group_id": "g2", "committed": False}])
+    group = {
+        "group_id": "g1",
+        "committed": True,
+        "expected_num_keys": 2,
+        "weight_version": 2,
+        "created_at": 100.0,
+    }
+    client.put_samples(
+        ["a", "b", "c"],
+        pid,
+        _td(3, x=torch.ones(3)),
+        tags=[group, group, {"group_id": "g2", "committed": False}],
+    )
     first = client.list_metadata(pid)
     assert first == client.list_metadata(pid)
     g1, g2 = first
