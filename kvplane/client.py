@@ -191,7 +191,9 @@ class DataPlaneClient(ABC):
         """
 
     @abstractmethod
-    def get_samples(self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None) -> TensorDict:
+    def get_samples(
+        self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None
+    ) -> TensorDict:
         """Read rows by id, in the order of ``sample_ids`` (no cursor moves).
 
         Args:

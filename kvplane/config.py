@@ -21,7 +21,7 @@ Examples:
     >>> DataPlaneConfig.load({"impl": "memory", "storage_capacty": 3})
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key (known keys: ...)
+    kvplane.errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key ...
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ class ObservabilityConfig:
         if callback is not None and not callable(callback):
             raise _bad("observability.callback", "must be callable")
         port = raw.get("prometheus_port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536):
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536
+        ):
             raise _bad("observability.prometheus_port", f"must be a port number or null, got {port!r}")
         log_events = raw.get("log_events", False)
         if not isinstance(log_events, bool):
@@ -112,7 +114,9 @@ class DataPlaneConfig:
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
     @classmethod
-    def load(cls, source: DataPlaneConfig | Mapping[str, Any] | str | os.PathLike[str] | None) -> DataPlaneConfig:
+    def load(
+        cls, source: DataPlaneConfig | Mapping[str, Any] | str | os.PathLike[str] | None
+    ) -> DataPlaneConfig:
         """Build a config from ``None`` (memory backend), a mapping, a YAML path, or a config.
 
         A YAML file may hold the keys at top level or under a ``data_plane:`` section.
@@ -131,7 +135,9 @@ class DataPlaneConfig:
             try:
                 raw = yaml.safe_load(path.read_text())
             except yaml.YAMLError as exc:
-                raise DataPlaneBadRequest(f"data plane config: {str(path)!r} is not valid YAML: {exc}") from exc
+                raise DataPlaneBadRequest(
+                    f"data plane config: {str(path)!r} is not valid YAML: {exc}"
+                ) from exc
             if isinstance(raw, Mapping) and set(raw) == {"data_plane"}:
                 raw = raw["data_plane"]
             return cls._from_mapping(raw if raw is not None else {})
@@ -172,7 +178,13 @@ class DataPlaneConfig:
             values["ray_num_cpus"] = _check_int(raw, "ray_num_cpus", minimum=1, nullable=True)
             values["bootstrap_timeout_s"] = _check_float(raw, "bootstrap_timeout_s", 120.0)
         else:
-            for key in (*_TQ_REQUIRED, *_MOONCAKE_REQUIRED, "ray_address", "ray_num_cpus", "bootstrap_timeout_s"):
+            for key in (
+                *_TQ_REQUIRED,
+                *_MOONCAKE_REQUIRED,
+                "ray_address",
+                "ray_num_cpus",
+                "bootstrap_timeout_s",
+            ):
                 if key in raw and key != "claim_meta_poll_interval_s" and raw[key] is not None:
                     raise _bad(key, "applies only to impl: transfer_queue")
         values["claim_meta_poll_interval_s"] = _check_float(raw, "claim_meta_poll_interval_s", 0.01)

@@ -148,18 +148,23 @@ def kv_put(key: str, partition_id: str, fields: Any = None, tag: dict[str, Any] 
     _require_payload(fields, tag)
     if not isinstance(key, str):
         raise DataPlaneBadRequest(f"key must be a string, got {type(key).__name__}")
-    return get_client().put_samples([key], partition_id, fields=_single_row(fields), tags=None if tag is None else [tag])
+    return get_client().put_samples(
+        [key], partition_id, fields=_single_row(fields), tags=None if tag is None else [tag]
+    )
 
 
 def kv_batch_put(
     keys: list[str], partition_id: str, fields: Any = None, tags: list[dict[str, Any]] | None = None
 ) -> KVBatchMeta:
-    """Upsert many keys: ``fields`` has one row per key (TensorDict or dict of columns), ``tags`` one dict per key."""
+    """Upsert many keys: ``fields`` has one row per key (TensorDict or dict of columns), ``tags`` one dict
+    per key."""
     _require_payload(fields, tags)
     return get_client().put_samples(keys, partition_id, fields=fields, tags=tags)
 
 
-def kv_batch_get(keys: list[str] | str, partition_id: str, select_fields: list[str] | str | None = None) -> TensorDict:
+def kv_batch_get(
+    keys: list[str] | str, partition_id: str, select_fields: list[str] | str | None = None
+) -> TensorDict:
     """Rows for ``keys`` in that order; ``select_fields=None`` returns every field the keys store."""
     return get_client().get_samples([keys] if isinstance(keys, str) else keys, partition_id, select_fields)
 

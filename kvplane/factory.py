@@ -21,7 +21,9 @@ from kvplane.errors import DataPlaneBadRequest
 __all__ = ["build_data_plane_client"]
 
 
-def build_data_plane_client(cfg: DataPlaneConfig | dict[str, Any] | str | None, *, bootstrap: bool = True) -> DataPlaneClient:
+def build_data_plane_client(
+    cfg: DataPlaneConfig | dict[str, Any] | str | None, *, bootstrap: bool = True
+) -> DataPlaneClient:
     """Build the client ``cfg`` describes (see :class:`~kvplane.DataPlaneConfig`).
 
     Args:

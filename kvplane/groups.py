@@ -15,7 +15,8 @@ Examples:
     >>> tags = {"a": {"group_id": "g1", "committed": True, "expected_num_keys": "2", "weight_version": 3},
     ...         "b": {"group_id": "g1", "committed": "true"},
     ...         "c": {"group_id": "g2", "committed": False}}
-    >>> [(g.group_id, g.keys, g.weight_version, g.committed, g.is_complete) for g in groups_from_tags("p", tags)]
+    >>> groups = groups_from_tags("p", tags)
+    >>> [(g.group_id, g.keys, g.weight_version, g.committed, g.is_complete) for g in groups]
     [('g1', ['a', 'b'], 3, True, True), ('g2', ['c'], None, False, True)]
 """
 
@@ -58,7 +59,9 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def groups_from_tags(partition_id: str, key_tags: Mapping[str, Mapping[str, Any] | None]) -> list[DataPlaneGroupMeta]:
+def groups_from_tags(
+    partition_id: str, key_tags: Mapping[str, Mapping[str, Any] | None]
+) -> list[DataPlaneGroupMeta]:
     """Group a partition's keys by their ``group_id`` tag (see the module docstring)."""
     members: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
     for key in sorted(key_tags):

@@ -104,7 +104,7 @@ class KVBatchMeta:
         if self.tags is None:
             self.tags = [{} for _ in range(self.size)]
         for name, values in scalars.items():
-            for tag, value in zip(self.tags, values):
+            for tag, value in zip(self.tags, values, strict=True):
                 tag[name] = value
 
     def _replace(

@@ -57,20 +57,34 @@ def _gbps(nbytes: int, summary: dict[str, Any]) -> float:
     return round(nbytes / summary["median"] / 1e9, 3)
 
 
-def _put_get(client: DataPlaneClient, partition: str, keys: list[str], td: TensorDict,
-             tags: list[dict[str, Any]] | None, repeats: int) -> dict[str, Any]:
+def _put_get(
+    client: DataPlaneClient,
+    partition: str,
+    keys: list[str],
+    td: TensorDict,
+    tags: list[dict[str, Any]] | None,
+    repeats: int,
+) -> dict[str, Any]:
     fields = list(td.keys())
     nbytes = td_nbytes(td)
     put = measure(lambda: client.put_samples(keys, partition, td, tags=tags), repeats=repeats)
     get = measure(lambda: client.get_samples(keys, partition, fields), repeats=repeats)
-    clear = measure(lambda: client.clear_samples(keys, partition), repeats=repeats,
-                    setup=lambda: client.put_samples(keys, partition, td, tags=tags))
+    clear = measure(
+        lambda: client.clear_samples(keys, partition),
+        repeats=repeats,
+        setup=lambda: client.put_samples(keys, partition, td, tags=tags),
+    )
     client.clear_samples(None, partition)
     return {
-        "bytes": nbytes, "keys": len(keys),
-        "put_s": put, "get_s": get, "clear_s": clear,
-        "put_gbps": _gbps(nbytes, put), "get_gbps": _gbps(nbytes, get),
-        "put_samples_per_s": round(len(keys) / put["median"]), "get_samples_per_s": round(len(keys) / get["median"]),
+        "bytes": nbytes,
+        "keys": len(keys),
+        "put_s": put,
+        "get_s": get,
+        "clear_s": clear,
+        "put_gbps": _gbps(nbytes, put),
+        "get_gbps": _gbps(nbytes, get),
+        "put_samples_per_s": round(len(keys) / put["median"]),
+        "get_samples_per_s": round(len(keys) / get["median"]),
     }
 
 
@@ -104,8 +118,10 @@ def bench_roundtrip_vs_clone(client: DataPlaneClient, mib: int, repeats: int) ->
     nbytes = x.numel() * 8
     return {
         "bytes": nbytes,
-        "clone_gbps": _gbps(nbytes, clone), "copy_prefaulted_gbps": _gbps(nbytes, prefaulted),
-        "roundtrip_gbps": _gbps(nbytes, rt), "roundtrip_s": rt,
+        "clone_gbps": _gbps(nbytes, clone),
+        "copy_prefaulted_gbps": _gbps(nbytes, prefaulted),
+        "roundtrip_gbps": _gbps(nbytes, rt),
+        "roundtrip_s": rt,
         "ratio_vs_clone": ratio(clone["median"], rt["median"]),
         "ratio_vs_prefaulted_copy": ratio(prefaulted["median"], rt["median"]),
         "target": 0.45,
@@ -119,7 +135,9 @@ def bench_byte_sweep(client: DataPlaneClient, sizes_mib: list[int], repeats: int
     n = 512
     for mib in sizes_mib:
         seq = max(1, mib * MiB // (n * 12))
-        td = TensorDict(input_ids=torch.zeros(n, seq, dtype=torch.int64), logprobs=torch.zeros(n, seq), batch_size=[n])
+        td = TensorDict(
+            input_ids=torch.zeros(n, seq, dtype=torch.int64), logprobs=torch.zeros(n, seq), batch_size=[n]
+        )
         row = _put_get(client, "bench-bytes", [f"b{i}" for i in range(n)], td, None, repeats)
         out.append({"mib": mib, **row})
     return out
@@ -130,9 +148,13 @@ def bench_key_sweep(client: DataPlaneClient, counts: list[int], repeats: int) ->
     out = []
     for n in counts:
         keys = [f"t{i:07d}" for i in range(n)]
-        td = TensorDict(input_ids=torch.zeros(n, 8, dtype=torch.int64), advantages=torch.zeros(n), batch_size=[n])
-        tags = [{"group_id": f"g{i // 8}", "weight_version": 1, "committed": True, "expected_num_keys": 8}
-                for i in range(n)]
+        td = TensorDict(
+            input_ids=torch.zeros(n, 8, dtype=torch.int64), advantages=torch.zeros(n), batch_size=[n]
+        )
+        tags = [
+            {"group_id": f"g{i // 8}", "weight_version": 1, "committed": True, "expected_num_keys": 8}
+            for i in range(n)
+        ]
         row = _put_get(client, "bench-keys", keys, td, tags, repeats)
         client.put_samples(keys, "bench-keys", td, tags=tags)
         row["kv_list_s"] = measure(lambda: client.list_keys("bench-keys"), repeats=repeats)
@@ -151,13 +173,18 @@ def _latencies(fn: Callable[[int], Any], n: int) -> dict[str, Any]:
         fn(i)
         times.append((time.perf_counter() - start) * 1e3)
     times.sort()
-    return {"p50_ms": round(times[len(times) // 2], 4), "p99_ms": round(times[int(len(times) * 0.99) - 1], 4),
-            **{k: round(v, 4) for k, v in summarize(times).items() if k in ("min", "max")}}
+    return {
+        "p50_ms": round(times[len(times) // 2], 4),
+        "p99_ms": round(times[int(len(times) * 0.99) - 1], 4),
+        **{k: round(v, 4) for k, v in summarize(times).items() if k in ("min", "max")},
+    }
 
 
 def bench_small_ops(client: DataPlaneClient, n: int) -> dict[str, Any]:
     """Latency of one-key writes and reads."""
-    row = TensorDict(input_ids=torch.zeros(1, 16, dtype=torch.int64), advantages=torch.zeros(1), batch_size=[1])
+    row = TensorDict(
+        input_ids=torch.zeros(1, 16, dtype=torch.int64), advantages=torch.zeros(1), batch_size=[1]
+    )
     put = _latencies(lambda i: client.put_samples([f"o{i}"], "bench-small", row, tags=[{"t": i}]), n)
     get = _latencies(lambda i: client.get_samples([f"o{i}"], "bench-small", ["input_ids", "advantages"]), n)
     tag = _latencies(lambda i: client.put_samples([f"o{i}"], "bench-small", None, tags=[{"u": i}]), n)
@@ -171,7 +198,9 @@ def bench_client(client: DataPlaneClient, *, quick: bool) -> dict[str, Any]:
     return {
         "grpo": bench_grpo(client, repeats),
         "roundtrip_vs_clone": bench_roundtrip_vs_clone(client, 32 if quick else 256, repeats),
-        "byte_sweep": bench_byte_sweep(client, [16] if quick else [16, 64, 256, 1024], repeats if quick else 3),
+        "byte_sweep": bench_byte_sweep(
+            client, [16] if quick else [16, 64, 256, 1024], repeats if quick else 3
+        ),
         "key_sweep": bench_key_sweep(client, [100, 1000] if quick else [100, 1000, 10_000, 100_000], 3),
         "small_ops": bench_small_ops(client, 50 if quick else 300),
     }
@@ -192,6 +221,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     keys_100k = [r for r in report["memory"]["key_sweep"] if r["n_keys"] == 100_000]
     report["targets"] = {
         "memory_roundtrip_ratio_vs_clone>=0.45": report["memory"]["roundtrip_vs_clone"]["meets_target"],
-        "list_metadata_100k_keys<=1s": keys_100k[0]["list_metadata_s"]["median"] <= 1.0 if keys_100k else None,
+        "list_metadata_100k_keys<=1s": keys_100k[0]["list_metadata_s"]["median"] <= 1.0
+        if keys_100k
+        else None,
     }
     return report

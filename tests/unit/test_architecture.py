@@ -29,14 +29,17 @@ def test_only_the_transfer_queue_adapter_imports_transfer_queue():
     offenders = [
         str(p.relative_to(ROOT))
         for p in _sources("kvplane", "loaders", "tutorial")
-        if p != TQ_ADAPTER.with_suffix(".py") and TQ_ADAPTER not in p.parents
+        if p != TQ_ADAPTER.with_suffix(".py")
+        and TQ_ADAPTER not in p.parents
         and any(n == "transfer_queue" or n.startswith("transfer_queue.") for n in _imports(p))
     ]
     assert offenders == []
 
 
 def test_kvplane_never_imports_loaders():
-    offenders = [str(p) for p in _sources("kvplane") if any(n.split(".")[0] == "loaders" for n in _imports(p))]
+    offenders = [
+        str(p) for p in _sources("kvplane") if any(n.split(".")[0] == "loaders" for n in _imports(p))
+    ]
     assert offenders == []
 
 
@@ -48,6 +51,11 @@ def test_contract_leaves_import_nothing_else_of_kvplane():
 
 
 def test_loaders_use_only_the_public_kvplane_api():
-    internal = {"kvplane.adapters", "kvplane.adapters.memory", "kvplane.adapters.transfer_queue", "kvplane.facade"}
+    internal = {
+        "kvplane.adapters",
+        "kvplane.adapters.memory",
+        "kvplane.adapters.transfer_queue",
+        "kvplane.facade",
+    }
     for path in _sources("loaders"):
         assert not (_imports(path) & internal), path

@@ -64,12 +64,37 @@ def test_config_defaults_to_memory():
         ({"impl": "noop"}, "impl"),
         ({"imp": "memory"}, "imp"),
         ({"impl": "transfer_queue"}, "backend"),
-        ({"impl": "transfer_queue", "backend": "redis", "storage_capacity": 1, "num_storage_units": 1,
-          "claim_meta_poll_interval_s": 0.1}, "backend"),
-        ({"impl": "transfer_queue", "backend": "simple", "storage_capacity": 1, "num_storage_units": 0,
-          "claim_meta_poll_interval_s": 0.1}, "num_storage_units"),
-        ({"impl": "transfer_queue", "backend": "mooncake_cpu", "storage_capacity": 1, "num_storage_units": 1,
-          "claim_meta_poll_interval_s": 0.1, "global_segment_size": 1}, "local_buffer_size"),
+        (
+            {
+                "impl": "transfer_queue",
+                "backend": "redis",
+                "storage_capacity": 1,
+                "num_storage_units": 1,
+                "claim_meta_poll_interval_s": 0.1,
+            },
+            "backend",
+        ),
+        (
+            {
+                "impl": "transfer_queue",
+                "backend": "simple",
+                "storage_capacity": 1,
+                "num_storage_units": 0,
+                "claim_meta_poll_interval_s": 0.1,
+            },
+            "num_storage_units",
+        ),
+        (
+            {
+                "impl": "transfer_queue",
+                "backend": "mooncake_cpu",
+                "storage_capacity": 1,
+                "num_storage_units": 1,
+                "claim_meta_poll_interval_s": 0.1,
+                "global_segment_size": 1,
+            },
+            "local_buffer_size",
+        ),
         ({"impl": "memory", "claim_meta_poll_interval_s": -1}, "claim_meta_poll_interval_s"),
         ({"impl": "memory", "enabled": "yes"}, "enabled"),
         ({"impl": "memory", "num_storage_units": 2}, "num_storage_units"),
@@ -110,11 +135,21 @@ def test_factory_refuses_a_disabled_config():
 def test_tag_coercers():
     assert [as_int(v) for v in ("4", 4.7, "4.5", True, None, "x")] == [4, 4, None, 1, None, None]
     assert [as_float(v) for v in ("12.5", None, "x")] == [12.5, None, None]
-    assert [as_bool(v) for v in ("true", "Yes", "1", "no", 0, 1, True)] == [True, True, True, False, False, True, True]
+    assert [as_bool(v) for v in ("true", "Yes", "1", "no", 0, 1, True)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]
 
 
 def test_groups_fall_back_to_the_key_and_to_num_keys():
-    groups = groups_from_tags("p", {"b": {"group_id": "g", "num_keys": 3, "committed": True}, "a": None, "c": {"group_id": "g"}})
+    groups = groups_from_tags(
+        "p", {"b": {"group_id": "g", "num_keys": 3, "committed": True}, "a": None, "c": {"group_id": "g"}}
+    )
     assert [(g.group_id, g.keys) for g in groups] == [("a", ["a"]), ("g", ["b", "c"])]
     assert groups[1].expected_num_keys == 3 and not groups[1].is_complete and not groups[1].committed
     explicit_none = groups_from_tags("p", {"a": {"expected_num_keys": None, "num_keys": 3}})

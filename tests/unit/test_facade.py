@@ -33,8 +33,12 @@ def api(request):
 
 
 def test_kv_put_single_key_round_trip(api, pid):
-    meta = api.kv_put("k", pid, fields={"ids": torch.tensor([1, 2, 3]), "score": torch.tensor(0.5), "text": "hi"},
-                      tag={"seq_len": 3})
+    meta = api.kv_put(
+        "k",
+        pid,
+        fields={"ids": torch.tensor([1, 2, 3]), "score": torch.tensor(0.5), "text": "hi"},
+        tag={"seq_len": 3},
+    )
     assert meta.sample_ids == ["k"] and sorted(meta.fields) == ["ids", "score", "text"]
     td = api.kv_batch_get("k", pid)
     assert td["ids"].tolist() == [[1, 2, 3]]
@@ -72,7 +76,11 @@ def test_strict_errors_through_the_facade(api, pid):
     with pytest.raises(DataPlaneBadRequest):
         api.kv_put("a", pid)  # neither fields nor tag
     with pytest.raises(DataPlaneBadRequest):
-        api.kv_put("n", pid, fields={"x": torch.nested.nested_tensor([torch.ones(1), torch.ones(2)], layout=torch.jagged)})
+        api.kv_put(
+            "n",
+            pid,
+            fields={"x": torch.nested.nested_tensor([torch.ones(1), torch.ones(2)], layout=torch.jagged)},
+        )
     with pytest.raises(DataPlaneBadRequest):
         api.kv_batch_put(["a", "b"], pid, {"x": torch.ones(3)})
     assert list(api.kv_list(pid)[pid]) == ["a"]

@@ -12,14 +12,25 @@ from kvplane import DataPlaneBadRequest, DataPlaneCapabilities, DataPlaneGroupMe
 
 def _meta() -> KVBatchMeta:
     return KVBatchMeta(
-        "p", "train", ["a", "b", "c", "d"], fields=["x"], sequence_lengths=[1, 2, 3, 4],
-        extra_info={"step": 1}, tags=[{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}],
+        "p",
+        "train",
+        ["a", "b", "c", "d"],
+        fields=["x"],
+        sequence_lengths=[1, 2, 3, 4],
+        extra_info={"step": 1},
+        tags=[{"i": 0}, {"i": 1}, {"i": 2}, {"i": 3}],
     )
 
 
 def test_the_seven_fields_in_order():
     assert [f.name for f in dataclasses.fields(KVBatchMeta)] == [
-        "partition_id", "task_name", "sample_ids", "fields", "sequence_lengths", "extra_info", "tags",
+        "partition_id",
+        "task_name",
+        "sample_ids",
+        "fields",
+        "sequence_lengths",
+        "extra_info",
+        "tags",
     ]
 
 
@@ -56,9 +67,13 @@ def test_subset_slice_concat_carry_lengths_and_tags_together():
     assert sub.sample_ids == ["d", "b", "b"] and sub.sequence_lengths == [4, 2, 2]
     assert [t["i"] for t in sub.tags] == [3, 1, 1]
     sl = meta.slice(-2, None)
-    assert sl.sample_ids == ["c", "d"] and sl.sequence_lengths == [3, 4] and [t["i"] for t in sl.tags] == [2, 3]
+    assert (
+        sl.sample_ids == ["c", "d"] and sl.sequence_lengths == [3, 4] and [t["i"] for t in sl.tags] == [2, 3]
+    )
     both = meta.slice(0, 1).concat(meta.slice(3, 4))
-    assert both.sample_ids == ["a", "d"] and both.sequence_lengths == [1, 4] and both.extra_info == {"step": 1}
+    assert (
+        both.sample_ids == ["a", "d"] and both.sequence_lengths == [1, 4] and both.extra_info == {"step": 1}
+    )
     with pytest.raises(IndexError):
         meta.subset([4])
 
