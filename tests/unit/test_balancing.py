@@ -456,3 +456,16 @@ def test_bad_arguments_raise_bad_request(build, message):
     assert isinstance(info.value, ValueError)
     assert not isinstance(info.value, AssertionError)
     assert meta == before, "a rejected call changes nothing"
+
+
+def test_whole_groups_that_cannot_share_micro_batches_evenly_are_rejected():
+    # Groups of 3, 3, 3, 2, 2, 2 rows over 5 ranks, one row per micro-batch: equal micro-batch counts
+    # per rank would need 3 rows on every rank, which whole groups cannot give.
+    labels = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1, 2]
+    meta = KVBatchMeta(
+        "train", "t", [f"s{i}" for i in range(15)], fields=["x"], sequence_lengths=[1] * 15,
+        tags=[{"group_id": f"g{g}"} for g in labels],
+    )
+    packing = {"algorithm": "concatenative", "max_tokens_per_microbatch": 1, "sequence_length_pad_multiple": 1}
+    with pytest.raises(DataPlaneBadRequest, match="same number of packed micro-batches"):
+        shard_meta_for_dp(meta, dp_world=5, balance="tokens", group_tag="group_id", sequence_packing_args=packing)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kvplane import KVBatchMeta, shard_meta_for_dp
+from kvplane import DataPlaneBadRequest, KVBatchMeta, shard_meta_for_dp
 from kvplane.balancing.packers import PACKING_ALGORITHMS
 from kvplane.balancing.partition import karmarkar_karp, rank_loads, sort_and_stride
 from kvplane.balancing.request import DEFAULT_FLOPS_COEFF
@@ -60,6 +60,21 @@ def cases(draw):
     return meta, kwargs
 
 
+def shard_feasible(meta: KVBatchMeta, kwargs: dict):
+    """``shard_meta_for_dp``, discarding the cases no split can satisfy.
+
+    Whole groups plus packing can make equal micro-batch counts impossible (for example groups of
+    3, 3, 3, 2, 2, 2 rows over 5 ranks with one row per micro-batch); that is a documented error,
+    tested on its own in test_balancing.py. Every other error fails the property.
+    """
+    try:
+        return shard_meta_for_dp(meta, **kwargs)
+    except DataPlaneBadRequest as exc:
+        infeasible = kwargs.get("group_tag") and kwargs.get("sequence_packing_args")
+        assume(not (infeasible and "same number of packed micro-batches" in str(exc)))
+        raise
+
+
 def chunk_rows(meta: KVBatchMeta, n_chunks: int) -> list[KVBatchMeta]:
     """A rank's rows, one meta per global batch."""
     counts = meta.extra_info.get("elem_counts_per_gb") or [meta.size // n_chunks] * n_chunks
@@ -83,7 +98,7 @@ def test_every_mode_is_an_exact_order_restoring_split(case):
     n = meta.size
     batch = kwargs.get("batch_size", n)
     n_chunks = n // batch
-    metas, perm = shard_meta_for_dp(meta, **kwargs)
+    metas, perm = shard_feasible(meta, kwargs)
 
     assert len(metas) == kwargs["dp_world"]
     ids = [sid for m in metas for sid in m.sample_ids]
@@ -172,6 +187,6 @@ def _check_never_worse(per_rank_chunks, meta, kwargs, batch):
 @given(cases())
 def test_the_split_is_deterministic(case):
     meta, kwargs = case
-    first_metas, first = shard_meta_for_dp(meta, **kwargs)
+    first_metas, first = shard_feasible(meta, kwargs)
     again_metas, again = shard_meta_for_dp(meta, **kwargs)
     assert first == again and first_metas == again_metas
