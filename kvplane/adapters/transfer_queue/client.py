@@ -360,39 +360,43 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
                 await self._control.add_fields(pid, new)
         # Everything is validated: from here on keys exist in TransferQueue.
         meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=True)
-        untagged = [not t for t in meta.custom_meta]
-        if tags is not None:
-            meta.update_custom_meta(tags)
+        before = [dict(t) for t in meta.custom_meta]
         try:
+            if tags is not None:
+                # Tags first: a consumer can claim a sample as soon as its data is announced, and its
+                # meta must already carry the tags.
+                meta.update_custom_meta(tags)
+                await self._tq.async_set_custom_meta(meta)
             if wire is not None:
                 await self._tq.storage_manager.put_data(wire, meta)
-            if tags is not None:
-                await self._tq.async_set_custom_meta(meta)
         except BaseException:
-            await self._remove_created_keys(pid, meta, untagged, [*known, *specs])
+            await self._undo_write(pid, meta, before, tags is not None, [*known, *specs])
             raise
         return [dict(t) for t in meta.custom_meta]
 
-    async def _remove_created_keys(
-        self, pid: str, meta: BatchMeta, untagged: list[bool], fields: list[str]
+    async def _undo_write(
+        self, pid: str, meta: BatchMeta, before: list[dict[str, Any]], tagged: bool, fields: list[str]
     ) -> None:
-        """After a failed store, remove the keys the write registered (no tags before, no field produced).
+        """After a failed store, remove the keys the write created and restore the others' tags.
 
-        A key that existed before with neither tags nor fields is indistinguishable and goes too.
+        Created keys are those with no tags before and no field produced. A key that existed with
+        neither is indistinguishable and goes too. Bytes a failed write overwrote are not restored.
         """
         try:
             produced = await self._fields_per_key(pid, fields, meta.global_indexes)
-            ghosts = [
-                i
-                for i in range(meta.size)
-                if untagged[i] and not any(flags[i] for flags in produced.values())
+            created = [
+                i for i in range(meta.size) if not before[i] and not any(f[i] for f in produced.values())
             ]
-            if ghosts:
-                created = meta.select_samples(ghosts)
-                await self._tq.async_clear_samples(self._clear_batch(created, fields))
-                logger.info("removed %d key(s) of partition %r after a failed write", len(ghosts), pid)
+            if created:
+                await self._tq.async_clear_samples(self._clear_batch(meta.select_samples(created), fields))
+                logger.info("removed %d key(s) of partition %r after a failed write", len(created), pid)
+            kept = sorted(set(range(meta.size)).difference(created))
+            if tagged and kept:
+                restore = meta.select_samples(kept)
+                restore.custom_meta = [before[i] for i in kept]
+                await self._tq.async_set_custom_meta(restore)
         except Exception:  # the write's own error is what the caller needs to see
-            logger.warning("could not remove the keys a failed write registered in %r", pid, exc_info=True)
+            logger.warning("could not undo a failed write to partition %r", pid, exc_info=True)
 
     def get_samples(
         self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None
