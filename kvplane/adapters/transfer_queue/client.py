@@ -45,7 +45,7 @@ from tensordict import TensorDict
 from transfer_queue import BatchMeta
 
 from kvplane.client import DataPlaneClient
-from kvplane.codec import check_ids, check_partition, check_select, check_tags, to_batch
+from kvplane.codec import check_ids, check_partition, check_select, check_timeout, check_write
 from kvplane.config import DataPlaneConfig
 from kvplane.errors import (
     DataPlaneBadRequest,
@@ -187,8 +187,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         enums: dict[str, list[str]] | None = None,
     ) -> None:
         pid = self._partition_arg(partition_id)
-        names = check_ids(list(fields), "fields")
-        tasks = check_ids(list(consumer_tasks), "consumer_tasks")
+        names = check_ids(fields, "fields")
+        tasks = check_ids(consumer_tasks, "consumer_tasks")
         if num_samples is not None and (
             isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
         ):
@@ -225,14 +225,14 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         pid = self._partition_arg(partition_id)
         if not isinstance(task_name, str) or not task_name:
             raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
-        required = check_ids(list(required_fields), "required_fields")
+        required = check_ids(required_fields, "required_fields")
         if not required:
             raise DataPlaneBadRequest(
                 "claim_meta needs at least one required field (readiness is field production)"
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
-        deadline = time.monotonic() + max(0.0, float(timeout_s))
+        deadline = time.monotonic() + check_timeout(timeout_s)
         while True:
             # Each attempt gets the full request deadline: abandoning a fetch the controller already
             # served would lose its samples for this task (TransferQueue has no un-claim).
@@ -303,7 +303,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
 
     def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
         pid = self._partition_arg(partition_id)
-        tasks = check_ids(list(task_names), "task_names")
+        tasks = check_ids(task_names, "task_names")
         return self._run("check_consumption_status", self._consumed(pid, tasks), DataPlaneReadError)
 
     async def _consumed(self, pid: str, tasks: list[str]) -> bool:
@@ -327,9 +327,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         self, sample_ids: list[str], partition_id: str, fields: Any = None, tags: Any = None
     ) -> KVBatchMeta:
         pid = self._partition_arg(partition_id)
-        keys = check_ids(sample_ids, "sample_ids")
-        batch = to_batch(fields, len(keys))
-        tag_list = check_tags(tags, len(keys))
+        keys, batch, tag_list = check_write(sample_ids, pid, fields, tags)
         if not keys:
             return KVBatchMeta(pid, None, [], fields=None)
         specs = {name: FieldSpec.of(batch.get(name)) for name in batch.keys()} if batch is not None else {}
