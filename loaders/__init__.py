@@ -1,1 +1,21 @@
-"""PyTorch front end for kvplane."""
+"""loaders: the PyTorch front end of kvplane.
+
+:class:`StreamingDataset` (an ``IterableDataset``) and :class:`StreamingDataLoader` (a ``DataLoader``
+with ``batch_size=None`` and an identity collate) turn ``claim_meta`` plus
+:func:`kvplane.shard_meta_for_dp` into balanced per-data-parallel-rank micro-batches, delivered
+exactly once across ranks, processes and DataLoader workers, and resumable with
+``state_dict()``/``load_state_dict()``.
+
+Modules: :mod:`~loaders.dataset`, :mod:`~loaders.dataloader` (the two public classes);
+:mod:`~loaders.plan` (how a step is split), :mod:`~loaders.control` (the plan log in the data
+plane), :mod:`~loaders.steps` (claiming or reading plans and fetching, in a prefetch thread),
+:mod:`~loaders.stream` (start position, delivery, acknowledgements, state),
+:mod:`~loaders.source` (clients per process), :mod:`~loaders.ranks` (DP rank and world).
+
+This package imports only kvplane's public API; kvplane never imports it.
+"""
+
+from loaders.dataloader import StreamingDataLoader
+from loaders.dataset import StreamingDataset
+
+__all__ = ["StreamingDataLoader", "StreamingDataset"]

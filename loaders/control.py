@@ -1,0 +1,210 @@
+"""The plan log: where the DP ranks of one (partition, task) stream meet, inside the data plane itself.
+
+Every stream has a control partition, named by :func:`plan_partition_id`:
+``"__kvplane_plans__:{partition_id}:{task_name}"`` (one per consumer task, since each task has its own
+claim cursor; the prefix keeps it apart from data partitions, and ``kv_list`` shows it for
+inspection). It holds three kinds of keys:
+
+- ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (JSON, see
+  :class:`loaders.plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
+  leader, right after its claim; never rewritten.
+- ``rank-{r}``: rank ``r``'s acknowledgements, as tags: ``progress`` (the first step it has not
+  finished yielding), ``checkpoint`` and ``previous_checkpoint`` (the steps of its two latest
+  ``state_dict()``s or of the state it resumed from; ``None`` when it holds none).
+- ``gc``: tag ``below``, the step under which plans have been garbage-collected.
+
+Garbage collection (decision): a plan is needed until every rank has yielded it *and* no rank may
+resume before it. So the collector deletes the plans below the *horizon*, the minimum over ranks
+``0..dp_world-1`` of each rank's ``progress``, ``checkpoint`` and ``previous_checkpoint``; while any
+rank has not acknowledged yet, nothing is collected. It raises ``gc.below`` before deleting, so a
+resume from a collected step fails loudly instead of claiming afresh. A final plan that is the
+latest plan is kept (it is tiny), so that a DataLoader worker that looks late still learns that the
+stream ended instead of claiming again; it goes once the stream continues (a refilled partition).
+The leader collects after each step it finishes; every rank collects when its iteration ends, so
+the last rank to finish a finite stream removes the plans everyone is done with. Keeping the two
+latest checkpoints means a crash while a checkpoint is being saved still leaves the previous one
+resumable.
+
+Examples:
+    >>> from kvplane import build_data_plane_client
+    >>> from loaders.control import PlanLog
+    >>> from loaders.plan import StepPlan
+    >>> log = PlanLog(build_data_plane_client(None), "rollouts", "train")
+    >>> log.partition_id
+    '__kvplane_plans__:rollouts:train'
+    >>> log.write(StepPlan(0, dp_world=2)); log.write(StepPlan.terminal(1, dp_world=2))
+    >>> log.read(1).final, log.snapshot().plans
+    (True, {0: False, 1: True})
+    >>> log.ack(0, progress=2); log.ack(1, progress=2)
+    >>> log.collect_garbage(dp_world=2), log.snapshot().plans     # the last, final plan stays
+    (2, {1: True})
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneTimeout
+from loaders.plan import StepPlan
+
+__all__ = ["LogSnapshot", "PlanLog", "plan_partition_id"]
+
+logger = logging.getLogger(__name__)
+
+_PLAN_FIELD = "plan"
+_GC_KEY = "gc"
+_ACK_KEYS = ("progress", "checkpoint", "previous_checkpoint")
+
+
+def plan_partition_id(partition_id: str, task_name: str) -> str:
+    """The control partition of the stream ``(partition_id, task_name)``.
+
+    Clear it (``client.clear_samples(None, name)``) to forget a stream's plans and acknowledgements,
+    e.g. before reusing a task name with a different ``dp_world``.
+    """
+    return f"__kvplane_plans__:{partition_id}:{task_name}"
+
+
+def _plan_key(step: int) -> str:
+    return f"step-{step:012d}"
+
+
+def _rank_key(rank: int) -> str:
+    return f"rank-{rank}"
+
+
+@dataclass
+class LogSnapshot:
+    """What the control partition holds at one moment (tags only; no plan body is read)."""
+
+    plans: dict[int, bool] = field(default_factory=dict)  # step -> final
+    acks: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> ack tags
+    gc_below: int = 0
+
+    def keep_from(self, rank: int) -> int | None:
+        """The oldest step rank ``rank`` may still need (``None`` if it has not acknowledged)."""
+        ack = self.acks.get(rank)
+        if ack is None:
+            return None
+        values = [ack[k] for k in _ACK_KEYS if ack.get(k) is not None]
+        return min(values) if values else None
+
+    def first_final(self, since: int, before: int) -> int | None:
+        """The first step in ``[since, before)`` whose plan is final, if any."""
+        finals = [s for s, final in self.plans.items() if final and since <= s < before]
+        return min(finals) if finals else None
+
+
+class PlanLog:
+    """Read and write the plan log of one ``(partition_id, task_name)`` stream.
+
+    Args:
+        client: The data plane client of this process.
+        partition_id: The data partition.
+        task_name: The consumer task.
+    """
+
+    def __init__(self, client: DataPlaneClient, partition_id: str, task_name: str) -> None:
+        self.client = client
+        self.partition_id = plan_partition_id(partition_id, task_name)
+
+    def snapshot(self) -> LogSnapshot:
+        """The plans present (step → final), every rank's acknowledgements and the GC floor."""
+        snap = LogSnapshot()
+        for key, tags in self.client.list_keys(self.partition_id).get(self.partition_id, {}).items():
+            if key.startswith("step-"):
+                snap.plans[int(tags.get("step", key[5:]))] = bool(tags.get("final", False))
+            elif key.startswith("rank-"):
+                snap.acks[int(key[5:])] = dict(tags)
+            elif key == _GC_KEY:
+                snap.gc_below = int(tags.get("below", 0))
+        return snap
+
+    def write(self, plan: StepPlan) -> None:
+        """Publish ``plan`` (one put: the JSON body and the ``step``/``final`` tags)."""
+        self.client.put_samples(
+            [_plan_key(plan.step)],
+            self.partition_id,
+            {_PLAN_FIELD: [plan.to_json()]},
+            tags=[{"step": plan.step, "final": plan.final}],
+        )
+
+    def read(self, step: int) -> StepPlan:
+        """The plan of ``step``.
+
+        Raises:
+            DataPlaneKeyError: There is no plan for ``step``.
+        """
+        column = self.client.get_samples([_plan_key(step)], self.partition_id, [_PLAN_FIELD]).get(_PLAN_FIELD)
+        return StepPlan.from_json(column.tolist()[0])
+
+    def wait(
+        self,
+        step: int,
+        *,
+        since: int,
+        dp_world: int,
+        deadline: float,
+        poll_interval_s: float,
+        stop: threading.Event,
+        body: bool = True,
+    ) -> StepPlan | None:
+        """Wait for the plan of ``step``, polling with a backoff from 1 ms up to ``poll_interval_s``.
+
+        Returns a terminal plan as soon as a final plan exists at a step in ``[since, step)`` (the
+        stream ended before ``step``), and ``None`` when ``stop`` is set. With ``body=False`` only
+        the plan's existence and ``final`` flag are read (its shards are left empty).
+
+        Raises:
+            DataPlaneTimeout: No plan by ``deadline`` (``time.monotonic()`` seconds).
+        """
+        delay = min(0.001, poll_interval_s)
+        while not stop.is_set():
+            snap = self.snapshot()
+            if step in snap.plans:
+                return self.read(step) if body else StepPlan(step, dp_world, final=snap.plans[step])
+            ended = snap.first_final(since, step)
+            if ended is not None:
+                return StepPlan.terminal(step, dp_world)
+            if step < snap.gc_below:
+                if not body:  # it existed, and was not final: final plans outlive the collection
+                    return StepPlan(step, dp_world)
+                raise DataPlaneBadRequest(
+                    f"the plan of step {step} of {self.partition_id!r} was garbage-collected "
+                    f"(plans below step {snap.gc_below} are gone)"
+                )
+            if time.monotonic() >= deadline:
+                raise DataPlaneTimeout(
+                    f"no plan for step {step} in {self.partition_id!r} before the deadline: is the leader "
+                    "(dp_rank 0) running, and is data being produced?"
+                )
+            stop.wait(delay)
+            delay = min(delay * 2, poll_interval_s)
+        return None
+
+    def ack(self, rank: int | str, **values: Any) -> None:
+        """Merge ``values`` into rank ``rank``'s acknowledgement tags (``"gc"`` for the GC floor)."""
+        key = _GC_KEY if rank == _GC_KEY else _rank_key(int(rank))
+        self.client.put_samples([key], self.partition_id, None, tags=[values])
+
+    def collect_garbage(self, dp_world: int) -> int:
+        """Delete the plans every rank is done with (see the module docstring); returns the GC floor."""
+        snap = self.snapshot()
+        keep = [snap.keep_from(r) for r in range(dp_world)]
+        if any(k is None for k in keep):
+            return snap.gc_below
+        horizon = min(k for k in keep if k is not None)
+        last = max(snap.plans, default=-1)
+        doomed = [
+            _plan_key(s) for s, final in snap.plans.items() if s < horizon and not (final and s == last)
+        ]
+        if horizon > snap.gc_below:
+            self.ack(_GC_KEY, below=horizon)
+        if doomed:
+            self.client.clear_samples(doomed, self.partition_id)
+            logger.debug("collected %d plans of %s below step %d", len(doomed), self.partition_id, horizon)
+        return max(horizon, snap.gc_below)

@@ -1,0 +1,115 @@
+"""``StreamingDataLoader``: a ``DataLoader`` over a :class:`~loaders.StreamingDataset`, workers included.
+
+With ``num_workers=0`` it yields the dataset's micro-batches as they are. With ``num_workers >= 1``
+each worker process builds its own client from the dataset's config and produces *whole steps*:
+worker ``w`` of ``W`` handles steps ``start + w, start + w + W, ...`` (the leader's workers claim in
+step order), and the DataLoader's in-order delivery returns the steps in order; the main process
+cuts them into micro-batches, tracks the position and acknowledges progress. Every step is claimed
+once for all ranks, so nothing is duplicated (TransferQueue 0.1.11's loader delivers each batch
+twice with two workers) or lost; ranks may even use different ``num_workers``.
+
+Memory bound: at most ``prefetch`` steps per worker are claimed ahead of the DataLoader, plus the
+DataLoader's own ``prefetch_factor`` steps per worker in flight.
+
+Examples:
+    >>> import torch
+    >>> from kvplane import build_data_plane_client
+    >>> from loaders import StreamingDataLoader, StreamingDataset
+    >>> client = build_data_plane_client(None)
+    >>> client.register_partition("rollouts", ["x"], num_samples=6, consumer_tasks=["train"])
+    >>> _ = client.put_samples([f"s{i}" for i in range(6)], "rollouts", {"x": torch.arange(6)})
+    >>> ds = StreamingDataset(client, partition_id="rollouts", task_name="train", fields=["x"], batch_size=4)
+    >>> loader = StreamingDataLoader(ds)
+    >>> [td["x"].tolist() for td, meta in loader]
+    [[0, 1, 2, 3], [4, 5]]
+    >>> StreamingDataLoader(ds, num_workers=2)
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneBadRequest: num_workers=2 needs a backend that DataLoader worker processes ...
+    >>> client.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from tensordict import TensorDict
+from torch.utils.data import DataLoader
+
+from kvplane import DataPlaneBadRequest, KVBatchMeta
+from loaders.dataset import StreamingDataset
+
+__all__ = ["StreamingDataLoader"]
+
+
+def _identity(item: Any) -> Any:
+    """The collate function: items are already batches."""
+    return item
+
+
+class StreamingDataLoader(DataLoader):
+    """A ``DataLoader`` (``batch_size=None``, identity collate) over a :class:`StreamingDataset`.
+
+    ``state_dict()``/``load_state_dict()`` are the dataset's: the next micro-batch to yield, valid
+    in any process (see :mod:`loaders.stream`).
+
+    Args:
+        dataset: The rank's dataset.
+        num_workers: DataLoader worker processes (``>= 1`` needs a config source reaching a
+            multi-process backend, i.e. TransferQueue).
+
+    Keyword Args:
+        multiprocessing_context: As for ``DataLoader`` (e.g. ``"spawn"``).
+        prefetch_factor: Steps each worker keeps in flight (DataLoader's default 2).
+        worker_init_fn: As for ``DataLoader``.
+
+    Raises:
+        DataPlaneBadRequest: Not a ``StreamingDataset``, a bad ``num_workers``, or workers with a
+            source they cannot use.
+    """
+
+    def __init__(
+        self,
+        dataset: StreamingDataset,
+        num_workers: int = 0,
+        *,
+        multiprocessing_context: Any = None,
+        prefetch_factor: int | None = None,
+        worker_init_fn: Callable[[int], None] | None = None,
+    ) -> None:
+        if not isinstance(dataset, StreamingDataset):
+            raise DataPlaneBadRequest(f"dataset must be a StreamingDataset, got {type(dataset).__name__}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise DataPlaneBadRequest(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        dataset.source.check_workers(num_workers)
+        super().__init__(
+            dataset,
+            batch_size=None,
+            collate_fn=_identity,
+            num_workers=num_workers,
+            multiprocessing_context=multiprocessing_context,
+            prefetch_factor=prefetch_factor,
+            worker_init_fn=worker_init_fn,
+        )
+
+    def __iter__(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:  # type: ignore[override]
+        dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
+        if self.num_workers == 0:
+            yield from dataset
+            return
+        stream, start = dataset.open_stream()
+        dataset._worker_start = start.step  # read by the workers, which start (fork/spawn) right here
+        try:
+            steps = super().__iter__()
+        finally:
+            dataset._worker_start = None
+        yield from stream.micro_batches(steps, start)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The dataset's :meth:`~StreamingDataset.state_dict`."""
+        return self.dataset.state_dict()  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The dataset's :meth:`~StreamingDataset.load_state_dict`."""
+        self.dataset.load_state_dict(state_dict)  # type: ignore[attr-defined]

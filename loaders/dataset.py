@@ -1,0 +1,257 @@
+"""``StreamingDataset``: per-DP-rank micro-batches of a claimed stream, exactly once across ranks.
+
+Examples:
+    >>> import torch
+    >>> from kvplane import build_data_plane_client
+    >>> from loaders import StreamingDataset
+    >>> client = build_data_plane_client(None)
+    >>> client.register_partition("rollouts", ["x"], num_samples=10, consumer_tasks=["train"])
+    >>> _ = client.put_samples([f"s{i}" for i in range(10)], "rollouts", {"x": torch.arange(10)},
+    ...                        tags=[{"seq_len": i + 1} for i in range(10)])
+    >>> ds = StreamingDataset(client, partition_id="rollouts", task_name="train", fields=["x"],
+    ...                       batch_size=4, micro_batch_size=2)
+    >>> [(meta.extra_info["step"], meta.extra_info["micro_batch_index"], td["x"].tolist()) for td, meta in ds]
+    [(0, 0, [0, 1]), (0, 1, [2, 3]), (1, 0, [4, 5]), (1, 1, [6, 7]), (2, 0, [8, 9])]
+    >>> ds.state_dict()["step"]        # step 3 was the final plan; iterating again would start at 4
+    4
+    >>> client.close()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from tensordict import TensorDict
+from torch.utils.data import IterableDataset, get_worker_info
+
+from kvplane import DataPlaneBadRequest, KVBatchMeta
+from loaders.control import plan_partition_id
+from loaders.plan import ShardOptions
+from loaders.ranks import resolve_dp
+from loaders.source import ClientSource
+from loaders.steps import StepBatch, StepProducer, StreamSpec
+from loaders.stream import STATE_FORMAT, Position, RankStream, check_state
+
+__all__ = ["StreamingDataset"]
+
+
+def _check_names(value: Any, what: str) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise DataPlaneBadRequest(f"{what} must be a non-empty list of names, got {value!r}")
+    if not all(isinstance(v, str) and v for v in value) or len(set(value)) != len(value):
+        raise DataPlaneBadRequest(f"{what} must be distinct non-empty strings, got {value!r}")
+    return list(value)
+
+
+class StreamingDataset(IterableDataset):
+    """An ``IterableDataset`` of ``(TensorDict, KVBatchMeta)`` micro-batches for one DP rank.
+
+    One *step* is one global batch of ``batch_size`` samples, claimed once for all DP ranks by the
+    leader (``dp_rank`` 0) with ``claim_meta``, split with :func:`kvplane.shard_meta_for_dp`, and
+    published as a plan in the data plane (:mod:`loaders.control`); every rank reads the plan and
+    fetches only its own rows, with one read per step. Ranks may be threads (memory backend) or
+    processes (TransferQueue); they need no channel of their own.
+
+    Each yielded meta's ``extra_info`` holds ``step``, ``micro_batch_index``, ``num_micro_batches``,
+    ``dp_rank``, ``dp_world`` and, with packing, the shard's ``micro_batch_indices`` /
+    ``micro_batch_lengths`` (/ ``elem_counts_per_gb``). Every rank yields the same number of
+    micro-batches per step (see :mod:`loaders.plan` for the splitting rules, including the short
+    last step of a finite partition, where a rank may get empty micro-batches).
+
+    Finite or streaming comes from the partition's registration: with a known ``num_samples`` the
+    iteration ends once every sample has been delivered (the short last batch included); with
+    ``num_samples=None`` it waits for producers (a blocking claim, woken by writes on the memory
+    backend) for up to ``timeout_s`` per step, then raises :class:`~kvplane.DataPlaneTimeout`.
+
+    Iterating again continues the stream where this rank stopped (steps claimed but not yet yielded
+    are delivered first); :meth:`load_state_dict` resumes at an exact micro-batch instead. Use
+    :class:`~loaders.StreamingDataLoader` for ``num_workers >= 1``.
+
+    Args:
+        source: A :class:`~kvplane.DataPlaneClient` (used in this process only), or a config (dict,
+            YAML path, :class:`~kvplane.DataPlaneConfig`) from which each process builds its own
+            client (see :mod:`loaders.source`).
+
+    Keyword Args:
+        partition_id: The data partition.
+        task_name: The consumer task (its claim cursor is the stream's).
+        fields: The fields every sample must have (claimed on) and that are fetched.
+        batch_size: Samples per step, all ranks together; a multiple of ``dp_world``.
+        dp_rank: This rank (default: ``torch.distributed``'s rank, or 0).
+        dp_world: Data-parallel ranks (default: ``torch.distributed``'s world size, or 1).
+        micro_batch_size: Without packing: the largest micro-batch in rows (default: one per step).
+        balance: ``None`` (NeMo-RL's split), ``"tokens"`` or ``"flops"`` (needs ``seq_len`` tags).
+        equal_count: Balanced mode with equal sample counts per rank.
+        group_tag: Balanced mode keeping the rows that share this tag's value on one rank.
+        flops_coeff: ``a`` of the ``"flops"`` weight ``a·L + L²``.
+        sequence_packing_args: NeMo-RL's sequence packing; its bins are the micro-batches.
+        dynamic_batching_args: NeMo-RL's dynamic batching; its plan's micro-batches are used.
+        prefetch: Steps claimed (or read) and fetched ahead of the trainer, at most (>= 1). Bounds
+            memory: at most ``prefetch`` steps of this rank's rows are held.
+        timeout_s: The longest wait for one step (leader: for ready samples; follower: for the plan).
+        poll_interval_s: The longest pause between a follower's polls for a plan (default: the
+            config's ``claim_meta_poll_interval_s``, or 10 ms for a client object).
+
+    Raises:
+        DataPlaneBadRequest: Any bad argument (checked here, before the first step).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        partition_id: str,
+        task_name: str,
+        fields: list[str],
+        batch_size: int,
+        dp_rank: int | None = None,
+        dp_world: int | None = None,
+        micro_batch_size: int | None = None,
+        balance: str | None = None,
+        equal_count: bool = False,
+        group_tag: str | None = None,
+        flops_coeff: float | None = None,
+        sequence_packing_args: dict[str, Any] | None = None,
+        dynamic_batching_args: dict[str, Any] | None = None,
+        prefetch: int = 2,
+        timeout_s: float = 60.0,
+        poll_interval_s: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = ClientSource(source)
+        rank, world = resolve_dp(dp_rank, dp_world)
+        for name, value in (("partition_id", partition_id), ("task_name", task_name)):
+            if not isinstance(value, str) or not value:
+                raise DataPlaneBadRequest(f"{name} must be a non-empty string, got {value!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataPlaneBadRequest(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise DataPlaneBadRequest(f"prefetch must be an integer >= 1, got {prefetch!r}")
+        poll = self.source.poll_interval_s if poll_interval_s is None else poll_interval_s
+        for name, value in (("timeout_s", timeout_s), ("poll_interval_s", poll)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise DataPlaneBadRequest(f"{name} must be a positive number of seconds, got {value!r}")
+        options = ShardOptions(
+            balance=balance,
+            equal_count=equal_count,
+            group_tag=group_tag,
+            flops_coeff=flops_coeff,
+            sequence_packing_args=sequence_packing_args,
+            dynamic_batching_args=dynamic_batching_args,
+            micro_batch_size=micro_batch_size,
+        )
+        options.check(batch_size, world)
+        self.spec = StreamSpec(
+            partition_id=partition_id,
+            task_name=task_name,
+            fields=_check_names(fields, "fields"),
+            batch_size=batch_size,
+            dp_rank=rank,
+            dp_world=world,
+            options=options,
+            prefetch=prefetch,
+            timeout_s=float(timeout_s),
+            poll_interval_s=float(poll),
+        )
+        self._resume: Position | None = None
+        self._stream: RankStream | None = None
+        self._worker_start: int | None = None  # set by StreamingDataLoader for its worker processes
+
+    @property
+    def dp_rank(self) -> int:
+        return self.spec.dp_rank
+
+    @property
+    def dp_world(self) -> int:
+        return self.spec.dp_world
+
+    @property
+    def plan_partition_id(self) -> str:
+        """The control partition holding this stream's plans (see :mod:`loaders.control`)."""
+        return plan_partition_id(self.spec.partition_id, self.spec.task_name)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[Any]:
+        if get_worker_info() is not None:
+            return self._worker_steps()
+        return self._micro_batches()
+
+    def open_stream(self) -> tuple[RankStream, Position]:
+        """Start an iteration in this process: decide where it starts (used by the loader)."""
+        stream = RankStream(self.source.get(), self.spec)
+        start = stream.open(self._resume)
+        self._resume, self._stream = None, stream
+        return stream, start
+
+    def _micro_batches(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
+        stream, start = self.open_stream()
+        producer = StepProducer(self.source.get(), self.spec, first=start.step)
+        try:
+            yield from stream.micro_batches(iter(producer.next, None), start, producer.done)
+        finally:
+            producer.stop()
+
+    def _worker_steps(self) -> Iterator[StepBatch]:
+        """In DataLoader worker ``w`` of ``W``: steps ``start + w, start + w + W, ...``, whole."""
+        info = get_worker_info()
+        if self._worker_start is None:
+            raise DataPlaneBadRequest(
+                "StreamingDataset in DataLoader worker processes needs StreamingDataLoader (it assigns "
+                "steps to workers and keeps them in order); a plain DataLoader would mix micro-batches "
+                "of different steps"
+            )
+        start = self._worker_start
+        producer = StepProducer(
+            self.source.get(), self.spec, first=start + info.id, stride=info.num_workers, since=start
+        )
+        try:
+            while True:
+                batch = producer.next()
+                yield batch
+                producer.done()
+                if batch.final:
+                    return
+        finally:
+            producer.stop()
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The next micro-batch this rank will yield (see :mod:`loaders.stream`).
+
+        Taking it also tells the plan log to keep the plans from that step on, so the state stays
+        resumable (a rank keeps the plans of its two latest states).
+        """
+        position = self._resume
+        if self._stream is not None and self._resume is None:
+            position = self._stream.position
+            self._stream.mark_checkpoint()
+        return {
+            "format": STATE_FORMAT,
+            "partition_id": self.spec.partition_id,
+            "task_name": self.spec.task_name,
+            "dp_rank": self.spec.dp_rank,
+            "dp_world": self.spec.dp_world,
+            "step": None if position is None else position.step,
+            "micro_batch": 0 if position is None else position.micro_batch,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the next iteration at the micro-batch ``state_dict`` names (from any process).
+
+        Raises:
+            DataPlaneBadRequest: The state is malformed or belongs to another stream or rank.
+        """
+        spec = self.spec
+        self._resume = check_state(
+            state_dict,
+            partition_id=spec.partition_id,
+            task_name=spec.task_name,
+            dp_rank=spec.dp_rank,
+            dp_world=spec.dp_world,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_stream"] = None  # the trainer-side stream stays in the main process
+        return state

@@ -1,0 +1,281 @@
+"""Producing steps: claim (leader) or wait for the plan (followers), then fetch this rank's rows.
+
+A :class:`StepProducer` runs one background thread per rank (per DataLoader worker, with
+``num_workers >= 1``) that walks the steps ``first, first + stride, ...`` and turns each into a
+:class:`StepBatch`: the step's plan and this rank's rows, fetched with one ``get_samples`` call.
+It runs ahead of the consumer by at most ``prefetch`` steps: a permit is taken *before* a step is
+claimed or read and given back only when the consumer is done with the step, so the number of steps
+claimed (or read) and not yet fully yielded never exceeds ``prefetch``.
+
+The leader (DP rank 0) re-reads a plan that already exists for a step (a previous incarnation claimed
+it: resume) and otherwise claims. With several DataLoader workers the leader's workers claim in step
+order (the worker of step ``s`` waits for plan ``s - 1``), so a final plan is never followed by a
+non-empty one. The claim is a blocking ``claim_meta`` (event-driven on the memory backend),
+re-issued in short slices so that a stop request is seen, until ``timeout_s``. A claim that comes
+back empty means the finite partition is exhausted: the leader publishes a final plan. Once a claim
+has succeeded its plan is always written, even if a stop was requested meanwhile, so claimed samples
+are never lost: a later iteration re-reads the plan.
+
+Examples:
+    >>> import torch
+    >>> from kvplane import build_data_plane_client
+    >>> from loaders.plan import ShardOptions
+    >>> from loaders.steps import StepProducer, StreamSpec
+    >>> client = build_data_plane_client(None)
+    >>> client.register_partition("p", ["x"], num_samples=3, consumer_tasks=["t"])
+    >>> _ = client.put_samples(["a", "b", "c"], "p", {"x": torch.arange(3)})
+    >>> spec = StreamSpec("p", "t", ["x"], batch_size=2, dp_rank=0, dp_world=1, options=ShardOptions())
+    >>> producer = StepProducer(client, spec, first=0, stride=1)
+    >>> batches = []
+    >>> for _ in range(3):
+    ...     batches.append(producer.next())
+    ...     producer.done()                       # the consumer is done with that step
+    >>> [(b.plan.step, b.final, None if b.final else b.data["x"].tolist()) for b in batches]
+    [(0, False, [0, 1]), (1, False, [2]), (2, True, None)]
+    >>> producer.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tensordict import TensorDict
+
+from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, DataPlaneTimeout, KVBatchMeta
+from loaders.control import PlanLog
+from loaders.plan import ShardOptions, StepPlan, plan_step
+
+__all__ = ["StepBatch", "StepProducer", "StreamSpec"]
+
+logger = logging.getLogger(__name__)
+
+#: A blocking claim is re-issued in slices this long, so that a stop request is noticed.
+CLAIM_SLICE_S = 0.25
+#: How long :meth:`StepProducer.stop` waits for an in-flight claim and plan write to finish.
+STOP_JOIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything that defines one rank's view of a stream (picklable; no client inside).
+
+    Attributes:
+        partition_id: The data partition.
+        task_name: The consumer task whose claim cursor the stream advances.
+        fields: The fields claimed (required) and fetched.
+        batch_size: Samples per step (global batch, all ranks together).
+        dp_rank: This rank.
+        dp_world: The number of data-parallel ranks.
+        options: How each step is split and micro-batched.
+        prefetch: Steps claimed (or read) ahead of the consumer, at most.
+        timeout_s: The longest wait for one step: the leader's claim, a follower's plan.
+        poll_interval_s: The longest pause between a follower's polls for a plan.
+    """
+
+    partition_id: str
+    task_name: str
+    fields: list[str]
+    batch_size: int
+    dp_rank: int
+    dp_world: int
+    options: ShardOptions = field(default_factory=ShardOptions)
+    prefetch: int = 2
+    timeout_s: float = 60.0
+    poll_interval_s: float = 0.01
+
+    @property
+    def is_leader(self) -> bool:
+        return self.dp_rank == 0
+
+
+@dataclass
+class StepBatch:
+    """One step as this rank sees it: the plan and this rank's rows (``None`` once the stream ended)."""
+
+    plan: StepPlan
+    data: TensorDict | None
+
+    @property
+    def final(self) -> bool:
+        return self.plan.final
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+class StepProducer:
+    """Produce the :class:`StepBatch` of steps ``first, first + stride, ...`` in a background thread.
+
+    Args:
+        client: This process's data plane client.
+        spec: The stream.
+        first: The first step to produce.
+        stride: The step increment (the number of DataLoader workers sharing the rank).
+        since: The first step of this iteration of the rank (a final plan before it is ignored).
+    """
+
+    def __init__(
+        self,
+        client: DataPlaneClient,
+        spec: StreamSpec,
+        *,
+        first: int,
+        stride: int = 1,
+        since: int | None = None,
+    ) -> None:
+        self.client = client
+        self.spec = spec
+        self.log = PlanLog(client, spec.partition_id, spec.task_name)
+        self.first, self.stride = first, stride
+        self.since = first if since is None else since
+        self._permits = threading.Semaphore(spec.prefetch)
+        self._out: queue.Queue[StepBatch | _Failure] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"kvplane-steps-r{spec.dp_rank}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ consumer side
+    def next(self) -> StepBatch:
+        """The next step (blocks; every wait inside the producer has a deadline).
+
+        Raises:
+            Whatever the producer raised (claim timeout, missing key, bad plan...).
+        """
+        while True:
+            try:
+                item = self._out.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._out.empty():
+                    raise DataPlaneError("the step producer thread ended without a result") from None
+                continue
+            if isinstance(item, _Failure):
+                raise item.error
+            return item
+
+    def done(self) -> None:
+        """The consumer is done with one step: let the producer start another."""
+        self._permits.release()
+
+    def stop(self) -> None:
+        """Stop producing; an in-flight claim still gets its plan written. Idempotent."""
+        self._stop.set()
+        self._permits.release()
+        self._thread.join(STOP_JOIN_S)
+        if self._thread.is_alive():
+            logger.warning(
+                "step producer of rank %d did not stop within %.0fs", self.spec.dp_rank, STOP_JOIN_S
+            )
+
+    # ------------------------------------------------------------------ producer thread
+    def _run(self) -> None:
+        try:
+            existing = (
+                {s for s in self.log.snapshot().plans if s >= self.first} if self.spec.is_leader else set()
+            )
+            step = self.first
+            while True:
+                while not self._permits.acquire(timeout=0.1):
+                    if self._stop.is_set():
+                        return
+                if self._stop.is_set():
+                    return
+                batch = self._produce(step, reread=step in existing)
+                if batch is None:
+                    return
+                self._out.put(batch)
+                if batch.final:
+                    return
+                step += self.stride
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._out.put(_Failure(exc))
+
+    def _produce(self, step: int, *, reread: bool) -> StepBatch | None:
+        spec = self.spec
+        if not spec.is_leader:
+            plan = self._wait(step)
+        elif reread:
+            plan = self.log.read(step)
+        else:
+            plan = self._claim_and_plan(step)
+        if plan is None:
+            return None
+        self._check(plan)
+        if plan.final:
+            return StepBatch(plan, None)
+        ids = plan.shards[spec.dp_rank].sample_ids
+        return StepBatch(plan, self.client.get_samples(ids, spec.partition_id, list(spec.fields)))
+
+    def _wait(self, step: int, *, body: bool = True) -> StepPlan | None:
+        spec = self.spec
+        return self.log.wait(
+            step,
+            since=self.since,
+            dp_world=spec.dp_world,
+            deadline=time.monotonic() + spec.timeout_s,
+            poll_interval_s=spec.poll_interval_s,
+            stop=self._stop,
+            body=body,
+        )
+
+    def _claim_and_plan(self, step: int) -> StepPlan | None:
+        spec = self.spec
+        if self.stride > 1 and step > self.since:
+            previous = self._wait(step - 1, body=False)  # claims go in step order across workers
+            if previous is None:
+                return None
+            if previous.final:
+                return StepPlan.terminal(step, spec.dp_world)
+        meta = self._claim()
+        if meta is None:
+            return None
+        plan = (
+            StepPlan.terminal(step, spec.dp_world)
+            if meta.size == 0
+            else plan_step(step, meta, spec.dp_world, spec.options)
+        )
+        self.log.write(plan)
+        return plan
+
+    def _claim(self) -> KVBatchMeta | None:
+        spec = self.spec
+        deadline = time.monotonic() + spec.timeout_s
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            try:
+                return self.client.claim_meta(
+                    spec.partition_id,
+                    spec.task_name,
+                    list(spec.fields),
+                    spec.batch_size,
+                    dp_rank=spec.dp_rank,
+                    blocking=True,
+                    timeout_s=max(0.0, min(CLAIM_SLICE_S, remaining)),
+                )
+            except DataPlaneTimeout:
+                if time.monotonic() >= deadline:
+                    raise DataPlaneTimeout(
+                        f"no batch of {spec.batch_size} samples with fields {spec.fields} became ready in "
+                        f"partition {spec.partition_id!r} for task {spec.task_name!r} "
+                        f"within {spec.timeout_s}s"
+                    ) from None
+        return None
+
+    def _check(self, plan: StepPlan) -> None:
+        spec = self.spec
+        if plan.dp_world != spec.dp_world:
+            raise DataPlaneBadRequest(
+                f"the plan of step {plan.step} splits over dp_world={plan.dp_world}, this rank has "
+                f"dp_world={spec.dp_world}; every rank of a stream needs the same dp_world (to start over, "
+                f"clear the control partition {self.log.partition_id!r})"
+            )
+        if not plan.final and set(plan.fields) != set(spec.fields):
+            raise DataPlaneBadRequest(
+                f"the plan of step {plan.step} was claimed for fields {plan.fields}, this rank asks for "
+                f"{spec.fields}; every rank of a stream needs the same fields"
+            )

@@ -1,0 +1,198 @@
+"""One rank's iteration, on the trainer's side: where to start, what to yield, what to acknowledge.
+
+A :class:`RankStream` lives in the process that yields to the trainer (the main process, also with
+DataLoader workers). It
+
+- decides the start: the position loaded with ``load_state_dict``, or else where this rank stopped
+  last time (its ``progress`` acknowledgement in the plan log: a new loader on the same stream
+  resumes after the last step the rank finished, so steps a previous loader claimed and prefetched
+  but never yielded are delivered, not lost; a rank new to the stream starts at the GC floor, 0 for
+  a new stream);
+- cuts each :class:`~loaders.steps.StepBatch` into its micro-batches (views of the fetched rows),
+  tracking the position of the next micro-batch (the checkpoint state);
+- acknowledges each finished step (``progress``: when the trainer asks for more after its last
+  micro-batch, or when the iteration is closed after it) and each checkpoint, and collects the plans
+  every rank is done with (see :mod:`loaders.control`).
+
+The state (``state_dict()``) is ``{"format", "partition_id", "task_name", "dp_rank", "dp_world",
+"step", "micro_batch"}``: the next micro-batch to yield. ``step`` is ``None`` before the first
+iteration (a fresh loader's start). A restarted trainer that loads it, in any process, continues
+with that micro-batch: plans that exist for it and later steps are re-read and their rows
+re-fetched by key, never claimed again.
+
+Examples:
+    >>> from loaders.stream import Position, check_state
+    >>> state = {"format": 1, "partition_id": "p", "task_name": "t", "dp_rank": 0, "dp_world": 2,
+    ...          "step": 4, "micro_batch": 1}
+    >>> check_state(state, partition_id="p", task_name="t", dp_rank=0, dp_world=2)
+    Position(step=4, micro_batch=1)
+    >>> check_state({**state, "dp_rank": 1}, partition_id="p", task_name="t", dp_rank=0, dp_world=2)
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneBadRequest: Invalid state_dict: it was saved by dp_rank=1 of dp_world=2; ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tensordict import TensorDict
+
+from kvplane import DataPlaneBadRequest, DataPlaneClient, KVBatchMeta
+from loaders.control import PlanLog
+from loaders.steps import StepBatch, StreamSpec
+
+__all__ = ["STATE_FORMAT", "Position", "RankStream", "check_state"]
+
+#: Version of the ``state_dict()`` layout.
+STATE_FORMAT = 1
+_STATE_KEYS = {"format", "partition_id", "task_name", "dp_rank", "dp_world", "step", "micro_batch"}
+
+
+@dataclass(frozen=True)
+class Position:
+    """The next micro-batch to yield: micro-batch ``micro_batch`` of step ``step``."""
+
+    step: int
+    micro_batch: int = 0
+
+
+def _bad_state(why: str) -> DataPlaneBadRequest:
+    return DataPlaneBadRequest(f"Invalid state_dict: {why}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_state(
+    state: Any, *, partition_id: str, task_name: str, dp_rank: int, dp_world: int
+) -> Position | None:
+    """Validate a ``state_dict()`` for this rank; the position it holds (``None``: a fresh start).
+
+    Raises:
+        DataPlaneBadRequest: Malformed, or saved by another stream or rank ("Invalid state_dict: ...").
+    """
+    if not isinstance(state, Mapping):
+        raise _bad_state(f"expected a dict, got {type(state).__name__}")
+    if set(state) != _STATE_KEYS:
+        raise _bad_state(f"expected the keys {sorted(_STATE_KEYS)}, got {sorted(map(str, state))}")
+    if state["format"] != STATE_FORMAT:
+        raise _bad_state(f"format {state['format']!r} is not {STATE_FORMAT}")
+    if (state["partition_id"], state["task_name"]) != (partition_id, task_name):
+        raise _bad_state(
+            f"it belongs to partition {state['partition_id']!r}, task {state['task_name']!r}; this loader "
+            f"reads partition {partition_id!r}, task {task_name!r}"
+        )
+    if (state["dp_rank"], state["dp_world"]) != (dp_rank, dp_world):
+        raise _bad_state(
+            f"it was saved by dp_rank={state['dp_rank']} of dp_world={state['dp_world']}; this loader is "
+            f"dp_rank={dp_rank} of dp_world={dp_world}"
+        )
+    step, micro = state["step"], state["micro_batch"]
+    if not _is_count(micro):
+        raise _bad_state(f"micro_batch must be an integer >= 0, got {micro!r}")
+    if step is None:
+        if micro:
+            raise _bad_state("micro_batch must be 0 when step is None")
+        return None
+    if not _is_count(step):
+        raise _bad_state(f"step must be an integer >= 0 or None, got {step!r}")
+    return Position(step, micro)
+
+
+class RankStream:
+    """One iteration of one rank, in the process that yields to the trainer (see the module docstring).
+
+    Args:
+        client: This process's client.
+        spec: The stream.
+    """
+
+    def __init__(self, client: DataPlaneClient, spec: StreamSpec) -> None:
+        self.spec = spec
+        self.log = PlanLog(client, spec.partition_id, spec.task_name)
+        self.position: Position | None = None
+        self._marked: int | None = None
+        self._acked = 0
+
+    def open(self, resume: Position | None) -> Position:
+        """Decide where this iteration starts and acknowledge it.
+
+        Raises:
+            DataPlaneBadRequest: ``resume`` points below the plans still kept (they were collected).
+        """
+        rank = self.spec.dp_rank
+        snap = self.log.snapshot()
+        if resume is not None:
+            if resume.step < snap.gc_below:
+                raise DataPlaneBadRequest(
+                    f"cannot resume at step {resume.step}: the plans of {self.log.partition_id!r} below step "
+                    f"{snap.gc_below} were garbage-collected (every rank had moved past them and none held "
+                    "an older checkpoint); a rank keeps the plans of its two latest state_dict()s"
+                )
+            start = resume
+        else:
+            progress = (snap.acks.get(rank) or {}).get("progress")
+            start = Position(snap.gc_below if progress is None else int(progress))
+        self._marked = start.step if resume is not None else None
+        self.log.ack(rank, progress=start.step, checkpoint=self._marked, previous_checkpoint=None)
+        self.position, self._acked = start, start.step
+        return start
+
+    def mark_checkpoint(self) -> None:
+        """Keep the plans from the current position on (a ``state_dict()`` was taken here)."""
+        if self.position is None or self.position.step == self._marked:
+            return
+        self.log.ack(self.spec.dp_rank, checkpoint=self.position.step, previous_checkpoint=self._marked)
+        self._marked = self.position.step
+
+    def micro_batches(
+        self, batches: Iterable[StepBatch], start: Position, step_done: Callable[[], None] | None = None
+    ) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
+        """Yield ``(rows, meta)`` per micro-batch of each step, from ``start`` to the end of the stream.
+
+        ``step_done`` is called when the trainer asks for more after a step's last micro-batch.
+        """
+        spec, rank = self.spec, self.spec.dp_rank
+        skip = start.micro_batch
+        try:
+            for batch in batches:
+                plan = batch.plan
+                if plan.final:
+                    self._advance(plan.step)
+                    self.log.collect_garbage(spec.dp_world)
+                    return
+                count = plan.num_micro_batches
+                first, skip = (skip, 0) if plan.step == start.step else (0, 0)
+                if first > count:
+                    raise _bad_state(
+                        f"step {plan.step} has {count} micro-batches; cannot resume at micro-batch {first}"
+                    )
+                rows = batch.data
+                assert rows is not None
+                for index in range(first, count):
+                    lo, hi = plan.shards[rank].bounds[index]
+                    data = rows if (lo, hi) == (0, rows.batch_size[0]) else rows[lo:hi]
+                    meta = plan.micro_batch_meta(spec.partition_id, spec.task_name, dp_rank=rank, index=index)
+                    self.position = (
+                        Position(plan.step, index + 1) if index + 1 < count else Position(plan.step + 1)
+                    )
+                    yield data, meta
+                if step_done is not None:
+                    step_done()
+                self._advance(plan.step)
+                if spec.is_leader:
+                    self.log.collect_garbage(spec.dp_world)
+        finally:
+            # Stopped early (break, close, error): a step whose last micro-batch was handed out is done.
+            if self.position is not None and self.position.step > self._acked:
+                self.log.ack(rank, progress=self.position.step)
+
+    def _advance(self, step: int) -> None:
+        """Step ``step`` is done on this rank: the next one is ``step + 1``."""
+        self.position = Position(step + 1)
+        self._acked = step + 1
+        self.log.ack(self.spec.dp_rank, progress=step + 1)
