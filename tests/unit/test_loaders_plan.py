@@ -1,0 +1,211 @@
+"""Step plans (how a claimed batch is split) and the plan log (the control partition), without threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kvplane import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, KVBatchMeta
+from loaders.control import PlanLog, plan_partition_id
+from loaders.plan import ShardOptions, StepPlan, even_bounds, plan_step
+
+PACKING = {"algorithm": "modified_first_fit_decreasing", "max_tokens_per_microbatch": 1024}
+DYNAMIC = {"max_tokens_per_microbatch": 1024, "sequence_length_round": 64}
+
+
+def _meta(n: int, lengths: list[int] | None = None, tags: bool = True) -> KVBatchMeta:
+    lengths = lengths if lengths is not None else [(37 * i) % 500 + 10 for i in range(n)]
+    return KVBatchMeta(
+        "p",
+        "t",
+        [f"s{i}" for i in range(n)],
+        fields=["x"],
+        sequence_lengths=lengths,
+        tags=[{"seq_len": n_, "group_id": f"g{i // 2}"} for i, n_ in enumerate(lengths)] if tags else None,
+    )
+
+
+def _ids(plan: StepPlan) -> list[list[str]]:
+    return [s.sample_ids for s in plan.shards]
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 10, 13])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ShardOptions(),
+        ShardOptions(micro_batch_size=2),
+        ShardOptions(balance="tokens", micro_batch_size=3),
+        ShardOptions(balance="flops", equal_count=True),
+        ShardOptions(sequence_packing_args=PACKING),
+        ShardOptions(dynamic_batching_args=DYNAMIC),
+        ShardOptions(balance="tokens", sequence_packing_args=PACKING),
+    ],
+    ids=["plain", "micro", "tokens", "flops-equal", "packing", "dynamic", "tokens-packing"],
+)
+def test_a_plan_covers_the_batch_once_with_equal_micro_batch_counts(n, options):
+    meta = _meta(n)
+    plan = plan_step(7, meta, 4, options)
+    ids = [i for shard in _ids(plan) for i in shard]
+    assert sorted(ids) == sorted(meta.sample_ids) and len(ids) == n
+    counts = {len(s.bounds) for s in plan.shards}
+    assert counts == {plan.num_micro_batches} and plan.num_micro_batches >= 1
+    for shard in plan.shards:  # bounds tile each shard in order
+        edges = [b for lo_hi in shard.bounds for b in lo_hi]
+        assert edges[0] == 0 and edges[-1] == len(shard.sample_ids)
+        assert all(a == b for a, b in zip(edges[1:-1:2], edges[2:-1:2], strict=True))
+        lengths = dict(zip(meta.sample_ids, meta.sequence_lengths, strict=True))
+        assert shard.sequence_lengths == [lengths[i] for i in shard.sample_ids]
+        assert [t["seq_len"] for t in shard.tags] == shard.sequence_lengths
+    if options.micro_batch_size:
+        assert all(hi - lo <= options.micro_batch_size for s in plan.shards for lo, hi in s.bounds)
+    if options.sequence_packing_args:
+        for shard in plan.shards:
+            sums = [sum(shard.sequence_lengths[lo:hi]) for lo, hi in shard.bounds]
+            assert sums == shard.extra_info["micro_batch_lengths"][0]
+            assert all(total <= 1024 for total in sums)
+            assert shard.extra_info["elem_counts_per_gb"] == [len(shard.sample_ids)]
+
+
+def test_without_packing_the_loader_owns_micro_batching():
+    plan = plan_step(0, _meta(8), 2, ShardOptions(balance="tokens"))
+    for shard in plan.shards:
+        assert not {"micro_batch_indices", "micro_batch_lengths", "elem_counts_per_gb"} & set(
+            shard.extra_info
+        )
+        assert shard.bounds == [[0, 4]]
+
+
+def test_leftovers_go_to_the_first_ranks_or_to_the_least_loaded_ones():
+    meta = _meta(6, lengths=[100, 100, 100, 100, 5, 7])
+    plain = plan_step(0, meta, 4, ShardOptions())
+    assert _ids(plain) == [["s0", "s4"], ["s1", "s5"], ["s2"], ["s3"]]
+    meta = _meta(6, lengths=[400, 10, 10, 10, 5, 7])
+    balanced = plan_step(0, meta, 4, ShardOptions(balance="tokens"))
+    loads = [sum(s.sequence_lengths) for s in balanced.shards]
+    assert max(loads) == 400  # the leftovers avoided the rank holding the long sample
+    assert sorted(len(s.sample_ids) for s in balanced.shards) == [1, 1, 2, 2]
+
+
+def test_packed_leftovers_form_one_extra_micro_batch_on_every_rank():
+    meta = _meta(5, lengths=[100, 200, 300, 400, 77])
+    plan = plan_step(
+        0, meta, 4, ShardOptions(sequence_packing_args={**PACKING, "sequence_length_pad_multiple": 64})
+    )
+    assert plan.num_micro_batches == 2
+    extra = [s.bounds[-1] for s in plan.shards]
+    assert extra == [[1, 2], [1, 1], [1, 1], [1, 1]]
+    assert plan.shards[0].extra_info["micro_batch_lengths"][0][-1] == 128  # 77 padded to 64
+    assert [s.extra_info["micro_batch_lengths"][0][-1] for s in plan.shards[1:]] == [0, 0, 0]
+
+
+def test_fewer_samples_than_ranks_leave_some_ranks_empty():
+    plan = plan_step(0, _meta(2), 4, ShardOptions(micro_batch_size=4))
+    assert _ids(plan) == [["s0"], ["s1"], [], []]
+    assert plan.num_micro_batches == 1 and plan.shards[3].bounds == [[0, 0]]
+
+
+def test_samples_without_lengths_split_plainly_but_not_balanced():
+    meta = KVBatchMeta("p", "t", [f"s{i}" for i in range(6)], fields=["x"])
+    plan = plan_step(0, meta, 2, ShardOptions(micro_batch_size=2))
+    assert _ids(plan) == [["s0", "s1", "s2"], ["s3", "s4", "s5"]]
+    assert plan.shards[0].sequence_lengths is None and plan.shards[0].bounds == [[0, 2], [2, 3]]
+    with pytest.raises(DataPlaneBadRequest, match="seq_len"):
+        plan_step(0, meta, 2, ShardOptions(balance="tokens"))
+
+
+def test_group_tag_keeps_groups_on_one_rank():
+    plan = plan_step(0, _meta(16), 4, ShardOptions(balance="tokens", group_tag="group_id"))
+    for shard in plan.shards:
+        groups = [t["group_id"] for t in shard.tags]
+        assert all(groups.count(g) == 2 for g in groups)
+
+
+def test_micro_batch_meta_says_where_it_belongs():
+    plan = plan_step(3, _meta(8), 2, ShardOptions(sequence_packing_args=PACKING))
+    meta = plan.micro_batch_meta("p", "t", dp_rank=1, index=0)
+    lo, hi = plan.shards[1].bounds[0]
+    assert meta.sample_ids == plan.shards[1].sample_ids[lo:hi]
+    assert meta.fields == ["x"] and meta.partition_id == "p" and meta.task_name == "t"
+    info = meta.extra_info
+    assert (info["step"], info["micro_batch_index"], info["dp_rank"], info["dp_world"]) == (3, 0, 1, 2)
+    assert info["num_micro_batches"] == plan.num_micro_batches
+    assert info["micro_batch_indices"] == plan.shards[1].extra_info["micro_batch_indices"]
+
+
+def test_plans_round_trip_through_json_and_reject_what_json_cannot_hold():
+    plan = plan_step(2, _meta(6), 2, ShardOptions(balance="tokens", micro_batch_size=2))
+    assert StepPlan.from_json(plan.to_json()) == plan
+    assert StepPlan.from_json(StepPlan.terminal(9, 2).to_json()) == StepPlan.terminal(9, 2)
+    meta = _meta(2)
+    meta.tags[0]["blob"] = object()
+    with pytest.raises(DataPlaneBadRequest, match="JSON values"):
+        plan_step(0, meta, 2, ShardOptions()).to_json()
+    with pytest.raises(DataPlaneError, match="unreadable step plan"):
+        StepPlan.from_json('{"format": 99}')
+
+
+@pytest.mark.parametrize(("rows", "parts"), [(0, 1), (5, 2), (7, 3), (2, 4), (12, 4)])
+def test_even_bounds_tile_the_rows_with_sizes_differing_by_at_most_one(rows, parts):
+    bounds = even_bounds(rows, parts)
+    sizes = [hi - lo for lo, hi in bounds]
+    assert len(bounds) == parts and sum(sizes) == rows and max(sizes) - min(sizes) <= 1
+    assert bounds[0][0] == 0 and all(bounds[i][1] == bounds[i + 1][0] for i in range(parts - 1))
+
+
+# ------------------------------------------------------------ plan log
+def _wait(log: PlanLog, step: int, since: int = 0, timeout: float = 2.0, body: bool = True, stop=None):
+    return log.wait(
+        step,
+        since=since,
+        dp_world=2,
+        deadline=time.monotonic() + timeout,
+        poll_interval_s=0.005,
+        stop=stop or threading.Event(),
+        body=body,
+    )
+
+
+def test_the_control_partition_is_named_after_the_stream(client):
+    log = PlanLog(client, "rollouts", "train")
+    assert log.partition_id == plan_partition_id("rollouts", "train") == "__kvplane_plans__:rollouts:train"
+    log.write(StepPlan.terminal(0, 2))
+    assert "step-000000000000" in client.list_keys(log.partition_id)[log.partition_id]
+
+
+def test_a_waiting_reader_gets_the_plan_as_soon_as_it_is_written(client):
+    log = PlanLog(client, "p", "t")
+    plan = plan_step(0, _meta(4), 2, ShardOptions())
+    threading.Timer(0.05, log.write, args=(plan,)).start()
+    assert _wait(log, 0) == plan
+
+
+def test_an_earlier_final_plan_ends_the_wait_but_not_one_before_the_start(client):
+    log = PlanLog(client, "p", "t")
+    log.write(StepPlan.terminal(3, 2))
+    assert _wait(log, 5, since=2).final
+    with pytest.raises(DataPlaneTimeout, match="no plan for step 5"):
+        _wait(log, 5, since=4, timeout=0.05)
+
+
+def test_a_stopped_wait_returns_none(client):
+    stop = threading.Event()
+    threading.Timer(0.05, stop.set).start()
+    assert _wait(PlanLog(client, "p", "t"), 0, stop=stop) is None
+
+
+def test_garbage_collection_waits_for_every_rank_and_keeps_checkpoints(client):
+    log = PlanLog(client, "p", "t")
+    for step in range(6):
+        log.write(StepPlan(step, 2))
+    log.ack(0, progress=5)
+    assert log.collect_garbage(2) == 0 and sorted(log.snapshot().plans) == list(range(6))  # rank 1 unknown
+    log.ack(1, progress=4, checkpoint=2, previous_checkpoint=1)
+    assert log.collect_garbage(2) == 1 and sorted(log.snapshot().plans) == [1, 2, 3, 4, 5]
+    log.ack(1, checkpoint=4, previous_checkpoint=3)
+    assert log.collect_garbage(2) == 3 and sorted(log.snapshot().plans) == [3, 4, 5]
+    with pytest.raises(DataPlaneBadRequest, match="garbage-collected"):
+        _wait(log, 2)
+    assert not _wait(log, 2, body=False).final  # a collected plan existed and was not final
