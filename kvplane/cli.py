@@ -2,7 +2,9 @@
 
 Subcommands:
 
-- ``kvplane demo``: the quickstart (:mod:`kvplane.demo`, loaded only when asked for).
+- ``kvplane demo``: the main job, a GRPO-style data flow. kvplane never imports ``loaders``, so the
+  demo (which drives the loaders) is a command plugged in by the distribution: the entry point
+  ``demo`` of the group ``kvplane.commands`` (``loaders.demo``), loaded only when asked for.
 - ``kvplane bench [--suite NAME ...] [--quick] [--output FILE.json]``: run the benchmark suites found
   in :mod:`kvplane.bench` (every module with a ``run(*, quick=False) -> dict``); print one JSON
   document to stdout (or ``--output``) and a short table to stderr. Exit 1 if a suite failed.
@@ -48,7 +50,7 @@ import argparse
 import ast
 import dataclasses
 import importlib
-import importlib.util
+import importlib.metadata
 import json
 import logging
 import os
@@ -107,8 +109,21 @@ def main(argv: Sequence[str] | None = None, *, client: DataPlaneClient | None = 
             return 130
 
 
+COMMANDS_GROUP = "kvplane.commands"
+
+
+def load_command(name: str) -> Any:
+    """The module an installed distribution plugs in as ``kvplane <name>``, or ``None``.
+
+    It must define ``run(args) -> int`` and may define ``add_arguments(parser)``.
+    """
+    for entry in importlib.metadata.entry_points(group=COMMANDS_GROUP, name=name):
+        return entry.load()
+    return None
+
+
 def build_parser(*, with_demo_arguments: bool = False) -> argparse.ArgumentParser:
-    """The argument parser; ``with_demo_arguments`` imports :mod:`kvplane.demo` to add its options."""
+    """The argument parser; ``with_demo_arguments`` loads the demo command to add its options."""
     from kvplane import __version__
 
     parser = argparse.ArgumentParser(
@@ -128,12 +143,11 @@ def build_parser(*, with_demo_arguments: bool = False) -> argparse.ArgumentParse
         "demo", help="run the quickstart demo", description="Run the kvplane quickstart demo."
     )
     if with_demo_arguments:
-        if importlib.util.find_spec("kvplane.demo") is not None:
-            add_arguments = getattr(importlib.import_module("kvplane.demo"), "add_arguments", None)
-            if add_arguments is not None:
-                add_arguments(demo)
-        else:  # let the handler say what is missing instead of "unrecognized arguments"
+        command = load_command("demo")
+        if command is None:  # let the handler say what is missing instead of "unrecognized arguments"
             demo.set_defaults(lenient=True)
+        elif hasattr(command, "add_arguments"):
+            command.add_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     bench = sub.add_parser("bench", help="run benchmark suites, print JSON", description=_cmd_bench.__doc__)
@@ -260,10 +274,13 @@ def _cell(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- demo
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("kvplane.demo") is None:
-        raise DataPlaneError("the demo is not part of this installation (kvplane.demo is missing)")
-    demo = importlib.import_module("kvplane.demo")
-    return int(demo.run(args) or 0)
+    command = load_command("demo")
+    if command is None:
+        raise DataPlaneError(
+            f"the demo is not part of this installation (no {COMMANDS_GROUP!r} entry point named 'demo'; "
+            "reinstall kvplane with pip install -e .)"
+        )
+    return int(command.run(args) or 0)
 
 
 # ---------------------------------------------------------------------------------------------- bench

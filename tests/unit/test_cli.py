@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import logging
 import subprocess
@@ -280,10 +279,9 @@ def test_bench_list(capsys, fake_suites):
 
 
 # ---------------------------------------------------------------------------------------------- demo
-def test_demo_dispatches_to_kvplane_demo(capsys, monkeypatch):
+def test_demo_dispatches_to_the_plugged_in_command(capsys, monkeypatch):
     seen = {}
-    demo = types.ModuleType("kvplane.demo")
-    demo.__spec__ = importlib.machinery.ModuleSpec("kvplane.demo", None)
+    demo = types.ModuleType("fake_demo")
     demo.add_arguments = lambda parser: parser.add_argument("--plot", metavar="FILE.png")
 
     def run(args):
@@ -291,15 +289,23 @@ def test_demo_dispatches_to_kvplane_demo(capsys, monkeypatch):
         return 3
 
     demo.run = run
-    monkeypatch.setitem(sys.modules, "kvplane.demo", demo)
+    monkeypatch.setattr("kvplane.cli.load_command", lambda name: demo if name == "demo" else None)
     assert main(["demo", "--plot", "out.png"]) == 3
     assert seen == {"plot": "out.png"}
 
 
 def test_demo_missing_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "kvplane.demo", None)  # as if the module were not installed
+    monkeypatch.setattr("kvplane.cli.load_command", lambda name: None)  # as if not installed
     code, _, err = _run(capsys, ["demo", "--plot", "x.png"])
-    assert code == 1 and "kvplane.demo is missing" in err
+    assert code == 1 and "entry point named 'demo'" in err
+
+
+def test_the_distribution_plugs_in_the_demo():
+    from kvplane.cli import load_command
+
+    command = load_command("demo")
+    assert command is not None and command.__name__ == "loaders.demo"
+    assert callable(command.run) and callable(command.add_arguments)
 
 
 # ---------------------------------------------------------------------------------------------- subprocess
