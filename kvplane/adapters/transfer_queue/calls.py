@@ -147,6 +147,11 @@ class LoopRunner:
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self._loop = loop
         self._timeout_s = timeout_s
+        self._closed = False
+
+    def close(self) -> None:
+        """Refuse every later call (the client behind the loop is going away)."""
+        self._closed = True
 
     def run(
         self,
@@ -161,9 +166,13 @@ class LoopRunner:
         using, so a late reply cannot reach another request).
 
         Raises:
+            DataPlaneUnavailable: The runner is closed.
             DataPlaneTimeout: The deadline passed.
             DataPlaneError: What the coroutine raised, translated (see :func:`translate`).
         """
+        if self._closed:
+            coro.close()
+            raise DataPlaneUnavailable(f"{operation}: the TransferQueue data plane client is closed")
         timeout = self._timeout_s if timeout_s is None else timeout_s
         try:
             future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, timeout), self._loop)

@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from tensordict import TensorDict
@@ -50,7 +50,6 @@ from kvplane.config import DataPlaneConfig
 from kvplane.errors import (
     DataPlaneBadRequest,
     DataPlaneClearError,
-    DataPlaneError,
     DataPlaneKeyError,
     DataPlaneReadError,
     DataPlaneTimeout,
@@ -75,8 +74,6 @@ from .wire import prepare_batch, shape_column
 __all__ = ["TransferQueueDataPlaneClient"]
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: Stands in for "every field" when clearing keys that store none (KV backends need a field name).
 _NO_FIELD = "__kvplane_no_field__"
@@ -118,21 +115,9 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         self._claimed: dict[tuple[str, str, str], int] = {}  # this client's own claim totals per epoch
         self._count_writes = asyncio.Lock()
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = False  # guarded by _lock
 
     # ------------------------------------------------------------------ plumbing
-    def _run(
-        self,
-        operation: str,
-        coro: Coroutine[Any, Any, T],
-        default: type[DataPlaneError],
-        timeout_s: float | None = None,
-    ) -> T:
-        if self._closed:
-            coro.close()
-            raise DataPlaneUnavailable(f"{operation}: the TransferQueue data plane client is closed")
-        return self._runner.run(operation, coro, default, timeout_s)
-
     @staticmethod
     def _partition_arg(partition_id: Any) -> str:
         pid = check_partition(partition_id)
@@ -204,7 +189,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         registration = Registration(
             names, num_samples, tasks, grpo_group_size, {k: list(v) for k, v in (enums or {}).items()}
         )
-        self._run("register_partition", self._register(pid, registration), DataPlaneWriteError)
+        self._runner.run("register_partition", self._register(pid, registration), DataPlaneWriteError)
 
     async def _register(self, pid: str, registration: Registration) -> None:
         previous = (await self._control.state(pid)).registration
@@ -236,7 +221,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         while True:
             # Each attempt gets the full request deadline: abandoning a fetch the controller already
             # served would lose its samples for this task (TransferQueue has no un-claim).
-            meta = self._run(
+            meta = self._runner.run(
                 "claim_meta",
                 self._claim_once(pid, task_name, required, batch_size, dp_rank),
                 DataPlaneReadError,
@@ -304,7 +289,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
     def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
         pid = self._partition_arg(partition_id)
         tasks = check_ids(task_names, "task_names")
-        return self._run("check_consumption_status", self._consumed(pid, tasks), DataPlaneReadError)
+        return self._runner.run("check_consumption_status", self._consumed(pid, tasks), DataPlaneReadError)
 
     async def _consumed(self, pid: str, tasks: list[str]) -> bool:
         state, partitions, *statuses = await asyncio.gather(
@@ -332,7 +317,9 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             return KVBatchMeta(pid, None, [], fields=None)
         specs = {name: FieldSpec.of(batch.get(name)) for name in batch.keys()} if batch is not None else {}
         wire = prepare_batch(batch) if batch is not None else None
-        merged = self._run("put_samples", self._put(pid, keys, wire, tag_list, specs), DataPlaneWriteError)
+        merged = self._runner.run(
+            "put_samples", self._put(pid, keys, wire, tag_list, specs), DataPlaneWriteError
+        )
         return self._meta(pid, None, keys, list(specs) or None, merged)
 
     async def _put(
@@ -402,7 +389,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         pid = self._partition_arg(partition_id)
         keys = check_ids(sample_ids, "sample_ids")
         wanted = check_select(select_fields)
-        return self._run("get_samples", self._get(pid, keys, wanted), DataPlaneReadError)
+        return self._runner.run("get_samples", self._get(pid, keys, wanted), DataPlaneReadError)
 
     async def _get(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         if not keys:
@@ -475,14 +462,14 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
     def clear_samples(self, sample_ids: list[str] | None, partition_id: str) -> None:
         pid = self._partition_arg(partition_id)
         if sample_ids is None:
-            self._run("clear_samples", self._clear_partition(pid), DataPlaneClearError)
+            self._runner.run("clear_samples", self._clear_partition(pid), DataPlaneClearError)
             with self._lock:
                 for slot in [s for s in self._claimed if s[0] == pid]:
                     del self._claimed[slot]
             return
         keys = check_ids(sample_ids, "sample_ids")
         if keys:
-            self._run("clear_samples", self._clear_keys(pid, keys), DataPlaneClearError)
+            self._runner.run("clear_samples", self._clear_keys(pid, keys), DataPlaneClearError)
 
     def _clear_batch(self, meta: BatchMeta, fields: Sequence[str]) -> BatchMeta:
         """A BatchMeta naming every field a KV backend may hold for these samples."""
@@ -518,13 +505,13 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
 
     # ------------------------------------------------------------------ (C) recovery / control plane
     def ping(self, timeout_s: float | None = None) -> None:
-        self._run("ping", self._tq.async_get_partition_list(), DataPlaneUnavailable, timeout_s)
+        self._runner.run("ping", self._tq.async_get_partition_list(), DataPlaneUnavailable, timeout_s)
 
     def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         if partition_id is None:
-            return self._run("list_keys", self._list_all(), DataPlaneReadError)
+            return self._runner.run("list_keys", self._list_all(), DataPlaneReadError)
         pid = self._partition_arg(partition_id)
-        return self._run("list_keys", self._list_one(pid), DataPlaneReadError)
+        return self._runner.run("list_keys", self._list_one(pid), DataPlaneReadError)
 
     async def _list_one(self, pid: str) -> dict[str, dict[str, dict[str, Any]]]:
         listing, state = await asyncio.gather(self._tq.async_kv_list(pid), self._control.state(pid))
@@ -563,4 +550,5 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             if self._closed:
                 return
             self._closed = True
+        self._runner.close()
         self._deployment.close(self._cfg.bootstrap_timeout_s)
