@@ -27,6 +27,16 @@ TransferQueue's cursor move and that record under-counts, so a later claim waits
 never come (TransferQueue has no acknowledgement or lease to do better). Concurrent first writes of
 one new field with different dtypes both pass the check (no compare-and-set exists); tags merge by
 read-modify-write like TransferQueue's own (concurrent tag writers to one key can lose updates).
+
+Examples:
+    A config is checked before Ray or TransferQueue is touched (``tests/e2e`` runs the real thing):
+
+    >>> from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
+    >>> TransferQueueDataPlaneClient({"impl": "transfer_queue", "backend": "simple", "num_storage_units": 0,
+    ...                               "storage_capacity": None, "claim_meta_poll_interval_s": 0.01})
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneBadRequest: data plane config: 'num_storage_units' must be an integer >= 1, got 0
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ STORAGE_BACKENDS = {"simple": "SimpleStorage", "mooncake_cpu": "MooncakeStore"}
 MOONCAKE_METADATA_PORT = 50050
 MOONCAKE_MASTER_PORT = 50051
 _STOP_TIMEOUT_S = 10.0
+_CPU_WAIT_S = 5.0
 
 
 def default_num_cpus(cfg: DataPlaneConfig) -> int:
@@ -242,9 +243,20 @@ def _put_mooncake_master_on_path() -> None:
     )
 
 
+def _free_cpus(need: int, within_s: float) -> float:
+    """Free Ray CPUs, waiting up to ``within_s`` for ``need`` of them (a just-stopped actor's CPUs
+    show up as free only after a moment)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        free = ray.available_resources().get("CPU", 0.0)
+        if free >= need or time.monotonic() >= deadline:
+            return free
+        time.sleep(0.2)
+
+
 def _bootstrap(cfg: DataPlaneConfig, *, started_ray: bool) -> Deployment:
     need = required_cpus(cfg)
-    free = ray.available_resources().get("CPU", 0.0)
+    free = _free_cpus(need, within_s=min(_CPU_WAIT_S, cfg.bootstrap_timeout_s))
     if free < need:
         total = ray.cluster_resources().get("CPU", 0.0)
         units = f" + {cfg.num_storage_units} storage unit(s)" if cfg.backend == "simple" else ""
