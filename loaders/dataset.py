@@ -166,10 +166,13 @@ class StreamingDataset(IterableDataset):
     def dp_world(self) -> int:
         return self.spec.dp_world
 
-    @property
-    def plan_partition_id(self) -> str:
-        """The control partition holding this stream's plans (see :mod:`loaders.control`)."""
-        return plan_partition_id(self.spec.partition_id, self.spec.task_name)
+    @staticmethod
+    def plan_partition_id(partition_id: str, task_name: str) -> str:
+        """The control partition holding the plans of a stream (see :mod:`loaders.control`).
+
+        Clear it (``client.clear_samples(None, name)``) to forget the stream's plans and progress.
+        """
+        return plan_partition_id(partition_id, task_name)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[Any]:

@@ -1,11 +1,13 @@
 """Producing steps: claim (leader) or wait for the plan (followers), then fetch this rank's rows.
 
-A :class:`StepProducer` runs one background thread per rank (per DataLoader worker, with
-``num_workers >= 1``) that walks the steps ``first, first + stride, ...`` and turns each into a
-:class:`StepBatch`: the step's plan and this rank's rows, fetched with one ``get_samples`` call.
-It runs ahead of the consumer by at most ``prefetch`` steps: a permit is taken *before* a step is
-claimed or read and given back only when the consumer is done with the step, so the number of steps
-claimed (or read) and not yet fully yielded never exceeds ``prefetch``.
+A :class:`StepProducer` works for one rank (one DataLoader worker, with ``num_workers >= 1``): it
+walks the steps ``first, first + stride, ...`` and turns each into a :class:`StepBatch`: the step's
+plan and this rank's rows, fetched with one ``get_samples`` call. Two background threads form a
+pipeline, so that the claim and plan of the next step overlap the fetch of this one: the *planner*
+claims (or reads) plans, the *fetcher* reads the rows. The pipeline runs ahead of the consumer by at
+most ``prefetch`` steps: a permit is taken *before* a step is claimed or read and given back only when
+the consumer is done with the step, so the number of steps claimed (or read) and not yet fully
+yielded never exceeds ``prefetch``.
 
 The leader (DP rank 0) re-reads a plan that already exists for a step (a previous incarnation claimed
 it: resume) and otherwise claims. With several DataLoader workers the leader's workers claim in step
@@ -135,10 +137,14 @@ class StepProducer:
         self.first, self.stride = first, stride
         self.since = first if since is None else since
         self._permits = threading.Semaphore(spec.prefetch)
+        self._plans: queue.Queue[StepPlan | _Failure | None] = queue.Queue()  # None: planning stopped
         self._out: queue.Queue[StepBatch | _Failure] = queue.Queue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"kvplane-steps-r{spec.dp_rank}", daemon=True)
-        self._thread.start()
+        name = f"kvplane-r{spec.dp_rank}-s{first}"
+        self._planner = threading.Thread(target=self._plan_steps, name=f"{name}-plan", daemon=True)
+        self._fetcher = threading.Thread(target=self._fetch_steps, name=f"{name}-fetch", daemon=True)
+        self._planner.start()
+        self._fetcher.start()
 
     # ------------------------------------------------------------------ consumer side
     def next(self) -> StepBatch:
@@ -151,8 +157,8 @@ class StepProducer:
             try:
                 item = self._out.get(timeout=1.0)
             except queue.Empty:
-                if not self._thread.is_alive() and self._out.empty():
-                    raise DataPlaneError("the step producer thread ended without a result") from None
+                if not self._fetcher.is_alive() and self._out.empty():
+                    raise DataPlaneError("the step producer ended without a result") from None
                 continue
             if isinstance(item, _Failure):
                 raise item.error
@@ -166,18 +172,17 @@ class StepProducer:
         """Stop producing; an in-flight claim still gets its plan written. Idempotent."""
         self._stop.set()
         self._permits.release()
-        self._thread.join(STOP_JOIN_S)
-        if self._thread.is_alive():
-            logger.warning(
-                "step producer of rank %d did not stop within %.0fs", self.spec.dp_rank, STOP_JOIN_S
-            )
+        for thread in (self._planner, self._fetcher):
+            thread.join(STOP_JOIN_S)
+            if thread.is_alive():
+                logger.warning("%s did not stop within %.0fs", thread.name, STOP_JOIN_S)
 
-    # ------------------------------------------------------------------ producer thread
-    def _run(self) -> None:
+    # ------------------------------------------------------------------ producer threads
+    def _plan_steps(self) -> None:
+        """Planner: claim (leader) or read the plan of each step, at most ``prefetch`` steps ahead."""
         try:
-            existing = (
-                {s for s in self.log.snapshot().plans if s >= self.first} if self.spec.is_leader else set()
-            )
+            spec = self.spec
+            existing = {s for s in self.log.snapshot().plans if s >= self.first} if spec.is_leader else set()
             step = self.first
             while True:
                 while not self._permits.acquire(timeout=0.1):
@@ -185,31 +190,44 @@ class StepProducer:
                         return
                 if self._stop.is_set():
                     return
-                batch = self._produce(step, reread=step in existing)
-                if batch is None:
+                if not spec.is_leader:
+                    plan = self._wait(step)
+                elif step in existing:
+                    plan = self.log.read(step)
+                else:
+                    plan = self._claim_and_plan(step)
+                if plan is None:
                     return
-                self._out.put(batch)
-                if batch.final:
+                self._check(plan)
+                self._plans.put(plan)
+                if plan.final:
                     return
                 step += self.stride
         except BaseException as exc:  # handed to the consumer, raised there
-            self._out.put(_Failure(exc))
+            self._plans.put(_Failure(exc))
+        finally:
+            self._plans.put(None)
 
-    def _produce(self, step: int, *, reread: bool) -> StepBatch | None:
+    def _fetch_steps(self) -> None:
+        """Fetcher: read this rank's rows of each planned step (overlapping the next claim)."""
         spec = self.spec
-        if not spec.is_leader:
-            plan = self._wait(step)
-        elif reread:
-            plan = self.log.read(step)
-        else:
-            plan = self._claim_and_plan(step)
-        if plan is None:
-            return None
-        self._check(plan)
-        if plan.final:
-            return StepBatch(plan, None)
-        ids = plan.shards[spec.dp_rank].sample_ids
-        return StepBatch(plan, self.client.get_samples(ids, spec.partition_id, list(spec.fields)))
+        try:
+            while True:
+                plan = self._plans.get()
+                if plan is None:
+                    return
+                if isinstance(plan, _Failure):
+                    self._out.put(plan)
+                    return
+                if plan.final:
+                    self._out.put(StepBatch(plan, None))
+                    return
+                ids = plan.shards[spec.dp_rank].sample_ids
+                self._out.put(
+                    StepBatch(plan, self.client.get_samples(ids, spec.partition_id, list(spec.fields)))
+                )
+        except BaseException as exc:
+            self._out.put(_Failure(exc))
 
     def _wait(self, step: int, *, body: bool = True) -> StepPlan | None:
         spec = self.spec
