@@ -26,6 +26,7 @@ CELL_TIMEOUT_S = 120
 EXPECTED = [
     "01_kv_interface.ipynb",
     "02_data_plane_client.ipynb",
+    "03_streaming_dataloader.ipynb",
     "04_recovery_and_staleness.ipynb",
     "05_observability.ipynb",
 ]
