@@ -7,7 +7,9 @@ inspection). It holds three kinds of keys:
 
 - ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (JSON, see
   :class:`loaders.plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
-  leader, right after its claim; never rewritten.
+  leader, right after its claim; never rewritten. Readers poll the (small) tags and then read the
+  body; a put need not be atomic (TransferQueue publishes the tags before the data), so a listed
+  plan whose body is not readable yet is simply polled again.
 - ``rank-{r}``: rank ``r``'s acknowledgements, as tags: ``progress`` (the first step it has not
   finished yielding), ``checkpoint`` and ``previous_checkpoint`` (the steps of its two latest
   ``state_dict()``s or of the state it resumed from; ``None`` when it holds none).
@@ -48,7 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneTimeout
+from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneKeyError, DataPlaneTimeout
 from loaders.plan import StepPlan
 
 __all__ = ["LogSnapshot", "PlanLog", "plan_partition_id"]
@@ -166,7 +168,12 @@ class PlanLog:
         while not stop.is_set():
             snap = self.snapshot()
             if step in snap.plans:
-                return self.read(step) if body else StepPlan(step, dp_world, final=snap.plans[step])
+                if not body:
+                    return StepPlan(step, dp_world, final=snap.plans[step])
+                try:
+                    return self.read(step)
+                except DataPlaneKeyError:
+                    pass  # listed but its body not stored yet: TransferQueue publishes tags first
             ended = snap.first_final(since, step)
             if ended is not None:
                 return StepPlan.terminal(step, dp_world)

@@ -60,7 +60,8 @@ class StreamingDataLoader(DataLoader):
             multi-process backend, i.e. TransferQueue).
 
     Keyword Args:
-        multiprocessing_context: As for ``DataLoader`` (e.g. ``"spawn"``).
+        multiprocessing_context: As for ``DataLoader`` (e.g. ``"spawn"``; ignored without workers,
+            so one call site can serve both).
         prefetch_factor: Steps each worker keeps in flight (DataLoader's default 2).
         worker_init_fn: As for ``DataLoader``.
 
@@ -88,7 +89,7 @@ class StreamingDataLoader(DataLoader):
             batch_size=None,
             collate_fn=_identity,
             num_workers=num_workers,
-            multiprocessing_context=multiprocessing_context,
+            multiprocessing_context=multiprocessing_context if num_workers else None,
             prefetch_factor=prefetch_factor,
             worker_init_fn=worker_init_fn,
         )
