@@ -34,17 +34,20 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tensordict import TensorDict
 
-from kvplane import DataPlaneBadRequest, DataPlaneClient, KVBatchMeta
+from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, KVBatchMeta
 from loaders.control import PlanLog
 from loaders.steps import StepBatch, StreamSpec
 
 __all__ = ["STATE_FORMAT", "Position", "RankStream", "check_state"]
+
+logger = logging.getLogger(__name__)
 
 #: Version of the ``state_dict()`` layout.
 STATE_FORMAT = 1
@@ -189,7 +192,12 @@ class RankStream:
         finally:
             # Stopped early (break, close, error): a step whose last micro-batch was handed out is done.
             if self.position is not None and self.position.step > self._acked:
-                self.log.ack(rank, progress=self.position.step)
+                try:
+                    self.log.ack(rank, progress=self.position.step)
+                except DataPlaneError as exc:  # e.g. the client was closed first; never mask an error
+                    logger.warning(
+                        "rank %d could not acknowledge step %d: %s", rank, self.position.step - 1, exc
+                    )
 
     def _advance(self, step: int) -> None:
         """Step ``step`` is done on this rank: the next one is ``step + 1``."""

@@ -39,6 +39,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -58,27 +59,10 @@ def _loaders() -> Any:
     return importlib.import_module("loaders")
 
 
-def _run_threads(world: int, body: Callable[[int], Any], timeout_s: float = 300.0) -> list[Any]:
-    """``body(rank)`` per rank in its own thread; the first error is re-raised."""
-    results: list[Any] = [None] * world
-    errors: list[BaseException] = []
-
-    def target(rank: int) -> None:
-        try:
-            results[rank] = body(rank)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=target, args=(r,), daemon=True) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout_s)
-    if errors:
-        raise errors[0]
-    if any(t.is_alive() for t in threads):
-        raise TimeoutError(f"a benchmark rank did not finish within {timeout_s}s")
-    return results
+def _run_threads(world: int, body: Callable[[int], Any]) -> list[Any]:
+    """``body(rank)`` per rank in its own thread (the loader's waits have deadlines); errors re-raised."""
+    with ThreadPoolExecutor(world) as pool:
+        return list(pool.map(body, range(world)))
 
 
 def _deliver_once(

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -60,24 +61,8 @@ def consume(
 
 def run_ranks(world: int, body: Callable[[int], Any], timeout_s: float = 60.0) -> list[Any]:
     """``body(rank)`` for every rank, each in its own thread; re-raises the first error."""
-    results: list[Any] = [None] * world
-    errors: list[BaseException] = []
-
-    def target(rank: int) -> None:
-        try:
-            results[rank] = body(rank)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=target, args=(r,), daemon=True) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout_s)
-    assert not any(t.is_alive() for t in threads), "a rank did not finish"
-    if errors:
-        raise errors[0]
-    return results
+    with ThreadPoolExecutor(world) as pool:
+        return list(pool.map(body, range(world), timeout=timeout_s))
 
 
 def loader_ranks(client: Any, pid: str, world: int, **kw: Any) -> list[list[Item]]:
