@@ -21,12 +21,18 @@ Where TransferQueue is silent, kvplane is strict (``reference/transferqueue_0.1.
 - reads come back dense where rows are uniform (a zero-copy view of TQ's jagged result), ``[B]`` as
   ``[B]`` on MooncakeStore too, ragged rows jagged, object columns as ``NonTensorStack``.
 
-Decisions where the docs are silent: a claim is recorded in the shared claim counts only for a
-partition registered with ``num_samples`` (nothing else needs the total); a claim that crashes between
-TransferQueue's cursor move and that record under-counts, so a later claim waits for samples that
-never come (TransferQueue has no acknowledgement or lease to do better). Concurrent first writes of
-one new field with different dtypes both pass the check (no compare-and-set exists); tags merge by
-read-modify-write like TransferQueue's own (concurrent tag writers to one key can lose updates).
+Decisions where the docs are silent: a write stores its tags before its data is announced, so a
+claimed meta always carries the tags of the write that made the sample claimable; the flip side is
+that a listing can show a key (TransferQueue registers keys before their data) or its new tags a
+moment before its fields are readable, so a reader that discovers keys by listing retries on
+``DataPlaneKeyError`` (puts are not atomic here: see ``get_capabilities``). A claim is recorded in
+the shared claim counts only for a partition registered with ``num_samples`` (nothing else needs the
+total); a claim that crashes between TransferQueue's cursor move and that record under-counts, so a
+later claim waits for samples that never come (TransferQueue has no acknowledgement or lease to do
+better). Concurrent first writes of one new field with different dtypes both pass the check (no
+compare-and-set exists); tags merge by read-modify-write like TransferQueue's own (concurrent tag
+writers to one key can lose updates). A field also keeps its row rank (``[B]`` vs ``[B, 1]``) within
+a partition, which the memory backend does not require: MooncakeStore cannot tell the two apart.
 
 Examples:
     A config is checked before Ray or TransferQueue is touched (``tests/e2e`` runs the real thing):
@@ -66,6 +72,7 @@ from kvplane.errors import (
     DataPlaneUnavailable,
     DataPlaneWriteError,
 )
+from kvplane.groups import as_int
 from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
 
 from .calls import LoopRunner
@@ -88,6 +95,10 @@ logger = logging.getLogger(__name__)
 #: Stands in for "every field" when clearing keys that store none (KV backends need a field name).
 _NO_FIELD = "__kvplane_no_field__"
 _UNKNOWN_SCHEMA = {"dtype": None, "shape": None, "is_nested": False, "is_non_tensor": False}
+
+
+class _Raced(Exception):
+    """A read's checks saw a concurrent write land between two requests (retried once)."""
 
 
 def _listed(keys: Sequence[str]) -> str:
@@ -145,8 +156,9 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         fields: list[str] | None,
         tags: list[dict[str, Any]],
     ) -> KVBatchMeta:
-        tag = self._cfg.seq_len_tag
-        lengths = [int(t[tag]) for t in tags] if keys and all(tag in t for t in tags) else None
+        lengths = [as_int(t.get(self._cfg.seq_len_tag)) for t in tags]
+        if not keys or None in lengths:  # absent on some key, or not a whole number
+            lengths = None
         return KVBatchMeta(pid, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
 
     async def _fields_per_key(
@@ -404,6 +416,18 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
     async def _get(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         if not keys:
             return TensorDict({}, batch_size=[0])
+        try:
+            return await self._get_once(pid, keys, wanted)
+        except _Raced:
+            # A write landed between two of the checks' requests: the second look is consistent.
+            try:
+                return await self._get_once(pid, keys, wanted)
+            except _Raced as exc:
+                raise DataPlaneReadError(
+                    f"partition {pid!r} kept changing during a read of {len(keys)} key(s)"
+                ) from exc
+
+    async def _get_once(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         state: ControlState | None = None
         if wanted is None or self._kv_storage:
             meta, state = await asyncio.gather(
@@ -421,6 +445,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
                 if name not in meta.field_schema:
                     lacking = (await self._fields_per_key(pid, [name], meta.global_indexes))[name]
                     absent = [k for k, has in zip(keys, lacking, strict=True) if not has]
+                    if not absent:
+                        raise _Raced(name)
                     raise DataPlaneKeyError(
                         f"field {name!r} is not stored for key(s) {absent[:5]} of partition {pid!r}"
                     )
@@ -449,6 +475,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             set(await self._tq.async_kv_retrieve_keys(list(meta.global_indexes), pid)) if meta.size else set()
         )
         missing = [k for k in keys if k not in present]
+        if not missing:
+            raise _Raced("keys")
         raise DataPlaneKeyError(f"partition {pid!r} has no key {_listed(missing)}")
 
     async def _uniform_fields(
@@ -459,6 +487,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         others = [name for name in state.fields if name not in common]
         if others:
             for name, flags in (await self._fields_per_key(pid, others, meta.global_indexes)).items():
+                if all(flags):
+                    raise _Raced(name)
                 if any(flags):
                     having = keys[flags.index(True)]
                     lacking = keys[flags.index(False)]

@@ -184,9 +184,11 @@ def open_deployment(cfg: DataPlaneConfig, *, bootstrap: bool) -> Deployment:
                 "(this process will not tear it down)"
             )
         return _attach(cfg, started_ray=started_ray)
-    except BaseException:
+    except BaseException as exc:
         if started_ray:
             _quietly("Ray shutdown", ray.shutdown, cfg.bootstrap_timeout_s)
+        if isinstance(exc, Exception) and not isinstance(exc, DataPlaneError):
+            raise translate("opening the TransferQueue deployment", exc, DataPlaneUnavailable) from exc
         raise
 
 
