@@ -201,7 +201,8 @@ class DataPlaneClient(ABC):
             partition_id: The partition.
             select_fields: The fields to return. ``None`` is an explicit request for every field the
                 ids store; when they do not all store the same fields, that is an error naming the
-                difference (never a silent intersection).
+                difference (never a silent intersection), and ids that store no field at all (tag-only
+                keys) raise ``DataPlaneKeyError``.
 
         Raises:
             DataPlaneKeyError: The partition, an id, or a field of an id is missing.
@@ -230,7 +231,9 @@ class DataPlaneClient(ABC):
     def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         """``{partition_id: {key: tags}}`` for one partition or all (non-consuming, no tensor read).
 
-        An unknown partition gives ``{}``. This is what ``kv_list`` returns.
+        An unknown partition gives ``{}``. All partitions leaves out kvplane's own (names starting
+        with ``__kvplane``: adapter records, loader plans), which can still be listed by name. This is
+        what ``kv_list`` returns.
         """
 
     def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:

@@ -30,6 +30,7 @@ from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
 from kvplane.errors import DataPlaneBadRequest
 
 __all__ = [
+    "INTERNAL_PREFIX",
     "OBJECT_KIND",
     "check_ids",
     "check_partition",
@@ -39,6 +40,7 @@ __all__ = [
     "check_write",
     "densify",
     "field_kind",
+    "is_internal_partition",
     "make_object_column",
     "stack_rows",
     "td_nbytes",
@@ -47,6 +49,15 @@ __all__ = [
 
 #: The ``field_kind`` of a non-tensor column.
 OBJECT_KIND = "object"
+
+#: Partitions whose names start with this belong to kvplane itself (adapter records, loader plans):
+#: hidden from ``list_keys(None)`` / ``kv_list()``, still listable by name.
+INTERNAL_PREFIX = "__kvplane"
+
+
+def is_internal_partition(partition_id: str) -> bool:
+    """True for kvplane's own partitions (see ``INTERNAL_PREFIX``)."""
+    return partition_id.startswith(INTERNAL_PREFIX)
 
 
 def check_partition(partition_id: Any) -> str:

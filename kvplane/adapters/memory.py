@@ -43,6 +43,7 @@ from kvplane.codec import (
     check_timeout,
     check_write,
     field_kind,
+    is_internal_partition,
     make_object_column,
     stack_rows,
 )
@@ -359,7 +360,10 @@ class MemoryDataPlaneClient(DataPlaneClient):
             check_partition(partition_id)
         with self._changed:
             self._check_open()
-            names = [partition_id] if partition_id is not None else list(self._partitions)
+            if partition_id is not None:
+                names = [partition_id]
+            else:
+                names = [name for name in self._partitions if not is_internal_partition(name)]
             # Each tag dict is copied (values are shared: tags hold primitives by convention).
             return {
                 name: {k: dict(t) for k, t in self._partitions[name].tags.items()}
@@ -389,4 +393,8 @@ def _uniform_fields(partition_id: str, keys: Sequence[str], rows: Sequence[dict[
                 f"{keys[0]!r} has {sorted(first)}, "
                 f"{key!r} has {sorted(row)}; pass select_fields"
             )
-    return list(rows[0]) if rows else []
+    if not first:
+        raise DataPlaneKeyError(
+            f"key(s) {list(keys[:5])} of partition {partition_id!r} store no fields (only tags)"
+        )
+    return list(rows[0])

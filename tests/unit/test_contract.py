@@ -109,6 +109,8 @@ def test_a_key_may_carry_only_tags(client, pid):
     assert client.list_keys(pid)[pid] == {"t": {"group_id": "g"}}
     with pytest.raises(DataPlaneKeyError, match="x"):
         client.get_samples(["t"], pid, ["x"])
+    with pytest.raises(DataPlaneKeyError, match="no field"):
+        client.get_samples(["t"], pid, None)  # never an empty TensorDict
 
 
 def test_put_meta_carries_merged_tags_and_sequence_lengths(client, pid):
@@ -234,6 +236,14 @@ def test_list_keys_of_unknown_partition_is_empty(client, pid):
     assert client.list_keys(pid) == {}
     client.put_samples(["a"], pid, None, tags=[{"x": 1}])
     assert pid in client.list_keys(None)
+
+
+def test_kvplane_internal_partitions_are_listed_only_by_name(client, pid):
+    internal = f"__kvplane_plans__:{pid}:train"
+    client.put_samples(["step-0"], internal, None, tags=[{"plan": 1}])
+    assert internal not in client.list_keys(None)
+    assert client.list_keys(internal) == {internal: {"step-0": {"plan": 1}}}
+    client.clear_samples(None, internal)
 
 
 # ---------------------------------------------------------------------- task-mediated
