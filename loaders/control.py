@@ -2,8 +2,8 @@
 
 Every stream has a control partition, named by :func:`plan_partition_id`:
 ``"__kvplane_plans__:{partition_id}:{task_name}"`` (one per consumer task, since each task has its own
-claim cursor; the prefix keeps it apart from data partitions, and ``kv_list`` shows it for
-inspection). It holds three kinds of keys:
+claim cursor; the ``__kvplane`` prefix marks it as kvplane's own, so ``kv_list()`` leaves it out, and
+``kv_list(name)`` shows it for inspection). It holds three kinds of keys:
 
 - ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (JSON, see
   :class:`loaders.plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the

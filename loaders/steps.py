@@ -112,7 +112,7 @@ class _Failure:
 
 
 class StepProducer:
-    """Produce the :class:`StepBatch` of steps ``first, first + stride, ...`` in a background thread.
+    """Produce the :class:`StepBatch` of steps ``first, first + stride, ...`` in two background threads.
 
     Args:
         client: This process's data plane client.
