@@ -61,7 +61,14 @@ from tensordict import TensorDict
 from transfer_queue import BatchMeta
 
 from kvplane.client import DataPlaneClient
-from kvplane.codec import check_ids, check_partition, check_select, check_timeout, check_write
+from kvplane.codec import (
+    check_ids,
+    check_partition,
+    check_select,
+    check_timeout,
+    check_write,
+    is_internal_partition,
+)
 from kvplane.config import DataPlaneConfig
 from kvplane.errors import (
     DataPlaneBadRequest,
@@ -496,6 +503,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
                         f"keys of partition {pid!r} store different fields: {having!r} has {name!r}, "
                         f"{lacking!r} does not; pass select_fields"
                     )
+        if not common:
+            raise DataPlaneKeyError(f"key(s) {keys[:5]} of partition {pid!r} store no fields (only tags)")
         ordered = [name for name in state.fields if name in common]
         return ordered + sorted(common.difference(ordered))
 
@@ -561,11 +570,12 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
 
     async def _list_all(self) -> dict[str, dict[str, dict[str, Any]]]:
         listing = await self._tq.async_kv_list(None)
-        out = {pid: keys for pid, keys in listing.items() if not is_reserved(pid)}
+        out = {pid: keys for pid, keys in listing.items() if not is_internal_partition(pid)}
         for pid, records in listing.items():
-            owner = user_partition(pid)
-            if owner is not None and ControlState.parse(records).registration is not None:
-                out.setdefault(owner, {})
+            owner = user_partition(pid)  # a declared partition is listed before its first write
+            if owner is not None and not is_internal_partition(owner):
+                if ControlState.parse(records).registration is not None:
+                    out.setdefault(owner, {})
         return out
 
     def get_capabilities(self) -> DataPlaneCapabilities:
