@@ -82,7 +82,7 @@ from kvplane.errors import (
 from kvplane.groups import as_int
 from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
 
-from .calls import LoopRunner
+from .calls import LoopRunner, set_tags
 from .control import (
     RESERVED_PREFIX,
     ControlPlane,
@@ -380,7 +380,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
                 # Tags first: a consumer can claim a sample as soon as its data is announced, and its
                 # meta must already carry the tags.
                 meta.update_custom_meta(tags)
-                await self._tq.async_set_custom_meta(meta)
+                await set_tags(self._tq, pid, meta.global_indexes, meta.custom_meta)
             if wire is not None:
                 await self._tq.storage_manager.put_data(wire, meta)
         except BaseException:
@@ -406,9 +406,9 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
                 logger.info("removed %d key(s) of partition %r after a failed write", len(created), pid)
             kept = sorted(set(range(meta.size)).difference(created))
             if tagged and kept:
-                restore = meta.select_samples(kept)
-                restore.custom_meta = [before[i] for i in kept]
-                await self._tq.async_set_custom_meta(restore)
+                await set_tags(
+                    self._tq, pid, [meta.global_indexes[i] for i in kept], [before[i] for i in kept]
+                )
         except Exception:  # the write's own error is what the caller needs to see
             logger.warning("could not undo a failed write to partition %r", pid, exc_info=True)
 
