@@ -109,3 +109,13 @@ def test_a_grpo_sized_batch_round_trips_exactly(client: TransferQueueDataPlaneCl
     for name in ("input_ids", "logprobs", "advantages"):
         assert not out[name].is_nested and out[name].is_contiguous()
         assert torch.equal(out[name], batch[name]), name
+
+
+def test_zero_byte_rows_round_trip(client: TransferQueueDataPlaneClient, pid: str):
+    # MooncakeStore refuses zero-byte objects; kvplane rebuilds such rows from their recorded shape.
+    rows = [torch.arange(3.0), torch.empty(0), torch.arange(2.0)]
+    client.put_samples(["a", "b", "c"], pid, {"r": torch.nested.nested_tensor(rows, layout=torch.jagged)})
+    client.put_samples(["a", "b", "c"], pid, {"none": torch.empty(3, 0, dtype=torch.int32)})
+    out = client.get_samples(["b", "c", "a"], pid, ["r", "none"])
+    assert _rows(out["r"]) == [[], [0.0, 1.0], [0.0, 1.0, 2.0]]
+    assert out["none"].shape == (3, 0) and out["none"].dtype == torch.int32

@@ -16,6 +16,9 @@ Examples:
     'DataPlaneWriteError'
     >>> type(translate("get", ConnectionResetError(), DataPlaneWriteError)).__name__
     'DataPlaneUnavailable'
+    >>> gone = RuntimeError("batch_get_into failed for keys ['3@x'] with error codes [-704]")
+    >>> type(translate("get", gone, DataPlaneWriteError)).__name__
+    'DataPlaneKeyError'
     >>> run_bounded("a nap", lambda: __import__("time").sleep(5), timeout_s=0.05)
     Traceback (most recent call last):
     ...
@@ -27,7 +30,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -54,6 +59,9 @@ T = TypeVar("T")
 #: Extra time the calling thread waits beyond a coroutine's own deadline, so the in-loop
 #: ``wait_for`` normally fires first and cancels the request cleanly.
 _GRACE_S = 2.0
+#: A call still running after this long asks whether the backend is still there, then again this often.
+_HEALTH_AFTER_S = 1.0
+_HEALTH_EVERY_S = 2.0
 
 _GONE = (
     ray.exceptions.RayActorError,
@@ -64,6 +72,8 @@ _GONE = (
     zmq.ZMQError,
     concurrent.futures.CancelledError,
 )
+# MooncakeStore's OBJECT_NOT_FOUND (-704) for every key of a failed read: the data was cleared.
+_MOONCAKE_NOT_FOUND = re.compile(r"error codes \[-704(, -704)*\]")
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
 # TransferQueue wraps transport failures in RuntimeError text; these phrases mean "backend gone".
 _GONE_PHRASES = (
@@ -103,7 +113,11 @@ def translate(operation: str, exc: BaseException, default: type[DataPlaneError])
         phrase in str(e).lower() for e in chain for phrase in _GONE_PHRASES
     ):
         return DataPlaneUnavailable(message)
-    if any(isinstance(e, StorageKeyNotFoundError) for e in chain) or isinstance(exc, KeyError):
+    if (
+        any(isinstance(e, StorageKeyNotFoundError) for e in chain)
+        or isinstance(exc, KeyError)
+        or any(_MOONCAKE_NOT_FOUND.search(str(e)) for e in chain)
+    ):
         return DataPlaneKeyError(message)
     if isinstance(exc, (ValueError, TypeError)):
         return DataPlaneBadRequest(message)
@@ -142,19 +156,47 @@ def run_bounded(what: str, fn: Callable[[], T], *, timeout_s: float) -> T:
 class LoopRunner:
     """Runs TransferQueue coroutines on the client's event loop, each with a deadline.
 
+    A call that is still running after a second asks ``health`` (then every two seconds) whether the
+    backend is still there: a dead actor never answers, and waiting out the deadline for it would
+    report a lost backend as a slow one.
+
     Args:
         loop: The TransferQueue client's event loop (it runs in the client's own thread).
         timeout_s: The deadline of a call that does not name its own.
+        health: Says what of the backend is gone (``None`` while all of it runs); may raise when it
+            cannot tell. ``None`` skips the checks.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout_s: float,
+        health: Callable[[], str | None] | None = None,
+    ) -> None:
         self._loop = loop
         self._timeout_s = timeout_s
+        self._health = health
         self._closed = False
 
     def close(self) -> None:
         """Refuse every later call (the client behind the loop is going away)."""
         self._closed = True
+
+    def gone(self) -> str | None:
+        """What ``health`` says is gone; ``None`` when all runs or the check itself failed."""
+        if self._health is None:
+            return None
+        try:
+            return self._health()
+        except Exception:  # cannot tell: let the call's own outcome speak
+            logger.debug("the TransferQueue health check failed", exc_info=True)
+            return None
+
+    def check(self, operation: str) -> None:
+        """Raise :class:`~kvplane.DataPlaneUnavailable` if part of the backend is gone."""
+        gone = self.gone()
+        if gone is not None:
+            raise DataPlaneUnavailable(f"{operation}: {gone}")
 
     def run(
         self,
@@ -163,13 +205,13 @@ class LoopRunner:
         default: type[DataPlaneError],
         timeout_s: float | None = None,
     ) -> T:
-        """Run ``coro`` on the loop; block until it finishes or its deadline passes.
+        """Run ``coro`` on the loop; block until it finishes, its deadline passes or the backend is gone.
 
-        On a deadline the coroutine is cancelled (TransferQueue then discards the socket it was
-        using, so a late reply cannot reach another request).
+        On a deadline or a lost backend the coroutine is cancelled (TransferQueue then discards the
+        socket it was using, so a late reply cannot reach another request).
 
         Raises:
-            DataPlaneUnavailable: The runner is closed.
+            DataPlaneUnavailable: The runner is closed, or part of the backend is gone.
             DataPlaneTimeout: The deadline passed.
             DataPlaneError: What the coroutine raised, translated (see :func:`translate`).
         """
@@ -183,12 +225,35 @@ class LoopRunner:
             coro.close()
             raise DataPlaneUnavailable(f"{operation}: the TransferQueue client is closed") from exc
         try:
-            return future.result(timeout + _GRACE_S)
+            return self._result(operation, future, timeout + _GRACE_S)
+        except DataPlaneError:
+            raise
         except _TIMEOUTS as exc:
             future.cancel()
+            gone = self.gone()
+            if gone is not None:
+                raise DataPlaneUnavailable(f"{operation}: {gone}") from exc
             raise DataPlaneTimeout(f"{operation} did not finish within {timeout:g}s") from exc
         except Exception as exc:
             raise translate(operation, exc, default) from exc
+
+    def _result(self, operation: str, future: concurrent.futures.Future[T], within_s: float) -> T:
+        """``future.result(within_s)``, asking ``health`` now and then while it waits."""
+        give_up = time.monotonic() + within_s
+        ask_at = time.monotonic() + _HEALTH_AFTER_S if self._health is not None else give_up
+        while True:
+            try:
+                return future.result(max(0.0, min(give_up, ask_at) - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                if future.done():  # finished just now, or timed out by its own deadline: as it is
+                    return future.result(0)
+                if time.monotonic() >= give_up:
+                    raise
+            gone = self.gone()
+            if gone is not None:
+                future.cancel()
+                raise DataPlaneUnavailable(f"{operation}: {gone}")
+            ask_at = time.monotonic() + _HEALTH_EVERY_S
 
 
 async def set_tags(

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 from tensordict import TensorDict
-from transfer_queue import BatchMeta
+from transfer_queue import BatchMeta, StorageKeyNotFoundError
 
 from kvplane.client import DataPlaneClient
 from kvplane.codec import (
@@ -93,6 +93,7 @@ from .control import (
     user_partition,
 )
 from .deployment import open_deployment
+from .kvstore import get_rows, put_rows
 from .wire import prepare_batch, shape_column
 
 __all__ = ["TransferQueueDataPlaneClient"]
@@ -101,7 +102,17 @@ logger = logging.getLogger(__name__)
 
 #: Stands in for "every field" when clearing keys that store none (KV backends need a field name).
 _NO_FIELD = "__kvplane_no_field__"
+#: Looks a read takes when writes or clears keep landing between its checks.
+_READ_ATTEMPTS = 3
 _UNKNOWN_SCHEMA = {"dtype": None, "shape": None, "is_nested": False, "is_non_tensor": False}
+
+
+async def _put_simple(manager: Any, data: TensorDict, meta: BatchMeta) -> None:
+    await manager.put_data(data, meta)
+
+
+async def _get_simple(manager: Any, meta: BatchMeta) -> TensorDict:
+    return await manager.get_data(meta)
 
 
 class _Raced(Exception):
@@ -136,7 +147,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         self._cfg = cfg
         self._deployment = open_deployment(cfg, bootstrap=bootstrap)
         self._tq = self._deployment.client
-        self._runner = LoopRunner(self._deployment.loop, cfg.request_timeout_s)
+        self._runner = LoopRunner(self._deployment.loop, cfg.request_timeout_s, health=self._deployment.gone)
         self._id = uuid.uuid4().hex[:12]
         self._control = ControlPlane(self._tq, self._id)
         self._kv_storage = self._deployment.storage_backend == "MooncakeStore"
@@ -382,7 +393,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
                 meta.update_custom_meta(tags)
                 await set_tags(self._tq, pid, meta.global_indexes, meta.custom_meta)
             if wire is not None:
-                await self._tq.storage_manager.put_data(wire, meta)
+                await (put_rows if self._kv_storage else _put_simple)(self._tq.storage_manager, wire, meta)
         except BaseException:
             await self._undo_write(pid, meta, before, tags is not None, [*known, *specs])
             raise
@@ -423,16 +434,18 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
     async def _get(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         if not keys:
             return TensorDict({}, batch_size=[0])
-        try:
-            return await self._get_once(pid, keys, wanted)
-        except _Raced:
-            # A write landed between two of the checks' requests: the second look is consistent.
+        for _ in range(_READ_ATTEMPTS - 1):
             try:
                 return await self._get_once(pid, keys, wanted)
-            except _Raced as exc:
-                raise DataPlaneReadError(
-                    f"partition {pid!r} kept changing during a read of {len(keys)} key(s)"
-                ) from exc
+            except _Raced:
+                continue  # a write or clear landed between two of the checks' requests: look again
+        try:
+            return await self._get_once(pid, keys, wanted)
+        except _Raced as exc:
+            # Every look saw some of the keys missing at some instant: report them as missing.
+            raise DataPlaneKeyError(
+                f"key(s) {keys[:5]} of partition {pid!r} were cleared or rewritten while being read"
+            ) from exc
 
     async def _get_once(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         state: ControlState | None = None
@@ -467,7 +480,14 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             production_status=np.ones(n, dtype=np.int8),
             _custom_backend_meta=meta._custom_backend_meta,
         )
-        data = await self._tq.storage_manager.get_data(read)
+        try:
+            data = await (get_rows if self._kv_storage else _get_simple)(self._tq.storage_manager, read)
+        except StorageKeyNotFoundError as exc:  # cleared between the lookup and the fetch
+            raise _Raced("keys") from exc
+        # A clear frees a key's slot (its global index) and a put may take it over before this fetch:
+        # the rows fetched are the keys' only if every slot still belongs to its key.
+        if list(await self._tq.async_kv_retrieve_keys(list(meta.global_indexes), pid)) != keys:
+            raise _Raced("keys")
         specs = state.fields if state is not None else {}
         columns = {}
         for name in wanted:
@@ -555,6 +575,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
     # ------------------------------------------------------------------ (C) recovery / control plane
     def ping(self, timeout_s: float | None = None) -> None:
         self._runner.run("ping", self._tq.async_get_partition_list(), DataPlaneUnavailable, timeout_s)
+        self._runner.check("ping")  # the controller answered; a storage unit may still be gone
 
     def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         if partition_id is None:

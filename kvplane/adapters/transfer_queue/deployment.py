@@ -67,8 +67,11 @@ NAMESPACE = "transfer_queue"
 STORAGE_BACKENDS = {"simple": "SimpleStorage", "mooncake_cpu": "MooncakeStore"}
 MOONCAKE_METADATA_PORT = 50050
 MOONCAKE_MASTER_PORT = 50051
+#: TransferQueue names SimpleStorage unit ``rank`` so (in the bootstrapping process's Ray namespace).
+STORAGE_UNIT_NAME = "TransferQueueStorageUnit#{rank}"
 _STOP_TIMEOUT_S = 10.0
 _CPU_WAIT_S = 5.0
+_LISTING_TIMEOUT_S = 5.0
 
 
 def default_num_cpus(cfg: DataPlaneConfig) -> int:
@@ -128,6 +131,37 @@ class Deployment:
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop the TransferQueue client runs its requests on."""
         return self.client._loop
+
+    def gone(self) -> str | None:
+        """What of the deployment no longer runs, as a sentence; ``None`` while all of it runs.
+
+        A dead actor's ZMQ endpoint never answers, so a request to it waits for its whole deadline;
+        Ray knows at once: a killed or crashed actor drops out of its named-actor list (one request to
+        Ray's GCS, bounded). Checked: the controller, each SimpleStorage unit, and the
+        ``mooncake_master`` this process started.
+
+        Raises:
+            DataPlaneTimeout: Ray did not list its actors within a few seconds.
+            Exception: What Ray raised (the caller decides what an unanswered check means).
+        """
+        listed = run_bounded(
+            "listing Ray's named actors",
+            lambda: ray.util.list_named_actors(all_namespaces=True),
+            timeout_s=_LISTING_TIMEOUT_S,
+        )
+        missing = []
+        if not any(a["name"] == CONTROLLER_NAME and a["namespace"] == NAMESPACE for a in listed):
+            missing.append(f"controller actor {CONTROLLER_NAME}")
+        if self.storage_backend == "SimpleStorage":
+            names = {a["name"] for a in listed}
+            manager = getattr(self.client, "storage_manager", None)
+            units = [STORAGE_UNIT_NAME.format(rank=r) for r in range(len(manager.storage_unit_infos))]
+            missing.extend(f"storage unit {unit}" for unit in units if unit not in names)
+        if self.mooncake_master is not None and self.mooncake_master.poll() is not None:
+            missing.append(f"mooncake_master (pid {self.mooncake_master.pid})")
+        if not missing:
+            return None
+        return f"TransferQueue's {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} gone"
 
     def close(self, timeout_s: float) -> None:
         """Tear down (bootstrapping process) or detach (any other); never raises."""
