@@ -10,6 +10,9 @@ is requested with ``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu``: see :mod:`kvp
 - ``byte_sweep`` (16 MiB → 1 GiB, 512 keys) and ``key_sweep`` (100 → 100k tiny samples): put, get,
   ``kv_list``/``list_metadata`` and ``kv_clear`` times.
 - ``small_ops``: p50/p99 latency of single-key ``kv_put`` and ``kv_batch_get``.
+- ``comparison`` (with TransferQueue): every implementation's GRPO put/get side by side, as ratios
+  against raw TransferQueue, Ray and a clone (:func:`kvplane.bench.tq.comparison`); a TransferQueue
+  backend that cannot run reports its error in place of its results.
 
 Every figure is a median over repeats with its min and max.
 
@@ -22,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -35,7 +39,9 @@ from kvplane.client import DataPlaneClient
 from kvplane.codec import td_nbytes
 from kvplane.factory import build_data_plane_client
 
-__all__ = ["grpo_batch", "run"]
+__all__ = ["grpo_batch", "run", "tiny_batch"]
+
+logger = logging.getLogger(__name__)
 
 MiB = 2**20
 
@@ -50,6 +56,17 @@ def grpo_batch(n: int = 512, seq: int = 4096) -> tuple[list[str], TensorDict, li
         batch_size=[n],
     )
     tags = [{"group_id": f"g{i // 8}", "weight_version": 0, "seq_len": seq} for i in range(n)]
+    return keys, td, tags
+
+
+def tiny_batch(n: int) -> tuple[list[str], TensorDict, list[dict[str, Any]]]:
+    """``n`` tiny tagged samples (``input_ids`` int64 [8] + f32 ``advantages``, 8 to a group)."""
+    keys = [f"t{i:07d}" for i in range(n)]
+    td = TensorDict(input_ids=torch.zeros(n, 8, dtype=torch.int64), advantages=torch.zeros(n), batch_size=[n])
+    tags = [
+        {"group_id": f"g{i // 8}", "weight_version": 1, "committed": True, "expected_num_keys": 8}
+        for i in range(n)
+    ]
     return keys, td, tags
 
 
@@ -147,14 +164,7 @@ def bench_key_sweep(client: DataPlaneClient, counts: list[int], repeats: int) ->
     """Tiny samples (int64 [8] + f32 scalar, tagged) at growing key counts, plus metadata listings."""
     out = []
     for n in counts:
-        keys = [f"t{i:07d}" for i in range(n)]
-        td = TensorDict(
-            input_ids=torch.zeros(n, 8, dtype=torch.int64), advantages=torch.zeros(n), batch_size=[n]
-        )
-        tags = [
-            {"group_id": f"g{i // 8}", "weight_version": 1, "committed": True, "expected_num_keys": 8}
-            for i in range(n)
-        ]
+        keys, td, tags = tiny_batch(n)
         row = _put_get(client, "bench-keys", keys, td, tags, repeats)
         client.put_samples(keys, "bench-keys", td, tags=tags)
         row["kv_list_s"] = measure(lambda: client.list_keys("bench-keys"), repeats=repeats)
@@ -213,11 +223,12 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         report: dict[str, Any] = {"memory": bench_client(client, quick=quick)}
     finally:
         client.close()
-    tq_backends = [b for b in os.environ.get("KVPLANE_BENCH_TQ", "").split(",") if b]
+    tq_backends = [b.strip() for b in os.environ.get("KVPLANE_BENCH_TQ", "").split(",") if b.strip()]
     if tq_backends:
         from kvplane.bench import tq
 
-        report["transfer_queue"] = {b: tq.run_backend(b, quick=quick) for b in tq_backends}
+        report["transfer_queue"] = {b: _tq_backend(tq, b, quick) for b in tq_backends}
+        report["comparison"] = tq.comparison(report)
     keys_100k = [r for r in report["memory"]["key_sweep"] if r["n_keys"] == 100_000]
     report["targets"] = {
         "memory_roundtrip_ratio_vs_clone>=0.45": report["memory"]["roundtrip_vs_clone"]["meets_target"],
@@ -225,4 +236,16 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         if keys_100k
         else None,
     }
+    for backend, result in report.get("transfer_queue", {}).items():
+        for name, met in result.get("targets", {}).items():
+            report["targets"][f"tq_{backend}_{name}"] = met
     return report
+
+
+def _tq_backend(tq: Any, backend: str, quick: bool) -> dict[str, Any]:
+    """One TransferQueue backend's report; a backend that cannot run reports why (the others still run)."""
+    try:
+        return tq.run_backend(backend, quick=quick)
+    except Exception as exc:
+        logger.warning("TransferQueue bench on %r failed", backend, exc_info=True)
+        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
