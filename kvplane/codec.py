@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase, is_non_tensor
@@ -36,6 +36,8 @@ __all__ = [
     "check_partition",
     "check_select",
     "check_tags",
+    "check_claim",
+    "check_registration",
     "check_timeout",
     "check_write",
     "densify",
@@ -116,6 +118,53 @@ def check_timeout(timeout_s: Any, what: str = "timeout_s") -> float:
     if timeout_s < 0:
         raise DataPlaneBadRequest(f"{what} must not be negative, got {timeout_s!r}")
     return float(timeout_s)
+
+
+class Declaration(NamedTuple):
+    """A validated ``register_partition`` call."""
+
+    fields: list[str]
+    num_samples: int | None
+    consumer_tasks: list[str]
+    grpo_group_size: int | None
+    enums: dict[str, list[str]]
+
+
+def _optional_int(name: str, value: Any, minimum: int) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise DataPlaneBadRequest(f"{name} must be an int >= {minimum} or None, got {value!r}")
+    return value
+
+
+def check_registration(
+    fields: Any, num_samples: Any, consumer_tasks: Any, grpo_group_size: Any = None, enums: Any = None
+) -> Declaration:
+    """Validate a ``register_partition`` call (the partition id is checked by the caller)."""
+    if enums is not None and not isinstance(enums, Mapping):
+        raise DataPlaneBadRequest(f"enums must be a dict of field -> values, got {type(enums).__name__}")
+    return Declaration(
+        check_ids(fields, "fields"),
+        _optional_int("num_samples", num_samples, 0),
+        check_ids(consumer_tasks, "consumer_tasks"),
+        _optional_int("grpo_group_size", grpo_group_size, 1),
+        {str(k): list(v) for k, v in (enums or {}).items()},
+    )
+
+
+def check_claim(
+    task_name: Any, required_fields: Any, batch_size: Any, timeout_s: Any
+) -> tuple[str, list[str], int, float]:
+    """Validate a ``claim_meta`` call: ``(task_name, required_fields, batch_size, timeout_s)``."""
+    if not isinstance(task_name, str) or not task_name:
+        raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
+    required = check_ids(required_fields, "required_fields")
+    if not required:
+        raise DataPlaneBadRequest(
+            "required_fields must name at least one field (readiness is field production)"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
+    return task_name, required, batch_size, check_timeout(timeout_s)
 
 
 def check_write(

@@ -27,7 +27,7 @@ from typing import Any
 
 from kvplane.meta import DataPlaneGroupMeta
 
-__all__ = ["as_bool", "as_float", "as_int", "groups_from_tags"]
+__all__ = ["as_bool", "as_float", "as_int", "groups_from_tags", "sequence_lengths"]
 
 
 def as_int(value: Any) -> int | None:
@@ -86,3 +86,16 @@ def groups_from_tags(
             )
         )
     return groups
+
+
+def sequence_lengths(tags: list[Mapping[str, Any]], tag: str) -> list[int] | None:
+    """Per-sample lengths from the ``tag`` of every tag dict; ``None`` when any is absent or not a number.
+
+    Examples:
+        >>> sequence_lengths([{"seq_len": 3}, {"seq_len": "5"}], "seq_len")
+        [3, 5]
+        >>> sequence_lengths([{"seq_len": 3}, {}], "seq_len") is None
+        True
+    """
+    lengths = [as_int(t.get(tag)) for t in tags]
+    return None if not lengths or None in lengths else lengths  # type: ignore[return-value]

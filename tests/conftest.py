@@ -10,4 +10,4 @@ import pytest
 @pytest.fixture
 def pid(request) -> str:
     """A fresh partition id per test (backends may be shared across a session)."""
-    return f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+    return f"t-{request.node.originalname[:40]}-{uuid.uuid4().hex[:8]}"

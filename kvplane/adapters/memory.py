@@ -37,10 +37,12 @@ from tensordict import TensorDict, is_non_tensor
 
 from kvplane.client import DataPlaneClient
 from kvplane.codec import (
+    Declaration,
+    check_claim,
     check_ids,
     check_partition,
+    check_registration,
     check_select,
-    check_timeout,
     check_write,
     field_kind,
     is_internal_partition,
@@ -48,6 +50,7 @@ from kvplane.codec import (
     stack_rows,
 )
 from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
+from kvplane.groups import sequence_lengths
 from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
 
 __all__ = ["MemoryDataPlaneClient"]
@@ -58,17 +61,8 @@ Cell = tuple
 
 
 @dataclass
-class _Registration:
-    fields: list[str]
-    num_samples: int | None
-    consumer_tasks: list[str]
-    grpo_group_size: int | None
-    enums: dict[str, list[str]]
-
-
-@dataclass
 class _Partition:
-    registration: _Registration | None = None
+    registration: Declaration | None = None
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # key -> field -> cell (insertion order)
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # field -> dtype fixed by its first write
@@ -142,9 +136,7 @@ class MemoryDataPlaneClient(DataPlaneClient):
         self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
         tags = [dict(part.tags.get(k, {})) for k in keys]
-        lengths = None
-        if keys and all(self._seq_len_tag in t for t in tags):
-            lengths = [int(t[self._seq_len_tag]) for t in tags]
+        lengths = sequence_lengths(tags, self._seq_len_tag)
         return KVBatchMeta(partition_id, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
 
     # ------------------------------------------------------------------ (A) task-mediated
@@ -158,20 +150,11 @@ class MemoryDataPlaneClient(DataPlaneClient):
         enums: dict[str, list[str]] | None = None,
     ) -> None:
         check_partition(partition_id)
-        fields = check_ids(fields, "fields")
-        tasks = check_ids(consumer_tasks, "consumer_tasks")
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
-        ):
-            raise DataPlaneBadRequest(f"num_samples must be a non-negative int or None, got {num_samples!r}")
-        if grpo_group_size is not None and (not isinstance(grpo_group_size, int) or grpo_group_size < 1):
-            raise DataPlaneBadRequest(
-                f"grpo_group_size must be a positive int or None, got {grpo_group_size!r}"
-            )
+        declaration = check_registration(fields, num_samples, consumer_tasks, grpo_group_size, enums)
         with self._changed:
             self._check_open()
             part = self._partitions.setdefault(partition_id, _Partition())
-            part.registration = _Registration(fields, num_samples, tasks, grpo_group_size, dict(enums or {}))
+            part.registration = declaration
             self._changed.notify_all()
 
     def claim_meta(
@@ -185,14 +168,10 @@ class MemoryDataPlaneClient(DataPlaneClient):
         timeout_s: float = 60.0,
     ) -> KVBatchMeta:
         check_partition(partition_id)
-        if not isinstance(task_name, str) or not task_name:
-            raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
-        required = check_ids(required_fields, "required_fields")
-        if not required:
-            raise DataPlaneBadRequest("required_fields must name at least one field the claimed samples have")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
-        deadline = time.monotonic() + check_timeout(timeout_s)
+        task_name, required, batch_size, timeout_s = check_claim(
+            task_name, required_fields, batch_size, timeout_s
+        )
+        deadline = time.monotonic() + timeout_s
         with self._changed:
             while True:
                 self._check_open()

@@ -62,10 +62,11 @@ from transfer_queue import BatchMeta, StorageKeyNotFoundError
 
 from kvplane.client import DataPlaneClient
 from kvplane.codec import (
+    check_claim,
     check_ids,
     check_partition,
+    check_registration,
     check_select,
-    check_timeout,
     check_write,
     is_internal_partition,
 )
@@ -79,7 +80,7 @@ from kvplane.errors import (
     DataPlaneUnavailable,
     DataPlaneWriteError,
 )
-from kvplane.groups import as_int
+from kvplane.groups import sequence_lengths
 from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
 
 from .calls import LoopRunner, set_tags
@@ -174,9 +175,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         fields: list[str] | None,
         tags: list[dict[str, Any]],
     ) -> KVBatchMeta:
-        lengths = [as_int(t.get(self._cfg.seq_len_tag)) for t in tags]
-        if not keys or None in lengths:  # absent on some key, or not a whole number
-            lengths = None
+        lengths = sequence_lengths(tags, self._cfg.seq_len_tag)
         return KVBatchMeta(pid, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
 
     async def _fields_per_key(
@@ -212,23 +211,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         enums: dict[str, list[str]] | None = None,
     ) -> None:
         pid = self._partition_arg(partition_id)
-        names = check_ids(fields, "fields")
-        tasks = check_ids(consumer_tasks, "consumer_tasks")
-        if num_samples is not None and (
-            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0
-        ):
-            raise DataPlaneBadRequest(f"num_samples must be a non-negative int or None, got {num_samples!r}")
-        if grpo_group_size is not None and (
-            isinstance(grpo_group_size, bool) or not isinstance(grpo_group_size, int) or grpo_group_size < 1
-        ):
-            raise DataPlaneBadRequest(
-                f"grpo_group_size must be a positive int or None, got {grpo_group_size!r}"
-            )
-        if enums is not None and not isinstance(enums, Mapping):
-            raise DataPlaneBadRequest(f"enums must be a dict of field -> values, got {type(enums).__name__}")
-        registration = Registration(
-            names, num_samples, tasks, grpo_group_size, {k: list(v) for k, v in (enums or {}).items()}
-        )
+        declared = check_registration(fields, num_samples, consumer_tasks, grpo_group_size, enums)
+        registration = Registration(*declared)
         self._runner.run("register_partition", self._register(pid, registration), DataPlaneWriteError)
 
     async def _register(self, pid: str, registration: Registration) -> None:
@@ -248,16 +232,10 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         timeout_s: float = 60.0,
     ) -> KVBatchMeta:
         pid = self._partition_arg(partition_id)
-        if not isinstance(task_name, str) or not task_name:
-            raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
-        required = check_ids(required_fields, "required_fields")
-        if not required:
-            raise DataPlaneBadRequest(
-                "claim_meta needs at least one required field (readiness is field production)"
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
-        deadline = time.monotonic() + check_timeout(timeout_s)
+        task_name, required, batch_size, timeout_s = check_claim(
+            task_name, required_fields, batch_size, timeout_s
+        )
+        deadline = time.monotonic() + timeout_s
         while True:
             # Each attempt gets the full request deadline: abandoning a fetch the controller already
             # served would lose its samples for this task (TransferQueue has no un-claim).
