@@ -1,11 +1,11 @@
 """Processes that die mid-protocol, and writers that race across processes, on the session deployment.
 
-Consumers and producers are spawned processes attached to the session's deployment
+Consumers, producers and readers are spawned processes attached to the session's deployment
 (``bootstrap=False``); a dying one is killed with ``SIGKILL`` (no cleanup of any kind runs). Where the
-kill must land inside one call (a put between its steps), the worker pauses at that step, from a hook
-on its own TransferQueue client, and says so; the test then kills it there. The kill is real, only
-its timing is made deterministic. The deployment's actors are never touched (tests/e2e/test_faults.py
-does that on a deployment of its own).
+kill or a race must land between two steps of one call, the worker pauses there (a hook in its own
+process, :data:`HOOKS`) and says so; the test then kills it, or acts and lets it go on. The kill and
+the interleaving are real, only their timing is made deterministic. The deployment's actors are
+never touched (tests/e2e/test_faults.py does that on a deployment of its own).
 
 What these tests pin down, for docs/guarantees.md:
 
@@ -15,6 +15,8 @@ What these tests pin down, for docs/guarantees.md:
 - a producer killed inside a put leaves its keys registered: with empty tags (killed before the tag
   write) or with the put's tags but no data (killed between the tags and the data); killed between
   its data and its commit, the group stays uncommitted; each case has a sweep that removes it;
+- a read racing a clear of its key (whose slot a new key then takes) names the key missing, never
+  returns the new key's row;
 - tag writers on one key in two processes lose updates (a read-modify-write), while one writer per
   key with ``write_group`` never shows a reader in another process a committed group partly.
 """
@@ -26,6 +28,7 @@ import multiprocessing
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -72,48 +75,39 @@ def consumer(cfg: dict[str, Any], pid: str, task: str, batch: int, out: Any, res
         client.close()
 
 
-#: Where a worker can be paused: (object on the kvplane client, method, pause before or after the call).
-#: ``register``: TransferQueue registers the keys of a put (and returns their current tags, which the
-#: put merges its own into); ``store``: the put's data goes to storage (its tags are already written).
+#: Where a worker can be paused, after the call returns: (what owns the function, its name).
+#: ``lookup``: TransferQueue looked the keys up (a put registers new ones, and gets the current tags
+#: it merges its own into; a read gets the slots, i.e. global indexes, it fetches next);
+#: ``tags``: a put wrote its tags (its data is stored next).
 HOOKS = {
-    "register": (lambda client: client._tq, "async_kv_retrieve_meta", "after"),
-    "store": (lambda client: client._tq.storage_manager, "put_data", "before"),
+    "lookup": (lambda client: client._tq, "async_kv_retrieve_meta"),
+    "tags": (lambda client: sys.modules[type(client).__module__], "set_tags"),
 }
 
 
 def _pause_at(client: Any, hook: str, nth: int, pid: str, out: Any, resume: Any) -> None:
-    """Pause the worker at ``HOOKS[hook]`` on the ``nth`` such call for partition ``pid``.
+    """Pause the worker after the ``nth`` ``HOOKS[hook]`` call for partition ``pid``.
 
-    While paused it reports ``hook`` on ``out`` and waits for ``resume`` (or to be killed).
+    Both hooked functions take the partition id second. While paused the worker reports ``hook`` on
+    ``out`` and waits for ``resume`` (or to be killed).
     """
-    owner, method, when = HOOKS[hook]
+    owner, name = HOOKS[hook]
     target = owner(client)
-    original = getattr(target, method)
+    original = getattr(target, name)
     calls = {"n": 0}
 
-    def partition_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        if method == "put_data":  # put_data(data, metadata)
-            return (kwargs.get("metadata") or args[1]).partition_ids[0]
-        return kwargs.get("partition_id") or args[1]  # kv_retrieve_meta(keys, partition_id, create)
-
-    async def pause() -> None:
-        out.put(hook)
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, resume.wait, HOLD_S):
-            raise TimeoutError("the test neither killed nor resumed this worker")
-
     async def hooked(*args: Any, **kwargs: Any) -> Any:
-        if partition_of(args, kwargs) == pid:
-            calls["n"] += 1
-        here = calls["n"] == nth and partition_of(args, kwargs) == pid
-        if here and when == "before":
-            await pause()
         result = await original(*args, **kwargs)
-        if here and when == "after":
-            await pause()
+        if (kwargs.get("partition_id") or args[1]) == pid:
+            calls["n"] += 1
+            if calls["n"] == nth:
+                out.put(hook)
+                loop = asyncio.get_running_loop()
+                if not await loop.run_in_executor(None, resume.wait, HOLD_S):
+                    raise TimeoutError("the test neither killed nor resumed this worker")
         return result
 
-    setattr(target, method, hooked)
+    setattr(target, name, hooked)
 
 
 def producer_paused(
@@ -133,9 +127,22 @@ def tag_writer_paused(
     """A tag-only put, paused once it has read the key's current tags (it merges its own into them)."""
     client = _attach(cfg)
     try:
-        _pause_at(client, "register", 1, pid, out, resume)
+        _pause_at(client, "lookup", 1, pid, out, resume)
         client.put_samples([key], pid, None, tags=[tags])
         out.put("written")
+    finally:
+        client.close()
+
+
+def reader_paused(cfg: dict[str, Any], pid: str, key: str, out: Any, resume: Any) -> None:
+    """Read one key, paused between looking it up and fetching its row; report what the read returned."""
+    client = _attach(cfg)
+    try:
+        _pause_at(client, "lookup", 1, pid, out, resume)
+        try:
+            out.put({"value": client.get_samples([key], pid, ["x"])["x"].tolist()})
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            out.put({"error": type(exc).__name__, "message": str(exc)})
     finally:
         client.close()
 
@@ -279,9 +286,9 @@ def test_a_producer_killed_inside_a_put_or_before_its_commit_leaves_sweepable_ke
 ):
     # Three producers of one group each, killed at three points of write_group (all paused at once).
     points = {
-        "registered": ("register", 1),  # keys created, tags not yet written
-        "tagged": ("store", 1),  # tags written, data not yet stored
-        "uncommitted": ("register", 2),  # data stored, the commit just starting
+        "registered": ("lookup", 1),  # keys created, tags not yet written
+        "tagged": ("tags", 1),  # tags written, data not yet stored
+        "uncommitted": ("lookup", 2),  # data stored, the commit just starting
     }
     cfg = {**deployment.worker_config, "request_timeout_s": HOLD_S}  # a paused put must not time out
     producers = {
@@ -316,6 +323,34 @@ def test_a_producer_killed_inside_a_put_or_before_its_commit_leaves_sweepable_ke
     assert suspects == {"registered-0", "registered-1"} and client.list_sample_ids(pid) == []
 
 
+# ---------------------------------------------------------------------- a read racing a clear
+
+
+def test_a_read_racing_a_clear_never_returns_the_row_of_the_key_that_took_its_slot(
+    deployment: Deployment, client: TransferQueueDataPlaneClient, pid: str, workers: Callable[..., Worker]
+):
+    client.put_samples(["a"], pid, {"x": torch.tensor([[1.0]])})
+    slot = client._tq.kv_retrieve_meta(["a"], pid, create=False).global_indexes[0]
+    cfg = {**deployment.worker_config, "request_timeout_s": HOLD_S}  # a paused read must not time out
+    reader = workers(reader_paused, cfg, pid, "a")
+    assert reader.report() == "lookup"  # it looked "a" up and is about to fetch its slot
+    client.clear_samples(["a"], pid)  # frees the slot; TransferQueue hands freed slots out again
+    taken_by = None
+    for batch in range(64):  # new keys until one gets the freed slot (bounded)
+        keys = [f"new{batch}-{i}" for i in range(64)]
+        client.put_samples(keys, pid, {"x": torch.full((64, 1), 99.0)})
+        slots = client._tq.kv_retrieve_meta(keys, pid, create=False).global_indexes
+        if slot in slots:
+            taken_by = keys[list(slots).index(slot)]
+            break
+    assert taken_by is not None, "no put reused the freed slot"
+    reader.resume.set()
+    seen = reader.report()
+    reader.finish()
+    # "a" is gone: the read names it missing, it never returns the row of the key now in its slot.
+    assert seen.get("error") == "DataPlaneKeyError" and "'a'" in seen["message"], seen
+
+
 # ---------------------------------------------------------------------- tag writers across processes
 
 
@@ -325,7 +360,7 @@ def test_two_processes_writing_tags_of_one_key_lose_an_update(
     client.put_samples(["k"], pid, {"x": torch.zeros(1, 2)}, tags=[{"seed": 0}])
     cfg = {**deployment.worker_config, "request_timeout_s": HOLD_S}  # a paused put must not time out
     slow = workers(tag_writer_paused, cfg, pid, "k", {"a": 1})
-    assert slow.report() == "register"  # it has read {"seed": 0}, to merge {"a": 1} into
+    assert slow.report() == "lookup"  # it has read {"seed": 0}, to merge {"a": 1} into
     client.put_samples(["k"], pid, None, tags=[{"b": 2}])  # lands in between
     assert client.list_keys(pid)[pid]["k"] == {"seed": 0, "b": 2}
     slow.resume.set()
