@@ -184,6 +184,7 @@ def storage_unit_killed(pid: str, victim: int) -> dict[str, Any]:
         k: _outcome(lambda k=k: client.get_samples([k], pid, ["x"])["x"].tolist()) for k in keys
     }
     report["put"] = _outcome(lambda: client.put_samples(["n0", "n1"], pid, {"x": torch.zeros(2, 3)}))
+    report["listed_after_put"] = client.list_sample_ids(pid)
     lost = [k for k in keys if unit_of[k] == victim]
     report["evict_lost"] = _outcome(lambda: client.evict(lost[:1], pid))
     report.update(_rebuild(pid))
@@ -362,6 +363,8 @@ def test_a_dead_storage_unit_loses_its_share_and_surfaces_as_unavailable(lab: La
             assert outcome["error"] is None and outcome["value"] == [[float(version)] * 3], (key, outcome)
     # A write routed to the dead unit and an evict of a lost key fail the same way: recovery is a rebuild.
     _assert_fails(report["put"], "DataPlaneUnavailable")
+    # The failed put's new keys stay listed: removing them would need the dead unit too.
+    assert report["listed_after_put"] == sorted([*report["unit_of"], "n0", "n1"])
     _assert_fails(report["evict_lost"], "DataPlaneUnavailable")
     _assert_rebuilt(report)
 
