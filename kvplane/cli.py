@@ -284,25 +284,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- bench
-def bench_suites() -> list[str]:
-    """The benchmark suites: the modules of :mod:`kvplane.bench` that define a top-level ``run``, sorted.
+BENCH_GROUP = "kvplane.bench"
 
-    Found by reading the sources, so discovery imports nothing (helpers such as ``stats`` are skipped).
 
-    Examples:
-        >>> "stats" in bench_suites()
-        False
-    """
+def _suite_modules() -> dict[str, str]:
+    """Suite name -> module: the modules of :mod:`kvplane.bench` that define a top-level ``run``
+    (found by reading the sources, so helpers such as ``stats`` are skipped and nothing is imported),
+    plus suites other packages plug in through the ``kvplane.bench`` entry point group (``loader``:
+    kvplane never imports loaders)."""
     import kvplane.bench
 
-    names = []
+    modules = {}
     for info in pkgutil.iter_modules(kvplane.bench.__path__):
         if info.ispkg or info.name.startswith("_"):
             continue
         spec = info.module_finder.find_spec(info.name, None)  # type: ignore[call-arg]
         if spec is not None and spec.origin and _defines_run(spec.origin):
-            names.append(info.name)
-    return sorted(names)
+            modules[info.name] = f"kvplane.bench.{info.name}"
+    for entry in importlib.metadata.entry_points(group=BENCH_GROUP):
+        modules.setdefault(entry.name, entry.value)
+    return modules
+
+
+def bench_suites() -> list[str]:
+    """The benchmark suites, sorted.
+
+    Examples:
+        >>> "stats" in bench_suites(), {"kv", "balance", "loader"} <= set(bench_suites())
+        (False, True)
+    """
+    return sorted(_suite_modules())
 
 
 def _defines_run(path: str) -> bool:
@@ -327,7 +338,7 @@ def _selected_suites(requested: list[str] | None) -> list[str]:
 def _run_suite(name: str, *, quick: bool) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        run: Callable[..., dict[str, Any]] = importlib.import_module(f"kvplane.bench.{name}").run
+        run: Callable[..., dict[str, Any]] = importlib.import_module(_suite_modules()[name]).run
         result = run(quick=quick)
     except Exception as exc:
         logger.debug("bench suite %s failed", name, exc_info=True)

@@ -48,7 +48,6 @@ from kvplane import (
     shard_meta_for_dp,
 )
 from kvplane.replay import keys_of, select_groups, write_group
-from loaders.control import plan_partition_id
 from loaders.dataloader import StreamingDataLoader
 from loaders.dataset import StreamingDataset
 
@@ -358,6 +357,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"  plot written to {args.plot}")
     finally:
         client.clear_samples(None, flow.partition)
-        client.clear_samples(None, plan_partition_id(flow.partition, _TASK))
+        client.clear_samples(None, StreamingDataset.plan_partition_id(flow.partition, _TASK))
         client.close()
     return 0

@@ -41,6 +41,9 @@ def test_kvplane_never_imports_loaders():
         str(p) for p in _sources("kvplane") if any(n.split(".")[0] == "loaders" for n in _imports(p))
     ]
     assert offenders == []
+    # Not through importlib either: loaders plug into the CLI by entry points (pyproject.toml).
+    dynamic = [str(p) for p in _sources("kvplane") if 'import_module("loaders' in p.read_text()]
+    assert dynamic == []
 
 
 def test_contract_leaves_import_nothing_else_of_kvplane():

@@ -328,3 +328,9 @@ def test_python_dash_m_kvplane_exit_codes(tmp_path):
         failed.stderr.strip() == "kvplane: bad request: data plane config: 'impl' must be one of "
         "['memory', 'transfer_queue'], got 'nosuch'"
     )
+
+
+def test_the_loader_suite_is_plugged_in_from_loaders():
+    from kvplane.cli import _suite_modules
+
+    assert _suite_modules()["loader"] == "loaders.bench"

@@ -20,12 +20,12 @@ The TransferQueue comparison (the same measurements through the TransferQueue ad
 TransferQueue's own ``StreamingDataLoader``) is not written yet; ``transfer_queue`` says so. Quick
 mode never starts Ray.
 
-The loader lives in the ``loaders`` package, which depends on kvplane (never the reverse): this suite
-imports it at run time only, as a tool measuring the front end, not as a library dependency.
+This suite lives in ``loaders`` (which depends on kvplane, never the reverse); ``kvplane bench
+--suite loader`` finds it through the ``kvplane.bench`` entry point the distribution declares.
 
 Examples:
-    >>> from kvplane.bench import loader
-    >>> report = loader.run(quick=True)
+    >>> from loaders import bench
+    >>> report = bench.run(quick=True)
     >>> sorted(report)
     ['latency', 'targets', 'throughput', 'transfer_queue']
     >>> report["throughput"]["dp1"]["delivered"] == report["throughput"]["dp1"]["expected"]
@@ -34,7 +34,6 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
 import os
 import threading
 import time
@@ -49,14 +48,11 @@ from kvplane.bench.stats import ratio, summarize
 from kvplane.client import DataPlaneClient
 from kvplane.codec import td_nbytes
 from kvplane.factory import build_data_plane_client
+from loaders.dataset import StreamingDataset
 
 __all__ = ["bench_latency", "bench_throughput", "run"]
 
 TASK = "bench"
-
-
-def _loaders() -> Any:
-    return importlib.import_module("loaders")
 
 
 def _run_threads(world: int, body: Callable[[int], Any]) -> list[Any]:
@@ -72,7 +68,7 @@ def _deliver_once(
 
     Returns when each step was complete on every rank (seconds from the start) and the sample count.
     """
-    streaming_dataset = _loaders().StreamingDataset
+    streaming_dataset = StreamingDataset
     start = time.perf_counter()
 
     def rank(r: int) -> tuple[list[float], int]:
@@ -139,7 +135,7 @@ def _one_repeat(
         return {what: runs[what]() for what in order}, delivered
     finally:
         client.clear_samples(None, partition)
-        client.clear_samples(None, _loaders().StreamingDataset.plan_partition_id(partition, TASK))
+        client.clear_samples(None, StreamingDataset.plan_partition_id(partition, TASK))
 
 
 def bench_throughput(client: DataPlaneClient, *, steps: int, repeats: int) -> dict[str, Any]:
@@ -195,7 +191,7 @@ def bench_throughput(client: DataPlaneClient, *, steps: int, repeats: int) -> di
 
 def bench_latency(client: DataPlaneClient, *, samples: int, world: int) -> dict[str, Any]:
     """Producer put → consumer receipt, per sample, with ``world`` ranks waiting on a stream."""
-    streaming_dataset = _loaders().StreamingDataset
+    streaming_dataset = StreamingDataset
     partition = f"bench-loader-latency-dp{world}"
     client.register_partition(partition, ["x"], num_samples=None, consumer_tasks=[TASK])
     put_at: dict[str, float] = {}
