@@ -95,7 +95,7 @@ from .control import (
 )
 from .deployment import open_deployment
 from .kvstore import get_rows, put_rows
-from .wire import prepare_batch, shape_column
+from .wire import prepare_batch, read_dense, shape_column
 
 __all__ = ["TransferQueueDataPlaneClient"]
 
@@ -110,10 +110,6 @@ _UNKNOWN_SCHEMA = {"dtype": None, "shape": None, "is_nested": False, "is_non_ten
 
 async def _put_simple(manager: Any, data: TensorDict, meta: BatchMeta) -> None:
     await manager.put_data(data, meta)
-
-
-async def _get_simple(manager: Any, meta: BatchMeta) -> TensorDict:
-    return await manager.get_data(meta)
 
 
 class _Raced(Exception):
@@ -459,7 +455,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             _custom_backend_meta=meta._custom_backend_meta,
         )
         try:
-            data = await (get_rows if self._kv_storage else _get_simple)(self._tq.storage_manager, read)
+            data = await (get_rows if self._kv_storage else read_dense)(self._tq.storage_manager, read)
         except StorageKeyNotFoundError as exc:  # cleared between the lookup and the fetch
             raise _Raced("keys") from exc
         # A clear frees a key's slot (its global index) and a put may take it over before this fetch:

@@ -5,6 +5,7 @@ rows are uniform), and MooncakeStore returns ``[B]`` columns as ``[B, 1]``. :fun
 restores what went in: uniform jagged → a dense zero-copy view (:func:`kvplane.codec.densify`),
 ``[B, 1]`` → ``[B]`` where the field's recorded row rank is 0 (a genuine ``[B, 1]`` column has rank
 1 and stays), ragged rows stay jagged, object columns pass through.
+On SimpleStorage, :func:`read_dense` fetches uniform columns dense in the first place.
 
 Examples:
     >>> import torch
@@ -19,15 +20,18 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Any
 
 import torch
 from tensordict import NonTensorStack, TensorDict, is_non_tensor
+from transfer_queue import BatchMeta
 
 from kvplane.codec import densify, make_object_column
 from kvplane.errors import DataPlaneBadRequest
 
-__all__ = ["prepare_batch", "shape_column"]
+__all__ = ["prepare_batch", "read_dense", "shape_column"]
 
 
 def prepare_batch(batch: TensorDict) -> TensorDict:
@@ -73,3 +77,45 @@ def shape_column(name: str, value: Any, rank: int | None) -> Any:
     if rank == 0 and not value.is_nested and value.dim() == 2 and value.shape[1] == 1:
         value = value.squeeze(1)
     return value
+
+
+async def read_dense(manager: Any, meta: BatchMeta) -> TensorDict:
+    """SimpleStorage's ``get_data`` for ``meta``, with uniform tensor columns stacked dense.
+
+    The same requests to the same storage units (with TransferQueue's retries); only the packing
+    differs: ``get_data`` copies each column's per-row tensors into a jagged nested tensor, which
+    kvplane then views as dense again. Stacking rows of one shape and dtype is the same single copy
+    without building the nested tensor (about 5% of a 512-sample GRPO read). Any other column
+    (ragged rows, scalars, objects) is packed exactly as TransferQueue packs it.
+    """
+    fields = list(meta.field_names)
+    routing = manager._group_by_hash(meta.global_indexes)
+    answers = await asyncio.gather(
+        *(
+            manager._request_with_retry(
+                "get",
+                unit,
+                f"samples={len(group.global_indexes)} fields={fields}",
+                partial(
+                    manager._get_from_single_storage_unit,
+                    group.global_indexes,
+                    fields,
+                    target_storage_unit=unit,
+                ),
+            )
+            for unit, group in routing.items()
+        )
+    )
+    columns = {}
+    for name in fields:
+        rows: list[Any] = [None] * meta.size
+        for group, (_, data) in zip(routing.values(), answers, strict=True):
+            for position, row in zip(group.batch_positions, data[name], strict=True):
+                rows[position] = row
+        first = rows[0]
+        uniform = isinstance(first, torch.Tensor) and first.dim() >= 1
+        uniform = uniform and all(
+            isinstance(r, torch.Tensor) and r.shape == first.shape and r.dtype == first.dtype for r in rows
+        )
+        columns[name] = torch.stack(rows) if uniform else manager._pack_field_values(rows)
+    return TensorDict(columns, batch_size=meta.size)
