@@ -191,12 +191,17 @@ def storage_unit_killed(pid: str, victim: int) -> dict[str, Any]:
     return report
 
 
-def controller_killed(pid: str) -> dict[str, Any]:
-    """Kill the controller actor under a partition of committed groups; probe every kind of call; rebuild."""
+def _committed_groups_and_a_claimable_partition(pid: str) -> tuple[Any, dict[str, Any]]:
+    """The lab client with ``pid`` holding committed groups, ``pid-claims`` registered; the queue."""
     client = _client()
     _produce(client, pid)
     client.register_partition(pid + "-claims", ["x"], num_samples=2, consumer_tasks=["train"])
-    report: dict[str, Any] = {"queue_before": _queue(client, pid)}
+    return client, {"queue_before": _queue(client, pid)}
+
+
+def controller_killed(pid: str) -> dict[str, Any]:
+    """Kill the controller actor under a partition of committed groups; probe every kind of call; rebuild."""
+    client, report = _committed_groups_and_a_claimable_partition(pid)
     _kill(*CONTROLLER)
     calls: dict[str, Callable[[], Any]] = {
         "ping": client.ping,
@@ -213,10 +218,7 @@ def controller_killed(pid: str) -> dict[str, Any]:
 
 def controller_stalled(pid: str) -> dict[str, Any]:
     """Freeze the controller's process (SIGSTOP): calls miss their deadline; it resumes whole (SIGCONT)."""
-    client = _client()
-    _produce(client, pid)
-    client.register_partition(pid + "-claims", ["x"], num_samples=2, consumer_tasks=["train"])
-    report: dict[str, Any] = {"queue_before": _queue(client, pid)}
+    client, report = _committed_groups_and_a_claimable_partition(pid)
     controller = ray.get_actor(*CONTROLLER)
     process = _process_of(controller)
     os.kill(process, signal.SIGSTOP)
