@@ -484,24 +484,31 @@ def comparison(report: Mapping[str, Any]) -> dict[str, Any]:
 
     Rows: ``memory`` (embedded) and each TransferQueue backend measured; columns: GB/s and throughput
     ratios against raw TransferQueue (the same backend; SimpleStorage for the embedded one), Ray
-    (default and zero-copy) and a single-thread clone, all from the TransferQueue runs of this report.
+    (default and zero-copy) and a single-thread clone. A TransferQueue backend's ratios are its
+    paired medians (``grpo.ratios``: measured interleaved); the embedded backend's are ratios of
+    medians against the TransferQueue run (measured before it, in the same process).
     """
-    tq_runs = {b: r for b, r in report.get("transfer_queue", {}).items() if "grpo" in r}
+    tq_runs = {b: r["grpo"] for b, r in report.get("transfer_queue", {}).items() if "grpo" in r}
     if not tq_runs:
         return {}
-    reference = tq_runs.get("simple") or next(iter(tq_runs.values()))
+    baselines = ("raw", "ray", "ray_zero_copy", "clone")
     rows: dict[str, Any] = {}
     memory = report.get("memory", {}).get("grpo")
-    candidates = {"memory": (memory, reference["grpo"])} if memory else {}
-    candidates.update({b: (r["grpo"]["kvplane"], r["grpo"]) for b, r in tq_runs.items()})
-    for name, (mine, run) in candidates.items():
+    if memory:
+        run = tq_runs.get("simple") or next(iter(tq_runs.values()))
         row: dict[str, Any] = {}
         for op in ("put", "get"):
-            seconds = mine[f"{op}_s"]["median"]
+            seconds = memory[f"{op}_s"]["median"]
             row[f"{op}_gbps"] = round(run["bytes"] / seconds / 1e9, 3)
-            row[f"{op}_ratio_vs_raw_tq"] = _sig(run["raw"][f"{op}_s"]["median"] / seconds)
-            for other in ("ray", "ray_zero_copy"):
-                row[f"{op}_ratio_vs_{other}"] = _sig(run[other][f"{op}_s"]["median"] / seconds)
-            row[f"{op}_ratio_vs_clone"] = _sig(run["clone"]["copy_s"]["median"] / seconds)
-        rows[name] = row
+            for other in baselines:
+                base = run[other]["copy_s" if other == "clone" else f"{op}_s"]["median"]
+                row[f"{op}_ratio_vs_{other}"] = _sig(base / seconds)
+        rows["memory"] = row
+    for backend, run in tq_runs.items():
+        row = {}
+        for op in ("put", "get"):
+            row[f"{op}_gbps"] = run["kvplane"][f"{op}_gbps"]
+            for other in baselines:
+                row[f"{op}_ratio_vs_{other}"] = run["ratios"][f"{op}_ratio_vs_{other}"]["median"]
+        rows[backend] = row
     return rows
