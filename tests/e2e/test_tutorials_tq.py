@@ -59,10 +59,7 @@ def _execute_on_tq(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 
 #: Notebooks that are known not to run on TransferQueue yet, and why (strict: a fixed one fails here).
-KNOWN_BROKEN = {
-    "04_recovery_and_staleness": "its requeue cell asserts that claims come in write order (s0, s1, ...); "
-    "TransferQueue hands claims out in global-index order, which reused indexes make differ from it",
-}
+KNOWN_BROKEN: dict[str, str] = {}  # notebook stem -> why it cannot run on TransferQueue (none now)
 
 
 @pytest.mark.parametrize(
