@@ -37,7 +37,7 @@ from .conftest import tq_config
 REQUEST_TIMEOUT_S = 5.0
 NO_HANG_S = REQUEST_TIMEOUT_S + 30.0
 UNITS = 2
-LAB_CPUS = 1 + UNITS + 1  # the controller, the units, and room for a rebuild while CPUs free up
+LAB_CPUS = 2 * (1 + UNITS)  # a rebuild must not wait for the CPUs of the deployment it replaces
 LAB_CALL_TIMEOUT_S = 300.0  # one scenario, bootstraps included
 CONTROLLER = ("TransferQueueController", "transfer_queue")
 GROUPS = 4  # rollout groups of GROUP_SIZE keys each, one weight version per group
