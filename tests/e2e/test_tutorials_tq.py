@@ -17,7 +17,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell
 
 from tests.unit.test_tutorials import CONFIG_ENV, NOTEBOOKS, ROOT
@@ -58,20 +57,7 @@ def _execute_on_tq(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-#: Notebooks that are known not to run on TransferQueue yet, and why (strict: a fixed one fails here).
-KNOWN_BROKEN: dict[str, str] = {}  # notebook stem -> why it cannot run on TransferQueue (none now)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=[pytest.mark.xfail(reason=KNOWN_BROKEN[p.stem], raises=CellExecutionError)])
-        if p.stem in KNOWN_BROKEN
-        else p
-        for p in NOTEBOOKS
-    ],
-    ids=[p.stem for p in NOTEBOOKS],
-)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom_on_transfer_queue(path: Path):
     assert (ROOT / TQ_CONFIG).is_file()
     executed = _execute_on_tq(nbformat.read(path, as_version=4))  # raises CellExecutionError on any error
