@@ -85,12 +85,13 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def interleave(
-    contenders: Mapping[str, Callable[[], Mapping[str, float]]], *, repeats: int, warmup: int = 1
+    contenders: Mapping[str, Callable[[], Mapping[str, Any]]], *, repeats: int, warmup: int = 1
 ) -> Times:
     """Run one repetition of every contender per round, in an order that rotates each round.
 
-    Each contender returns ``{operation: seconds}`` for its repetition; the result holds, per
-    contender and operation, the seconds of the timed rounds (the first ``warmup`` rounds are not kept).
+    Each contender returns ``{operation: seconds}`` (or a list of seconds) for its repetition; the
+    result holds, per contender and operation, the seconds of the timed rounds (the first ``warmup``
+    rounds are not kept).
     """
     names = list(contenders)
     times: Times = {name: defaultdict(list) for name in names}
@@ -100,7 +101,7 @@ def interleave(
             result = contenders[name]()
             if round_no >= warmup:
                 for op, seconds in result.items():
-                    times[name][op].append(seconds)
+                    times[name][op].extend(seconds if isinstance(seconds, list) else [seconds])
         gc.collect()
     return {name: dict(ops) for name, ops in times.items()}
 
@@ -213,10 +214,11 @@ def _kv_contenders(
     td: TensorDict,
     tags: list[dict[str, Any]] | None,
     *,
-    listing: bool = False,
+    listings: int = 0,
     dense_baselines: bool = False,
-) -> dict[str, Callable[[], dict[str, float]]]:
-    """Put, get (and list), clear of one batch through kvplane and through raw TransferQueue."""
+) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Put, get, ``listings`` listings (cheap next to a get: several per round), clear of one batch
+    through kvplane and through raw TransferQueue."""
     fields = list(td.keys())
     kv_pid, raw_pid = f"kvbench-{name}", f"kvbench-raw-{name}"
 
@@ -224,9 +226,9 @@ def _kv_contenders(
         _, put = _timed(lambda: client.put_samples(keys, kv_pid, td, tags=tags))
         get = _timed(lambda: client.get_samples(keys, kv_pid, fields))[1]
         out = {"put": put, "get": get}
-        if listing:
-            out["list_keys"] = _timed(lambda: client.list_keys(kv_pid))[1]
-            out["list_metadata"] = _timed(lambda: client.list_metadata(kv_pid))[1]
+        if listings:
+            out["list_keys"] = [_timed(lambda: client.list_keys(kv_pid))[1] for _ in range(listings)]
+            out["list_metadata"] = [_timed(lambda: client.list_metadata(kv_pid))[1] for _ in range(listings)]
         out["clear"] = _timed(lambda: client.clear_samples(keys, kv_pid))[1]
         return out
 
@@ -237,8 +239,8 @@ def _kv_contenders(
         if dense_baselines:
             out["get_densify"] = get + _timed(lambda: _densified(got))[1]
             out["get_stack"] = get + _timed(lambda: _stacked(got))[1]
-        if listing:
-            out["kv_list"] = _timed(lambda: raw.list_keys(raw_pid))[1]
+        if listings:
+            out["kv_list"] = [_timed(lambda: raw.list_keys(raw_pid))[1] for _ in range(listings)]
         out["clear"] = _timed(lambda: raw.clear(keys, raw_pid))[1]
         return out
 
@@ -336,7 +338,7 @@ def bench_key_sweep(client: Any, raw: Any, counts: Sequence[int], repeats: int) 
     out = []
     for n in counts:
         keys, td, tags = tiny_batch(n)
-        contenders = _kv_contenders(client, raw, "keys", keys, td, tags, listing=True)
+        contenders = _kv_contenders(client, raw, "keys", keys, td, tags, listings=3)
         # Rounds above 10k keys take tens of seconds: two timed rounds (one in each order), no warm-up
         # (the smaller sizes warmed everything up).
         big = n > 10_000
