@@ -1,37 +1,61 @@
-"""Raw ``transfer_queue.kv_*`` calls on a live deployment: the baseline ``kvplane bench`` measures against.
+"""Raw TransferQueue on a live deployment: the baselines ``kvplane bench`` measures against.
 
-Only this package may import ``transfer_queue``, so the benchmark's "raw TransferQueue" side lives
-here: :class:`RawKV` issues exactly the calls a user of TransferQueue's own KV API makes
-(``kv_batch_put``, ``kv_batch_get``, ``kv_list``, ``kv_clear``), through TransferQueue's process-wide
-client, on the deployment a :class:`~.client.TransferQueueDataPlaneClient` opened in this process.
+Only this package may import ``transfer_queue``, so the benchmarks' "raw TransferQueue" side lives
+here, issuing exactly the calls a user of TransferQueue's own API makes, on the deployment a
+:class:`~.client.TransferQueueDataPlaneClient` opened in this process:
+
+- :class:`RawKV`: the KV API (``kv_batch_put``, ``kv_batch_get``, ``kv_list``, ``kv_clear``) through
+  TransferQueue's process-wide client;
+- :class:`RawStreamingLoader`: TransferQueue's own ``StreamingDataset`` and ``StreamingDataLoader``.
+
 Results come back as TransferQueue returns them (jagged tensors, fewer rows for missing keys); no
-kvplane check, deadline or reshaping is added.
+kvplane check or reshaping is added. The streaming loader gets two things TransferQueue lacks, both
+outside what it measures: a deadline on each pass, and closing the client each of its datasets opens.
 
 Examples:
-    The baseline needs a TransferQueue deployment opened in this process (``tests/e2e`` runs it):
+    The baselines need a TransferQueue deployment opened in this process (``tests/e2e`` runs them):
 
     >>> from kvplane.adapters.memory import MemoryDataPlaneClient
-    >>> from kvplane.adapters.transfer_queue.baseline import RawKV
+    >>> from kvplane.adapters.transfer_queue.baseline import RawKV, RawStreamingLoader
     >>> RawKV(MemoryDataPlaneClient())
     Traceback (most recent call last):
     ...
     kvplane.errors.DataPlaneBadRequest: the raw TransferQueue baseline needs a TransferQueue client, ...
+    >>> RawStreamingLoader(MemoryDataPlaneClient())
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneBadRequest: TransferQueue's StreamingDataLoader baseline needs a TransferQueue ...
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import ray
 import transfer_queue as tq
 from tensordict import TensorDict
 from transfer_queue import interface as tq_interface
 
 from kvplane.client import DataPlaneClient
-from kvplane.errors import DataPlaneBadRequest
+from kvplane.errors import DataPlaneBadRequest, DataPlaneError, DataPlaneReadError, DataPlaneUnavailable
 
+from .calls import run_bounded, translate
 from .client import TransferQueueDataPlaneClient
+from .deployment import CONTROLLER_NAME, NAMESPACE, _running_config
 
-__all__ = ["RawKV"]
+__all__ = ["RawKV", "RawStreamingLoader", "StreamDelivery"]
+
+logger = logging.getLogger(__name__)
+
+
+def _transfer_queue_client(client: DataPlaneClient, baseline: str) -> TransferQueueDataPlaneClient:
+    """``client`` when it is a kvplane TransferQueue client; else a bad request naming ``baseline``."""
+    if not isinstance(client, TransferQueueDataPlaneClient):
+        raise DataPlaneBadRequest(f"{baseline} needs a TransferQueue client, got a {type(client).__name__}")
+    return client
 
 
 class RawKV:
@@ -48,10 +72,7 @@ class RawKV:
     """
 
     def __init__(self, client: DataPlaneClient) -> None:
-        if not isinstance(client, TransferQueueDataPlaneClient):
-            raise DataPlaneBadRequest(
-                f"the raw TransferQueue baseline needs a TransferQueue client, got a {type(client).__name__}"
-            )
+        client = _transfer_queue_client(client, "the raw TransferQueue baseline")
         if tq_interface._TQ_CLIENT is not client._deployment.client:
             raise DataPlaneBadRequest(
                 "TransferQueue's process-wide client is not the one this kvplane client uses; open the "
@@ -86,3 +107,140 @@ class RawKV:
         keys = list(self.list_keys(partition_id).get(partition_id, {}))
         if keys:
             self.clear(keys, partition_id)
+
+
+@dataclass
+class StreamDelivery:
+    """What one pass of TransferQueue's ``StreamingDataLoader`` delivered.
+
+    Attributes:
+        seconds: When each micro-batch reached the loop, from just before its dataset was built.
+        sizes: The rows of each micro-batch.
+        global_indexes: Every delivered row's TransferQueue global index, in delivery order.
+    """
+
+    seconds: list[float] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    global_indexes: list[int] = field(default_factory=list)
+
+
+class RawStreamingLoader:
+    """TransferQueue's own ``StreamingDataset``/``StreamingDataLoader`` on the deployment ``client`` runs on.
+
+    Makes the calls a TransferQueue user makes (its tutorial 06): the deployment's config, which
+    holds the controller's and the storage units' ZMQ addresses, is read from the controller actor
+    (``ray.get(controller.get_config.remote())``); each :meth:`deliver` builds a
+    ``transfer_queue.StreamingDataset`` in finite mode (``should_check_consumption_status=True``)
+    and iterates a ``transfer_queue.StreamingDataLoader(dataset, num_workers=0)`` to its end. The
+    dataset opens its own TransferQueue client on its first iteration, as it does for a user.
+
+    Sampler (decision): TransferQueue documents its dataset for ``RankAwareSampler`` in polling mode.
+    kvplane's deployments run the controller in polling mode with TransferQueue's default
+    ``SequentialSampler`` (reported as :attr:`sampler`), and cannot switch: ``RankAwareSampler``
+    requires ``batch_index`` in every fetch, which kvplane's claims do not send. The dataset works on
+    ``SequentialSampler`` (it ignores the dataset's ``sampling_config``) and, with one consumer per
+    ``dp_rank`` as here, fetches what ``RankAwareSampler`` would (the first ``batch_size`` ready
+    samples), minus that sampler's cache for TP peers sharing a ``dp_rank``.
+
+    Args:
+        client: A kvplane TransferQueue client of this process (bootstrapping or attached).
+        timeout_s: The deadline for finding the controller and reading its config.
+
+    Raises:
+        DataPlaneBadRequest: ``client`` is not a TransferQueue client.
+        DataPlaneUnavailable: No controller runs, or it did not answer within ``timeout_s``.
+    """
+
+    def __init__(self, client: DataPlaneClient, *, timeout_s: float = 60.0) -> None:
+        tq_client = _transfer_queue_client(client, "TransferQueue's StreamingDataLoader baseline")
+        self.storage_backend = tq_client._deployment.storage_backend
+        self.config = _controller_config(timeout_s)
+        self.sampler = _sampler_name(self.config.controller.sampler)
+
+    def deliver(
+        self,
+        partition_id: str,
+        task_name: str,
+        fields: list[str],
+        *,
+        batch_size: int,
+        micro_batch_size: int,
+        dp_rank: int = 0,
+        timeout_s: float = 300.0,
+    ) -> StreamDelivery:
+        """One finite pass of TransferQueue's loader over ``partition_id`` for ``task_name``.
+
+        A fresh ``task_name`` consumes the partition again from the start. The partition must hold a
+        multiple of ``batch_size`` samples, all produced: TransferQueue samples full batches only, so
+        a remainder is never fetched and the pass runs until the deadline.
+
+        Raises:
+            DataPlaneTimeout: The pass did not end within ``timeout_s`` (the dataset's client is
+                closed so that its thread stops at its next request).
+            DataPlaneBadRequest: TransferQueue refused an argument.
+            DataPlaneReadError: TransferQueue failed otherwise (``DataPlaneUnavailable``: it is gone).
+        """
+        what = f"TransferQueue's StreamingDataLoader over partition {partition_id!r} (task {task_name!r})"
+        delivery = StreamDelivery()
+        start = time.perf_counter()
+        dataset: Any = None
+
+        def iterate() -> StreamDelivery:
+            for td, meta in tq.StreamingDataLoader(dataset, num_workers=0):
+                delivery.seconds.append(time.perf_counter() - start)
+                delivery.sizes.append(td.batch_size[0])
+                delivery.global_indexes.extend(meta.global_indexes)
+            return delivery
+
+        try:
+            dataset = tq.StreamingDataset(
+                config=self.config,
+                batch_size=batch_size,
+                micro_batch_size=micro_batch_size,
+                data_fields=list(fields),
+                partition_id=partition_id,
+                task_name=task_name,
+                dp_rank=dp_rank,
+                should_check_consumption_status=True,
+            )
+            return run_bounded(what, iterate, timeout_s=timeout_s)
+        except DataPlaneError:
+            raise
+        except Exception as exc:
+            raise translate(what, exc, DataPlaneReadError) from exc
+        finally:
+            _close_dataset_client(dataset)
+
+
+def _controller_config(timeout_s: float) -> Any:
+    """The running deployment's TransferQueue config, read from its controller actor."""
+    what = "finding TransferQueue's controller"
+    try:
+        controller = run_bounded(
+            what, lambda: ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), timeout_s=timeout_s
+        )
+    except ValueError as exc:  # Ray's answer for "no such actor"
+        raise DataPlaneUnavailable("no TransferQueue controller runs in this Ray cluster") from exc
+    except DataPlaneError:
+        raise
+    except Exception as exc:
+        raise translate(what, exc, DataPlaneUnavailable) from exc
+    return _running_config(controller, timeout_s)
+
+
+def _sampler_name(sampler: Any) -> str:
+    """The controller's sampler as TransferQueue's config holds it: a name, a class or an instance."""
+    if isinstance(sampler, str):
+        return sampler
+    return getattr(sampler, "__name__", type(sampler).__name__)
+
+
+def _close_dataset_client(dataset: Any) -> None:
+    """Close the TransferQueue client a ``StreamingDataset`` opened (TransferQueue never closes it)."""
+    client = getattr(dataset, "_tq_client", None)
+    if client is None:
+        return
+    try:
+        client.close()
+    except Exception:  # a clean-up: the pass's own outcome is what the caller needs
+        logger.warning("closing a StreamingDataset's TransferQueue client failed", exc_info=True)
