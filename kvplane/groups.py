@@ -97,5 +97,10 @@ def sequence_lengths(tags: list[Mapping[str, Any]], tag: str) -> list[int] | Non
         >>> sequence_lengths([{"seq_len": 3}, {}], "seq_len") is None
         True
     """
-    lengths = [as_int(t.get(tag)) for t in tags]
-    return None if not lengths or None in lengths else lengths  # type: ignore[return-value]
+    values = [t.get(tag) for t in tags]
+    if not values:
+        return None
+    if set(map(type, values)) == {int}:  # the common case, without a Python call per sample
+        return values
+    lengths = [as_int(v) for v in values]
+    return None if None in lengths else lengths  # type: ignore[return-value]

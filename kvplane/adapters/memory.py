@@ -28,8 +28,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
@@ -66,13 +68,16 @@ class _Partition:
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # key -> field -> cell (insertion order)
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # field -> dtype fixed by its first write
-    unclaimed: dict[str, dict[str, None]] = field(default_factory=dict)  # task -> ordered set of keys
+    # task -> unclaimed keys in write order. An OrderedDict: claims delete from the front, and a plain
+    # dict's iteration would walk every deleted slot before the first live one (quadratic over a stream).
+    unclaimed: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
+    holders: dict[str, int] = field(default_factory=dict)  # field -> live keys holding it (claim fast path)
     claimed_total: dict[str, int] = field(default_factory=dict)  # task -> samples ever claimed
 
-    def task_queue(self, task: str) -> dict[str, None]:
+    def task_queue(self, task: str) -> OrderedDict[str, None]:
         queue = self.unclaimed.get(task)
         if queue is None:
-            queue = self.unclaimed[task] = dict.fromkeys(self.cells)
+            queue = self.unclaimed[task] = OrderedDict.fromkeys(self.cells)
             self.claimed_total[task] = 0
         return queue
 
@@ -135,7 +140,8 @@ class MemoryDataPlaneClient(DataPlaneClient):
     def _meta(
         self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
-        tags = [dict(part.tags.get(k, {})) for k in keys]
+        stored = part.tags  # every stored key has an entry
+        tags = [dict(stored[k]) for k in keys]
         lengths = sequence_lengths(tags, self._seq_len_tag)
         return KVBatchMeta(partition_id, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
 
@@ -207,13 +213,17 @@ class MemoryDataPlaneClient(DataPlaneClient):
             want = min(batch_size, reg.num_samples - part.claimed_total[task])
             if want <= 0:
                 return KVBatchMeta(partition_id, task, [], fields=required, tags=[])
-        ready = []
-        for key in queue:
-            row = part.cells[key]
-            if all(f in row for f in required):
-                ready.append(key)
-                if len(ready) == want:
-                    break
+        cells = part.cells
+        if all(part.holders.get(name, 0) == len(cells) for name in required):
+            ready = list(islice(queue, want))  # every stored key holds every required field
+        else:
+            needed = set(required)
+            ready = []
+            for key in queue:
+                if cells[key].keys() >= needed:
+                    ready.append(key)
+                    if len(ready) == want:
+                        break
         if len(ready) < want:
             return None
         for key in ready:
@@ -269,6 +279,8 @@ class MemoryDataPlaneClient(DataPlaneClient):
                     for queue in part.unclaimed.values():
                         queue[key] = None
                 for name, (form, data) in owned.items():
+                    if name not in row:
+                        part.holders[name] = part.holders.get(name, 0) + 1
                     row[name] = (
                         ("chunk", data, i)
                         if form == "chunk"
@@ -323,7 +335,8 @@ class MemoryDataPlaneClient(DataPlaneClient):
                 part = self._partitions.get(partition_id)
                 if part is not None:
                     for key in keys:
-                        part.cells.pop(key, None)
+                        for name in part.cells.pop(key, ()):
+                            part.holders[name] -= 1
                         part.tags.pop(key, None)
                         for queue in part.unclaimed.values():
                             queue.pop(key, None)

@@ -293,6 +293,18 @@ def test_claim_waits_for_every_required_field(client, pid):
     ]
 
 
+def test_claim_skips_incomplete_keys_as_keys_come_and_go(client, pid):
+    client.put_samples(["a", "b"], pid, _td(2, prompt=torch.ones(2), reward=torch.zeros(2)))
+    client.put_samples(["c"], pid, _td(1, prompt=torch.ones(1)))  # no reward yet
+    client.put_samples(["d"], pid, _td(1, prompt=torch.ones(1), reward=torch.zeros(1)))
+    claimed = client.claim_meta(pid, "train", ["prompt", "reward"], 3, blocking=False)
+    assert claimed.sample_ids == ["a", "b", "d"]
+    client.clear_samples(["c"], pid)
+    client.put_samples(["e", "c"], pid, _td(2, prompt=torch.ones(2), reward=torch.zeros(2)))
+    assert client.claim_meta(pid, "train", ["prompt", "reward"], 2, blocking=False).sample_ids == ["e", "c"]
+    assert client.claim_meta(pid, "train", ["prompt"], 1, blocking=False).size == 0
+
+
 def test_blocking_claim_wakes_when_a_producer_writes(client, pid):
     def produce():
         time.sleep(0.3)
