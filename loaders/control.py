@@ -5,7 +5,7 @@ Every stream has a control partition, named by :func:`plan_partition_id`:
 claim cursor; the ``__kvplane`` prefix marks it as kvplane's own, so ``kv_list()`` leaves it out, and
 ``kv_list(name)`` shows it for inspection). It holds three kinds of keys:
 
-- ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (JSON, see
+- ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (bytes, see
   :class:`loaders.plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
   leader, right after its claim; never rewritten. Readers poll the (small) tags and then read the
   body; a put need not be atomic (TransferQueue publishes the tags before the data), so a listed
@@ -127,11 +127,11 @@ class PlanLog:
         return snap
 
     def write(self, plan: StepPlan) -> None:
-        """Publish ``plan`` (one put: the JSON body and the ``step``/``final`` tags)."""
+        """Publish ``plan`` (one put: the body and the ``step``/``final`` tags)."""
         self.client.put_samples(
             [_plan_key(plan.step)],
             self.partition_id,
-            {_PLAN_FIELD: [plan.to_json()]},
+            {_PLAN_FIELD: [plan.to_bytes()]},
             tags=[{"step": plan.step, "final": plan.final}],
         )
 
@@ -142,7 +142,7 @@ class PlanLog:
             DataPlaneKeyError: There is no plan for ``step``.
         """
         column = self.client.get_samples([_plan_key(step)], self.partition_id, [_PLAN_FIELD]).get(_PLAN_FIELD)
-        return StepPlan.from_json(column.tolist()[0])
+        return StepPlan.from_bytes(column.tolist()[0])
 
     def wait(
         self,

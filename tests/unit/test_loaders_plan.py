@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
@@ -135,16 +136,24 @@ def test_micro_batch_meta_says_where_it_belongs():
     assert info["micro_batch_indices"] == plan.shards[1].extra_info["micro_batch_indices"]
 
 
-def test_plans_round_trip_through_json_and_reject_what_json_cannot_hold():
+def test_plans_round_trip_and_reject_what_cannot_be_stored():
     plan = plan_step(2, _meta(6), 2, ShardOptions(balance="tokens", micro_batch_size=2))
-    assert StepPlan.from_json(plan.to_json()) == plan
-    assert StepPlan.from_json(StepPlan.terminal(9, 2).to_json()) == StepPlan.terminal(9, 2)
+    assert StepPlan.from_bytes(plan.to_bytes()) == plan
+    assert StepPlan.from_bytes(StepPlan.terminal(9, 2).to_bytes()) == StepPlan.terminal(9, 2)
     meta = _meta(2)
-    meta.tags[0]["blob"] = object()
-    with pytest.raises(DataPlaneBadRequest, match="JSON values"):
-        plan_step(0, meta, 2, ShardOptions()).to_json()
-    with pytest.raises(DataPlaneError, match="unreadable step plan"):
-        StepPlan.from_json('{"format": 99}')
+    meta.tags[0]["blob"] = threading.Lock()
+    with pytest.raises(DataPlaneBadRequest, match="picklable"):
+        plan_step(0, meta, 2, ShardOptions()).to_bytes()
+    for blob in (b"not a pickle", pickle.dumps({"format": 99}), pickle.dumps([1])):
+        with pytest.raises(DataPlaneError, match="unreadable step plan"):
+            StepPlan.from_bytes(blob)
+
+
+def test_plan_tags_keep_their_values_and_types():
+    tags = [{"seq_len": 3, "group_id": "g0", "span": (1, 2)}, {"seq_len": 4, "extra": [1.5, None]}]
+    meta = KVBatchMeta("p", "t", ["a", "b"], fields=["x"], tags=tags)
+    back = StepPlan.from_bytes(plan_step(0, meta, 1, ShardOptions()).to_bytes())
+    assert back.shards[0].tags == tags and back.shards[0].tags[0]["span"] == (1, 2)
 
 
 @pytest.mark.parametrize(("rows", "parts"), [(0, 1), (5, 2), (7, 3), (2, 4), (12, 4)])
