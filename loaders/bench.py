@@ -25,7 +25,10 @@ Measured side by side in one run on the embedded backend:
   fetches in 512- and 64-sample micro-batches, finite mode), each loader pass under a fresh task
   name so it consumes the same stored samples again. Ratios are paired per round (median, min,
   max) on the steady state; every pass is checked to deliver each sample exactly once. Latency is
-  measured as on the embedded backend, through the TransferQueue client. Targets: loader ≥ 0.9×
+  measured as on the embedded backend, through the TransferQueue client, with the producer pausing
+  50 ms before each put (``latency``: the consumer is waiting, which is what the target is about)
+  and 10 ms as on the embedded backend (``latency_gap_10ms``: the next put lands while the loader
+  still does its per-step bookkeeping, whose time it then includes). Targets: loader ≥ 0.9×
   raw ``kv_batch_get``, ≥ 2× TransferQueue's loader, p99 < 50 ms. See
   :func:`bench_transfer_queue` for the sampler decision.
 
@@ -76,6 +79,10 @@ TASK = "bench"
 TQ_BACKENDS_ENV = "KVPLANE_BENCH_TQ"
 #: The backends the loader comparison runs on (see :func:`_tq_backend`).
 TQ_LOADER_BACKENDS = ("simple",)
+#: The producer's pause before each put in the TransferQueue latency run: on TransferQueue the
+#: loader's bookkeeping after a step (progress ack, plan clean-up: 15-20 ms of requests on 2 cores)
+#: outlasts the embedded run's 10 ms, and the consumer must be waiting for the target's measure.
+TQ_LATENCY_GAP_S = 0.05
 
 
 def _run_threads(world: int, body: Callable[[int], Any]) -> list[Any]:
@@ -248,8 +255,14 @@ def bench_throughput(client: DataPlaneClient, *, steps: int, repeats: int) -> di
     return report
 
 
-def bench_latency(client: DataPlaneClient, *, samples: int, world: int) -> dict[str, Any]:
-    """Producer put → consumer receipt, per sample, with ``world`` ranks waiting on a stream."""
+def bench_latency(
+    client: DataPlaneClient, *, samples: int, world: int, gap_s: float = 0.01
+) -> dict[str, Any]:
+    """Producer put → consumer receipt, per sample, with ``world`` ranks waiting on a stream.
+
+    The producer pauses ``gap_s`` before each put, so that every consumer is back to waiting (it
+    must exceed a step's bookkeeping after the yield, or the latency includes it).
+    """
     streaming_dataset = StreamingDataset
     partition = f"bench-loader-latency-dp{world}"
     client.register_partition(partition, ["x"], num_samples=None, consumer_tasks=[TASK])
@@ -282,7 +295,7 @@ def bench_latency(client: DataPlaneClient, *, samples: int, world: int) -> dict[
     def producer(_: int) -> None:
         ready.wait()
         for step in range(steps):
-            time.sleep(0.01)  # let every consumer go back to waiting
+            time.sleep(gap_s)  # let every consumer go back to waiting
             keys = [f"l{step}-{r}" for r in range(world)]
             start = time.perf_counter()
             for key in keys:
@@ -492,9 +505,9 @@ def bench_transfer_queue(
             "throughput": bench_tq_throughput(
                 tq_client, raw, tq_loader, steps=3 if small else 24, repeats=1 if small else 6
             ),
-            "latency": {
-                f"dp{w}": bench_latency(tq_client, samples=20 if small else 200, world=w) for w in (1, 2)
-            },
+            "latency_gap_s": TQ_LATENCY_GAP_S,
+            "latency": _latencies(tq_client, 20 if small else 200, TQ_LATENCY_GAP_S),
+            "latency_gap_10ms": _latencies(tq_client, 20 if small else 200, 0.01),
         }
     report["targets"] = _tq_targets(report)
     return report
@@ -533,6 +546,11 @@ def _tq_backend(backend: str) -> dict[str, Any]:
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _latencies(client: DataPlaneClient, samples: int, gap_s: float = 0.01) -> dict[str, Any]:
+    """:func:`bench_latency` with one rank and with two (threads)."""
+    return {f"dp{w}": bench_latency(client, samples=samples, world=w, gap_s=gap_s) for w in (1, 2)}
+
+
 def _transfer_queue_section(quick: bool) -> dict[str, Any]:
     """The TransferQueue comparison per backend ``KVPLANE_BENCH_TQ`` names (never in quick mode)."""
     if quick:
@@ -548,7 +566,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     client = build_data_plane_client(None)
     try:
         throughput = bench_throughput(client, steps=3 if quick else 24, repeats=1 if quick else 4)
-        latency = {f"dp{w}": bench_latency(client, samples=20 if quick else 200, world=w) for w in (1, 2)}
+        latency = _latencies(client, 20 if quick else 200)
     finally:
         client.close()
     transfer_queue = _transfer_queue_section(quick)

@@ -54,10 +54,12 @@ def test_small_tq_loader_bench_delivers_exactly_once_and_reports_positive_ratios
     for summary in [*throughput["ratios"].values(), *throughput["whole_run_ratios"].values()]:
         assert summary["n"] == rounds and _positive_finite(summary), summary
 
-    assert set(report["latency"]) == {"dp1", "dp2"}
-    for world, latency in report["latency"].items():
-        assert latency["samples"] == 20, world
-        assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], latency
+    assert report["latency_gap_s"] == bench.TQ_LATENCY_GAP_S
+    for run in ("latency", "latency_gap_10ms"):
+        assert set(report[run]) == {"dp1", "dp2"}
+        for world, latency in report[run].items():
+            assert latency["samples"] == 20, (run, world)
+            assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], latency
 
     assert set(report["targets"]) == {
         "loader_ratio_vs_raw_get>=0.9",
