@@ -42,7 +42,7 @@ from typing import Any
 from tensordict import TensorDict
 
 from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, KVBatchMeta
-from loaders.control import PlanLog
+from loaders.control import GC_EVERY_STEPS, PlanLog
 from loaders.steps import StepBatch, StreamSpec
 
 __all__ = ["STATE_FORMAT", "Position", "RankStream", "check_state"]
@@ -187,7 +187,7 @@ class RankStream:
                 if step_done is not None:
                     step_done()
                 self._advance(plan.step)
-                if spec.is_leader:
+                if spec.is_leader and (plan.step + 1) % GC_EVERY_STEPS == 0:
                     self.log.collect_garbage(spec.dp_world)
         finally:
             # Stopped early (break, close, error): a step whose last micro-batch was handed out is done.
