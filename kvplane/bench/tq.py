@@ -53,7 +53,7 @@ from kvplane.bench.stats import summarize
 from kvplane.codec import densify, td_nbytes
 from kvplane.errors import DataPlaneUnavailable
 
-__all__ = ["bench_config", "comparison", "interleave", "paired_ratio", "run_backend"]
+__all__ = ["bench_config", "comparison", "interleave", "open_bench_client", "paired_ratio", "run_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -416,7 +416,12 @@ def _foreign_mooncake_masters() -> list[int]:
     return pids
 
 
-def _open_client(backend: str) -> Any:
+def open_bench_client(backend: str) -> Any:
+    """Bootstrap the deployment the benches measure (:func:`bench_config`); the caller closes it.
+
+    Raises:
+        DataPlaneUnavailable: It cannot start, or (``mooncake_cpu``) a foreign ``mooncake_master`` runs.
+    """
     from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 
     if backend == "mooncake_cpu":
@@ -446,7 +451,7 @@ def run_backend(backend: str, *, quick: bool = False, client: Any = None) -> dic
     owned = client is None
     started = time.perf_counter()
     if owned:
-        client = _open_client(backend)
+        client = open_bench_client(backend)
     bootstrap_s = time.perf_counter() - started
     try:
         raw = RawKV(client)
