@@ -22,13 +22,12 @@ rank has not acknowledged yet, nothing is collected. It raises ``gc.below`` befo
 resume from a collected step fails loudly instead of claiming afresh. A final plan that is the
 latest plan is kept (it is tiny), so that a DataLoader worker that looks late still learns that the
 stream ended instead of claiming again; it goes once the stream continues (a refilled partition).
-The leader collects after every ``GC_EVERY_STEPS``-th step it finishes (a collection lists the
-partition, raises the floor and clears: about 40 ms on TransferQueue, next to about 100 ms to read
-a 512-sample GRPO batch, so per step it would eat into throughput); every rank collects when its
-iteration ends, so
-the last rank to finish a finite stream removes the plans everyone is done with. Keeping the two
-latest checkpoints means a crash while a checkpoint is being saved still leaves the previous one
-resumable.
+The leader collects after every ``GC_EVERY_STEPS``-th step it finishes, on a helper thread (a
+collection lists the partition, raises the floor and clears: about 40 ms on TransferQueue, next to
+about 100 ms to read a 512-sample GRPO batch, too much for every step on the trainer's thread);
+every rank collects when its iteration ends, so the last rank to finish a finite stream removes
+the plans everyone is done with. Keeping the two latest checkpoints means a crash while a checkpoint
+is being saved still leaves the previous one resumable.
 
 Examples:
     >>> from kvplane import build_data_plane_client

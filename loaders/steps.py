@@ -16,7 +16,8 @@ non-empty one. The claim is a blocking ``claim_meta`` (event-driven on the memor
 re-issued in short slices so that a stop request is seen, until ``timeout_s``. A claim that comes
 back empty means the finite partition is exhausted: the leader publishes a final plan. Once a claim
 has succeeded its plan is always written, even if a stop was requested meanwhile, so claimed samples
-are never lost: a later iteration re-reads the plan.
+are never lost: a later iteration re-reads the plan. The fetcher may read a claimed step's rows while
+its plan is being written, but hands them out only once the plan is stored.
 
 Examples:
     >>> import torch
@@ -43,6 +44,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from tensordict import TensorDict
@@ -137,7 +139,8 @@ class StepProducer:
         self.first, self.stride = first, stride
         self.since = first if since is None else since
         self._permits = threading.Semaphore(spec.prefetch)
-        self._plans: queue.Queue[StepPlan | _Failure | None] = queue.Queue()  # None: planning stopped
+        # A plan, and for a plan this producer claims, when it is in the log. None: planning stopped.
+        self._plans: queue.Queue[tuple[StepPlan, Future[None] | None] | _Failure | None] = queue.Queue()
         self._out: queue.Queue[StepBatch | _Failure] = queue.Queue()
         self._stop = threading.Event()
         name = f"kvplane-r{spec.dp_rank}-s{first}"
@@ -190,16 +193,20 @@ class StepProducer:
                         return
                 if self._stop.is_set():
                     return
+                claimed = False
                 if not spec.is_leader:
                     plan = self._wait(step)
                 elif step in existing:
                     plan = self.log.read(step)
                 else:
-                    plan = self._claim_and_plan(step)
+                    plan, claimed = self._claim_and_plan(step)
                 if plan is None:
                     return
                 self._check(plan)
-                self._plans.put(plan)
+                if claimed:
+                    self._publish(plan)
+                else:
+                    self._plans.put((plan, None))
                 if plan.final:
                     return
                 step += self.stride
@@ -213,19 +220,27 @@ class StepProducer:
         spec = self.spec
         try:
             while True:
-                plan = self._plans.get()
-                if plan is None:
+                item = self._plans.get()
+                if item is None:
                     return
-                if isinstance(plan, _Failure):
-                    self._out.put(plan)
+                if isinstance(item, _Failure):
+                    self._out.put(item)
                     return
+                plan, published = item
+                rows = None
+                if not plan.final:
+                    ids = plan.shards[spec.dp_rank].sample_ids
+                    rows = self.client.get_samples(ids, spec.partition_id, list(spec.fields))
+                if published is not None:  # rows are handed out only once their plan is in the log
+                    try:
+                        published.result(timeout=spec.timeout_s)
+                    except TimeoutError:
+                        raise DataPlaneTimeout(
+                            f"the plan of step {plan.step} was not stored within {spec.timeout_s}s"
+                        ) from None
+                self._out.put(StepBatch(plan, rows))
                 if plan.final:
-                    self._out.put(StepBatch(plan, None))
                     return
-                ids = plan.shards[spec.dp_rank].sample_ids
-                self._out.put(
-                    StepBatch(plan, self.client.get_samples(ids, spec.partition_id, list(spec.fields)))
-                )
         except BaseException as exc:
             self._out.put(_Failure(exc))
 
@@ -241,24 +256,32 @@ class StepProducer:
             body=body,
         )
 
-    def _claim_and_plan(self, step: int) -> StepPlan | None:
+    def _claim_and_plan(self, step: int) -> tuple[StepPlan | None, bool]:
+        """The plan of ``step`` (``None``: stopped) and whether it comes from a claim (to be written)."""
         spec = self.spec
         if self.stride > 1 and step > self.since:
             previous = self._wait(step - 1, body=False)  # claims go in step order across workers
             if previous is None:
-                return None
+                return None, False
             if previous.final:
-                return StepPlan.terminal(step, spec.dp_world)
+                return StepPlan.terminal(step, spec.dp_world), False
         meta = self._claim()
         if meta is None:
-            return None
-        plan = (
-            StepPlan.terminal(step, spec.dp_world)
-            if meta.size == 0
-            else plan_step(step, meta, spec.dp_world, spec.options)
-        )
-        self.log.write(plan)
-        return plan
+            return None, False
+        if meta.size == 0:
+            return StepPlan.terminal(step, spec.dp_world), True
+        return plan_step(step, meta, spec.dp_world, spec.options), True
+
+    def _publish(self, plan: StepPlan) -> None:
+        """Hand a claimed plan to the fetcher, then write it: the fetch overlaps the write."""
+        published: Future[None] = Future()
+        self._plans.put((plan, published))
+        try:
+            self.log.write(plan)
+        except BaseException as exc:
+            published.set_exception(exc)
+            raise
+        published.set_result(None)
 
     def _claim(self) -> KVBatchMeta | None:
         spec = self.spec

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 
 import pytest
 
-from kvplane import DataPlaneBadRequest
+from kvplane import DataPlaneBadRequest, DataPlaneUnavailable
+from kvplane.adapters.memory import MemoryDataPlaneClient
 from loaders import StreamingDataLoader
 from loaders.control import GC_EVERY_STEPS, PlanLog
 from loaders.steps import StepProducer
@@ -165,6 +167,49 @@ def test_resuming_past_the_last_micro_batch_of_a_step_is_rejected(client, pid):
         consume(ds)
 
 
+# ------------------------------------------------------------ plan writes
+class _PlanWritesHeldBack(MemoryDataPlaneClient):
+    """Each plan write waits ``delay_s`` (or fails when ``fail``); when each was stored is recorded."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        super().__init__()
+        self.delay_s, self.fail = delay_s, fail
+        self.stored_at: dict[str, float] = {}
+
+    def put_samples(self, sample_ids, partition_id, fields=None, tags=None):
+        is_plan = partition_id.startswith("__kvplane_plans__") and sample_ids[0].startswith("step-")
+        if is_plan:
+            time.sleep(self.delay_s)
+            if self.fail:
+                raise DataPlaneUnavailable("the plan log is unreachable")
+        meta = super().put_samples(sample_ids, partition_id, fields, tags)
+        if is_plan:
+            self.stored_at[sample_ids[0]] = time.monotonic()
+        return meta
+
+
+def test_rows_are_handed_out_only_once_their_plan_is_stored(pid):
+    client = _PlanWritesHeldBack(delay_s=0.05)
+    register(client, pid, 12)
+    fill(client, pid, range(12))
+    received = {}
+    for _, meta in dataset(client, pid, batch_size=4):
+        received.setdefault(meta.extra_info["step"], time.monotonic())
+    assert sorted(received) == [0, 1, 2]
+    assert all(received[s] >= client.stored_at[f"step-{s:012d}"] for s in received)
+
+
+def test_a_plan_that_cannot_be_stored_fails_the_step_and_yields_nothing(pid):
+    client = _PlanWritesHeldBack(fail=True)
+    register(client, pid, 8)
+    fill(client, pid, range(8))
+    yielded = []
+    with pytest.raises(DataPlaneUnavailable, match="plan log is unreachable"):
+        for item in dataset(client, pid, batch_size=4):
+            yielded.append(item)
+    assert yielded == [] and client.stored_at == {}
+
+
 # ------------------------------------------------------------ garbage collection
 def test_plans_are_collected_once_every_rank_is_done(client, pid):
     register(client, pid, 20)
@@ -188,7 +233,8 @@ def test_the_leader_collects_plans_while_streaming(client, pid):
 
     run_ranks(2, body)
     assert len(seen) == 20
-    # Between collections: the steps since the last one, one the follower may still ack, the prefetched.
+    # Between (background) collections: the steps since the last, one the follower may still ack,
+    # the prefetched ones.
     assert max(seen) <= GC_EVERY_STEPS + 3 < 20
 
 
