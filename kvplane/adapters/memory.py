@@ -45,6 +45,7 @@ from kvplane.codec import (
     check_partition,
     check_registration,
     check_select,
+    check_timeout,
     check_write,
     field_kind,
     is_internal_partition,
@@ -344,8 +345,13 @@ class MemoryDataPlaneClient(DataPlaneClient):
 
     # ------------------------------------------------------------------ (C) recovery / control plane
     def ping(self, timeout_s: float | None = None) -> None:
-        with self._changed:
+        wait = -1.0 if timeout_s is None else check_timeout(timeout_s)
+        if not self._changed.acquire(timeout=wait):
+            raise DataPlaneTimeout(f"the memory data plane's lock was not free within {timeout_s}s")
+        try:
             self._check_open()
+        finally:
+            self._changed.release()
 
     def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         if partition_id is not None:

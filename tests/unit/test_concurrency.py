@@ -25,9 +25,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
 import torch
 
-from kvplane import DataPlaneKeyError, DataPlaneTimeout
+from kvplane import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
 from kvplane.replay import evict_stale, keys_of, select_groups, write_group
 
 DEADLINE_S = 60.0
@@ -272,3 +273,18 @@ def test_groups_from_many_producers_are_read_whole_or_not_at_all(client, pid):
     assert stale == [] and fresh == client.list_metadata(pid)  # nothing partial, pending or stale is left
     assert all(len(g.keys) == size for g in fresh)
     assert sorted(keys_of(fresh)) == client.list_sample_ids(pid)
+
+
+def test_memory_ping_honours_its_deadline_when_the_store_is_busy():
+    from kvplane.adapters.memory import MemoryDataPlaneClient
+
+    client = MemoryDataPlaneClient()
+    client.ping(timeout_s=0)
+    with client._changed:  # the store's lock, held as a long operation would hold it
+        with pytest.raises(DataPlaneTimeout, match="not free within 0.05s"):
+            client.ping(timeout_s=0.05)
+    with pytest.raises(DataPlaneBadRequest, match="timeout_s must not be negative"):
+        client.ping(timeout_s=-1)
+    client.close()
+    with pytest.raises(DataPlaneUnavailable):
+        client.ping(timeout_s=1)
