@@ -347,7 +347,22 @@ def _run_suite(name: str, *, quick: bool) -> dict[str, Any]:
             "seconds": time.perf_counter() - start,
             "error": f"{type(exc).__name__}: {exc}",
         }
-    return {"status": "ok", "seconds": time.perf_counter() - start, "result": result}
+    outcome = {"status": "ok", "seconds": time.perf_counter() - start, "result": result}
+    failed = dict(_failed_parts(result))
+    if failed:  # e.g. one backend of the suite could not run: the run as a whole did not succeed
+        outcome.update(status="error", error="; ".join(f"{path}: {why}" for path, why in failed.items()))
+    return outcome
+
+
+def _failed_parts(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted path, error)`` of every part of a suite's result that reports ``status: error``."""
+    if not isinstance(node, dict):
+        return
+    if node.get("status") == "error":
+        yield path or "result", str(node.get("error", "failed"))
+        return
+    for key, value in node.items():
+        yield from _failed_parts(value, f"{path}.{key}" if path else str(key))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -223,10 +223,15 @@ def fake_suites(tmp_path, monkeypatch):
         "    return {'quick': quick, 'ratio_vs_raw': 0.97, 'timing': timing}\n"
     )
     (tmp_path / "clitest_broken.py").write_text("def run(*, quick=False):\n    raise RuntimeError('boom')\n")
+    (tmp_path / "clitest_partial.py").write_text(
+        "def run(*, quick=False):\n"
+        "    failed = {'status': 'error', 'error': 'ImportError: x'}\n"
+        "    return {'ratio': 1.0, 'transfer_queue': {'simple': failed}}\n"
+    )
     (tmp_path / "clitest_helper.py").write_text("def measure():\n    return 1\n")
     monkeypatch.setattr(kvplane.bench, "__path__", [*kvplane.bench.__path__, str(tmp_path)])
     yield
-    for name in ("clitest_tiny", "clitest_broken", "clitest_helper"):
+    for name in ("clitest_tiny", "clitest_broken", "clitest_partial", "clitest_helper"):
         sys.modules.pop(f"kvplane.bench.{name}", None)
 
 
@@ -265,6 +270,14 @@ def test_bench_writes_output_and_fails_when_a_suite_fails(capsys, fake_suites, t
         "error": "RuntimeError: boom",
     }
     assert f"wrote {target}" in err
+
+
+def test_bench_fails_when_part_of_a_suite_failed_and_keeps_the_rest(capsys, fake_suites):
+    code, out, _ = _run(capsys, ["bench", "--suite", "clitest_partial"])
+    outcome = json.loads(out)["suites"]["clitest_partial"]
+    assert code == 1 and outcome["status"] == "error"
+    assert outcome["error"] == "transfer_queue.simple: ImportError: x"
+    assert outcome["result"]["ratio"] == 1.0
 
 
 def test_bench_unknown_suite_is_a_one_line_error(capsys, fake_suites):
