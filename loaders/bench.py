@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -62,6 +61,7 @@ from typing import Any
 
 import torch
 
+from kvplane.bench.backends import TQ_BACKENDS_ENV, per_backend, requested_backends
 from kvplane.bench.kv import grpo_batch
 from kvplane.bench.stats import ratio, summarize
 from kvplane.client import DataPlaneClient
@@ -75,13 +75,12 @@ __all__ = ["bench_latency", "bench_throughput", "bench_transfer_queue", "run"]
 logger = logging.getLogger(__name__)
 
 TASK = "bench"
-#: Names the TransferQueue backends to measure (comma-separated), as for ``kvplane bench --suite kv``.
-TQ_BACKENDS_ENV = "KVPLANE_BENCH_TQ"
 #: The backends the loader comparison runs on (see :func:`_tq_backend`).
 TQ_LOADER_BACKENDS = ("simple",)
 #: The producer's pause before each put in the TransferQueue latency run: on TransferQueue the
-#: loader's bookkeeping after a step (progress ack, plan clean-up: 15-20 ms of requests on 2 cores)
-#: outlasts the embedded run's 10 ms, and the consumer must be waiting for the target's measure.
+#: loader's bookkeeping after a step (the progress acknowledgement, and every 8th step a plan
+#: collection on a helper thread) can outlast the embedded run's 10 ms, and the target's measure
+#: needs the consumer waiting.
 TQ_LATENCY_GAP_S = 0.05
 
 
@@ -105,11 +104,10 @@ def _deliver_once(
 
     Returns when each step was complete on every rank (seconds from the start) and the ids delivered.
     """
-    streaming_dataset = StreamingDataset
     start = time.perf_counter()
 
     def rank(r: int) -> tuple[list[float], int]:
-        ds = streaming_dataset(
+        ds = StreamingDataset(
             client,
             partition_id=partition,
             task_name=task,
@@ -263,7 +261,6 @@ def bench_latency(
     The producer pauses ``gap_s`` before each put, so that every consumer is back to waiting (it
     must exceed a step's bookkeeping after the yield, or the latency includes it).
     """
-    streaming_dataset = StreamingDataset
     partition = f"bench-loader-latency-dp{world}"
     client.register_partition(partition, ["x"], num_samples=None, consumer_tasks=[TASK])
     put_at: dict[str, float] = {}
@@ -272,7 +269,7 @@ def bench_latency(
     ready = threading.Barrier(world + 1, timeout=60)
 
     def consumer(rank: int) -> None:
-        ds = streaming_dataset(
+        ds = StreamingDataset(
             client,
             partition_id=partition,
             task_name=TASK,
@@ -304,7 +301,7 @@ def bench_latency(
 
     _run_threads(world + 1, lambda i: producer(i) if i == world else consumer(i))
     client.clear_samples(None, partition)
-    client.clear_samples(None, streaming_dataset.plan_partition_id(partition, TASK))
+    client.clear_samples(None, StreamingDataset.plan_partition_id(partition, TASK))
     lat = sorted((got_at[k] - put_at[k]) * 1e3 for k in put_at)
     return {
         "dp_world": world,
@@ -527,7 +524,7 @@ def _tq_targets(report: dict[str, Any]) -> dict[str, bool]:
 
 
 def _tq_backend(backend: str) -> dict[str, Any]:
-    """One requested backend's report; a backend not measured, or that cannot run, says why.
+    """One requested backend's report, or why it is not measured.
 
     Examples:
         >>> _tq_backend("mooncake_cpu")["skipped"][:55]
@@ -539,11 +536,7 @@ def _tq_backend(backend: str) -> dict[str, Any]:
             "StreamingDataset opens a storage client per dataset, which on MooncakeStore would mount a "
             "memory segment of its own"
         }
-    try:
-        return bench_transfer_queue(backend)
-    except Exception as exc:
-        logger.warning("loader bench on TransferQueue %r failed", backend, exc_info=True)
-        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+    return bench_transfer_queue(backend)
 
 
 def _latencies(client: DataPlaneClient, samples: int, gap_s: float = 0.01) -> dict[str, Any]:
@@ -555,10 +548,10 @@ def _transfer_queue_section(quick: bool) -> dict[str, Any]:
     """The TransferQueue comparison per backend ``KVPLANE_BENCH_TQ`` names (never in quick mode)."""
     if quick:
         return {"skipped": "quick mode never starts Ray"}
-    backends = [b.strip() for b in os.environ.get(TQ_BACKENDS_ENV, "").split(",") if b.strip()]
+    backends = requested_backends()
     if not backends:
         return {"skipped": f"set {TQ_BACKENDS_ENV}=simple to request the TransferQueue comparison"}
-    return {backend: _tq_backend(backend) for backend in backends}
+    return per_backend(backends, _tq_backend)
 
 
 def run(*, quick: bool = False) -> dict[str, Any]:

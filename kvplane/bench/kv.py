@@ -25,8 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,14 +32,13 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
+from kvplane.bench.backends import per_backend, requested_backends
 from kvplane.bench.stats import measure, ratio, summarize
 from kvplane.client import DataPlaneClient
 from kvplane.codec import td_nbytes
 from kvplane.factory import build_data_plane_client
 
 __all__ = ["grpo_batch", "run", "tiny_batch"]
-
-logger = logging.getLogger(__name__)
 
 MiB = 2**20
 
@@ -223,11 +220,11 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         report: dict[str, Any] = {"memory": bench_client(client, quick=quick)}
     finally:
         client.close()
-    tq_backends = [b.strip() for b in os.environ.get("KVPLANE_BENCH_TQ", "").split(",") if b.strip()]
+    tq_backends = requested_backends()
     if tq_backends:
         from kvplane.bench import tq
 
-        report["transfer_queue"] = {b: _tq_backend(tq, b, quick) for b in tq_backends}
+        report["transfer_queue"] = per_backend(tq_backends, lambda b: tq.run_backend(b, quick=quick))
         report["comparison"] = tq.comparison(report)
     keys_100k = [r for r in report["memory"]["key_sweep"] if r["n_keys"] == 100_000]
     report["targets"] = {
@@ -240,12 +237,3 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         for name, met in result.get("targets", {}).items():
             report["targets"][f"tq_{backend}_{name}"] = met
     return report
-
-
-def _tq_backend(tq: Any, backend: str, quick: bool) -> dict[str, Any]:
-    """One TransferQueue backend's report; a backend that cannot run reports why (the others still run)."""
-    try:
-        return tq.run_backend(backend, quick=quick)
-    except Exception as exc:
-        logger.warning("TransferQueue bench on %r failed", backend, exc_info=True)
-        return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
