@@ -24,6 +24,7 @@ import pytest
 import ray
 
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
+from kvplane.bench.tq import bench_config
 
 E2E_DIR = Path(__file__).resolve().parent
 BACKENDS = ("simple", "mooncake_cpu")
@@ -33,16 +34,10 @@ RAY_NUM_CPUS = 4
 
 
 def tq_config(backend: str, **overrides: Any) -> dict[str, Any]:
-    """The config e2e deployments use (one storage unit: faster on 2 cores)."""
-    cfg: dict[str, Any] = {
-        "impl": "transfer_queue",
-        "backend": backend,
-        "storage_capacity": None,
-        "num_storage_units": 1,
-        "claim_meta_poll_interval_s": 0.02,
-        "request_timeout_s": 60.0,
-        "bootstrap_timeout_s": 120.0,
-    }
+    """The benchmark's deployment (one storage unit: faster on 2 cores) with test-sized deadlines and
+    Mooncake segments."""
+    cfg = bench_config(backend)
+    cfg.update(request_timeout_s=60.0, bootstrap_timeout_s=120.0)
     if backend == "mooncake_cpu":
         cfg.update(global_segment_size=1 << 30, local_buffer_size=256 << 20)
     cfg.update(overrides)
