@@ -54,9 +54,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -437,25 +436,6 @@ def _tq_rates_and_ratios(
     }
 
 
-@contextmanager
-def _tq_client(
-    backend: str, client: DataPlaneClient | None
-) -> Iterator[tuple[DataPlaneClient, float | None]]:
-    """``client`` as is, or a deployment opened for the bench (as the kv suite opens one) and torn down
-    on exit; with the seconds its bootstrap took (``None`` for a client passed in)."""
-    if client is not None:
-        yield client, None
-        return
-    from kvplane.bench.tq import open_bench_client
-
-    started = time.perf_counter()
-    owned = open_bench_client(backend)
-    try:
-        yield owned, round(time.perf_counter() - started, 2)
-    finally:
-        owned.close()
-
-
 def bench_transfer_queue(
     backend: str = "simple", *, small: bool = False, client: DataPlaneClient | None = None
 ) -> dict[str, Any]:
@@ -489,9 +469,9 @@ def bench_transfer_queue(
             f"the loader bench measures {list(TQ_LOADER_BACKENDS)} only, got {backend!r}"
         )
     from kvplane.adapters.transfer_queue.baseline import RawKV, RawStreamingLoader
-    from kvplane.bench.tq import bench_config
+    from kvplane.bench.tq import bench_config, bench_deployment
 
-    with _tq_client(backend, client) as (tq_client, bootstrap_s):
+    with bench_deployment(backend, client) as (tq_client, bootstrap_s):
         raw, tq_loader = RawKV(tq_client), RawStreamingLoader(tq_client)
         logger.info("loader bench on TransferQueue %s (sampler %s)", raw.storage_backend, tq_loader.sampler)
         report: dict[str, Any] = {

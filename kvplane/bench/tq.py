@@ -41,7 +41,8 @@ import logging
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psutil
@@ -53,7 +54,7 @@ from kvplane.bench.stats import summarize
 from kvplane.codec import densify, td_nbytes
 from kvplane.errors import DataPlaneUnavailable
 
-__all__ = ["bench_config", "comparison", "interleave", "open_bench_client", "paired_ratio", "run_backend"]
+__all__ = ["bench_config", "bench_deployment", "comparison", "interleave", "paired_ratio", "run_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -416,12 +417,8 @@ def _foreign_mooncake_masters() -> list[int]:
     return pids
 
 
-def open_bench_client(backend: str) -> Any:
-    """Bootstrap the deployment the benches measure (:func:`bench_config`); the caller closes it.
-
-    Raises:
-        DataPlaneUnavailable: It cannot start, or (``mooncake_cpu``) a foreign ``mooncake_master`` runs.
-    """
+def _open_client(backend: str) -> Any:
+    """Bootstrap the deployment the benches measure (:func:`bench_config`)."""
     from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 
     if backend == "mooncake_cpu":
@@ -432,6 +429,27 @@ def open_bench_client(backend: str) -> Any:
                 "MooncakeStore bootstrap would kill it. Run the mooncake_cpu benchmark when none is running"
             )
     return TransferQueueDataPlaneClient(bench_config(backend), bootstrap=True)
+
+
+@contextmanager
+def bench_deployment(backend: str, client: Any = None) -> Iterator[tuple[Any, float | None]]:
+    """``client`` as given, or a deployment of :func:`bench_config` started now and torn down on exit.
+
+    Yields the client and the seconds its bootstrap took (``None`` for a client passed in).
+
+    Raises:
+        DataPlaneUnavailable: The deployment cannot start, or (``mooncake_cpu``) a foreign
+            ``mooncake_master`` runs.
+    """
+    if client is not None:
+        yield client, None
+        return
+    started = time.perf_counter()
+    owned = _open_client(backend)
+    try:
+        yield owned, round(time.perf_counter() - started, 2)
+    finally:
+        owned.close()
 
 
 def run_backend(backend: str, *, quick: bool = False, client: Any = None) -> dict[str, Any]:
@@ -448,18 +466,13 @@ def run_backend(backend: str, *, quick: bool = False, client: Any = None) -> dic
     """
     from kvplane.adapters.transfer_queue.baseline import RawKV
 
-    owned = client is None
-    started = time.perf_counter()
-    if owned:
-        client = open_bench_client(backend)
-    bootstrap_s = time.perf_counter() - started
-    try:
+    with bench_deployment(backend, client) as (client, bootstrap_s):
         raw = RawKV(client)
         # Even repeat counts: with two contenders each goes first equally often.
         report: dict[str, Any] = {
             "storage_backend": raw.storage_backend,
             "config": bench_config(backend),
-            "bootstrap_s": round(bootstrap_s, 2) if owned else None,
+            "bootstrap_s": bootstrap_s,
             "grpo": bench_grpo(client, raw, 3 if quick else 20),
             "byte_sweep": bench_byte_sweep(
                 client, raw, [16, 64] if quick else [16, 64, 256, 1024], 2 if quick else 4
@@ -469,9 +482,6 @@ def run_backend(backend: str, *, quick: bool = False, client: Any = None) -> dic
             ),
             "small_ops": bench_small_ops(client, raw, 30 if quick else 300),
         }
-    finally:
-        if owned:
-            client.close()
     report["targets"] = _targets(report)
     return report
 
