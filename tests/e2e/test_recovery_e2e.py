@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import torch
 
-from kvplane import DataPlaneKeyError
+from kvplane import DataPlaneKeyError, DataPlaneReadError
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 from kvplane.replay import evict_stale, keys_of, requeue_unfinished, select_groups, write_group
 
@@ -349,6 +349,42 @@ def test_a_read_racing_a_clear_never_returns_the_row_of_the_key_that_took_its_sl
     reader.finish()
     # "a" is gone: the read names it missing, it never returns the row of the key now in its slot.
     assert seen.get("error") == "DataPlaneKeyError" and "'a'" in seen["message"], seen
+
+
+def _failing_fetch(
+    client: TransferQueueDataPlaneClient, pid: str, clear_first: list[str]
+) -> Callable[..., Any]:
+    """A storage fetch that fails as MooncakeStore does when a clear races it (``clear_first`` cleared)."""
+
+    async def fetch(*_: Any) -> Any:
+        if clear_first:
+            await asyncio.to_thread(client.clear_samples, clear_first, pid)
+        raise RuntimeError(
+            "batch_get_into failed for keys ['0@x'] with error codes [-703] after retrying 3 times."
+        )
+
+    return fetch
+
+
+@pytest.mark.parametrize("cleared", [True, False], ids=["clear-raced", "storage-failed"])
+def test_a_fetch_failing_because_a_clear_raced_it_names_the_key_missing(
+    client: TransferQueueDataPlaneClient, pid: str, monkeypatch: pytest.MonkeyPatch, cleared: bool
+):
+    from kvplane.adapters.transfer_queue import client as adapter
+
+    client.put_samples(["a", "b"], pid, {"x": torch.ones(2, 3)})
+    fetch = _failing_fetch(client, pid, ["a"] if cleared else [])
+    monkeypatch.setattr(adapter, "read_dense", fetch)
+    monkeypatch.setattr(adapter, "get_rows", fetch)
+    if cleared:  # the key lost its slot during the fetch: it is missing, not a storage failure
+        with pytest.raises(DataPlaneKeyError, match="'a'"):
+            client.get_samples(["a", "b"], pid, ["x"])
+    else:  # every key still owns its slot: the storage's own failure stands
+        with pytest.raises(DataPlaneReadError, match="error codes \\[-703\\]") as err:
+            client.get_samples(["a", "b"], pid, ["x"])
+        assert not isinstance(err.value, DataPlaneKeyError)
+    monkeypatch.undo()
+    assert client.list_sample_ids(pid) == (["b"] if cleared else ["a", "b"])
 
 
 # ---------------------------------------------------------------------- tag writers across processes

@@ -456,11 +456,16 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         )
         try:
             data = await (get_rows if self._kv_storage else read_dense)(self._tq.storage_manager, read)
-        except StorageKeyNotFoundError as exc:  # cleared between the lookup and the fetch
-            raise _Raced("keys") from exc
+        except Exception as exc:
+            # A clear racing the fetch fails it in a backend's own words (SimpleStorage: key not found;
+            # MooncakeStore: error codes such as -703/-704): if some key lost its slot meanwhile the
+            # read raced a clear, otherwise the failure is the storage's own.
+            if isinstance(exc, StorageKeyNotFoundError) or await self._slots_moved_quietly(pid, keys, meta):
+                raise _Raced("keys") from exc
+            raise
         # A clear frees a key's slot (its global index) and a put may take it over before this fetch:
         # the rows fetched are the keys' only if every slot still belongs to its key.
-        if list(await self._tq.async_kv_retrieve_keys(list(meta.global_indexes), pid)) != keys:
+        if await self._slots_moved(pid, keys, meta):
             raise _Raced("keys")
         specs = state.fields if state is not None else {}
         columns = {}
@@ -468,6 +473,17 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             spec = specs.get(name)
             columns[name] = shape_column(name, data.get(name), spec.rank if spec is not None else None)
         return TensorDict(columns, batch_size=[n])
+
+    async def _slots_moved(self, pid: str, keys: list[str], meta: BatchMeta) -> bool:
+        """Whether some key no longer owns the slot it was looked up at (cleared, maybe rewritten)."""
+        return list(await self._tq.async_kv_retrieve_keys(list(meta.global_indexes), pid)) != keys
+
+    async def _slots_moved_quietly(self, pid: str, keys: list[str], meta: BatchMeta) -> bool:
+        """:meth:`_slots_moved`, ``False`` when the controller cannot say (the original error stands)."""
+        try:
+            return await self._slots_moved(pid, keys, meta)
+        except Exception:
+            return False
 
     async def _raise_missing_keys(self, pid: str, keys: list[str], meta: BatchMeta) -> None:
         if meta.size == 0 and not await self._partition_exists(pid):
