@@ -64,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -73,10 +73,6 @@ from kvplane.client import DataPlaneClient, FieldsLike, TagsLike
 from kvplane.codec import td_nbytes
 from kvplane.meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 
-if TYPE_CHECKING:
-    from kvplane.config import ObservabilityConfig
-    from kvplane.prometheus import PrometheusExporter
-
 __all__ = [
     "DataPlaneEvent",
     "DataPlaneStats",
@@ -84,7 +80,6 @@ __all__ = [
     "EventStatus",
     "MetricsDataPlaneClient",
     "log_event",
-    "wrap_with_observability",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,15 +172,16 @@ class MetricsDataPlaneClient(DataPlaneClient):
         inner: The wrapped client.
         stats: The live :class:`DataPlaneStats` (read it under no lock at your own risk; use
             :meth:`snapshot` for a consistent copy).
-        prometheus: The :class:`~kvplane.prometheus.PrometheusExporter` tracking this client, if any;
-            it is closed with the client.
+        prometheus: The exporter that tracks this client, if any (set by
+            :meth:`kvplane.prometheus.PrometheusExporter.track`, which also has it closed with the client).
     """
 
     def __init__(self, inner: DataPlaneClient, on_event: EventSink | None = None) -> None:
         self.inner = inner
         self.stats = DataPlaneStats()
-        self.prometheus: PrometheusExporter | None = None
+        self.prometheus: Any = None
         self._sinks: list[EventSink] = [] if on_event is None else [on_event]
+        self._on_close: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         # partition -> key -> field -> bytes
         self._outstanding: dict[str, dict[str, dict[str, int]]] = {}
@@ -195,6 +191,11 @@ class MetricsDataPlaneClient(DataPlaneClient):
         """Also send every future event to ``sink``."""
         with self._lock:
             self._sinks = [*self._sinks, sink]
+
+    def add_close_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` once this client is closed, after the inner client (e.g. stop an exporter)."""
+        with self._lock:
+            self._on_close.append(hook)
 
     def snapshot(self) -> dict[str, Any]:
         """A consistent copy of :attr:`stats` plus ``n_keys_outstanding`` and ``n_partitions_outstanding``."""
@@ -480,43 +481,11 @@ class MetricsDataPlaneClient(DataPlaneClient):
 
     # ------------------------------------------------------------------ (D) lifecycle
     def close(self) -> None:
-        """Close the inner client (event ``close``), then the Prometheus exporter if one is attached."""
+        """Close the inner client (event ``close``), then run the close hooks (each once, in order)."""
         try:
             self._run("close", "", self.inner.close)
         finally:
-            exporter, self.prometheus = self.prometheus, None
-            if exporter is not None:
-                exporter.close()
-
-
-def wrap_with_observability(client: DataPlaneClient, obs_cfg: ObservabilityConfig) -> MetricsDataPlaneClient:
-    """Wrap ``client`` as ``obs_cfg`` says: callback, DEBUG event logging, Prometheus exporter.
-
-    The factory calls this when ``observability.enabled`` is true. With ``prometheus_port`` set, the
-    exporter serves on that port (0 picks a free one; read it from ``wrapped.prometheus.port``) and
-    stops when the client is closed.
-
-    Raises:
-        ModuleNotFoundError: ``prometheus_port`` is set but ``prometheus-client`` is not installed.
-
-    Examples:
-        >>> from kvplane import build_data_plane_client
-        >>> from kvplane.config import ObservabilityConfig
-        >>> seen = []
-        >>> inner = build_data_plane_client(None)
-        >>> client = wrap_with_observability(inner, ObservabilityConfig(callback=seen.append))
-        >>> client.ping(); seen[0]["op"], seen[0]["status"]
-        ('ping', 'ok')
-        >>> client.close()
-    """
-    wrapped = MetricsDataPlaneClient(client, on_event=obs_cfg.callback)
-    if obs_cfg.log_events:
-        wrapped.add_sink(log_event)
-    if obs_cfg.prometheus_port is not None:
-        from kvplane.prometheus import PrometheusExporter
-
-        exporter = PrometheusExporter()
-        exporter.track(wrapped)
-        port = exporter.serve(obs_cfg.prometheus_port)
-        logger.info("kvplane Prometheus metrics on port %d", port)
-    return wrapped
+            with self._lock:
+                hooks, self._on_close = self._on_close, []
+            for hook in hooks:
+                hook()

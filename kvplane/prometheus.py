@@ -165,8 +165,13 @@ class PrometheusExporter:
         """Export ``client``'s events and outstanding bytes; the exporter is closed with the client."""
         self._clients.append(client)
         client.add_sink(self.observe)
-        if client.prometheus is None:
+        if client.prometheus is None:  # the first exporter tracking a client is the one closed with it
             client.prometheus = self
+            client.add_close_hook(lambda: self._closed_with(client))
+
+    def _closed_with(self, client: MetricsDataPlaneClient) -> None:
+        client.prometheus = None
+        self.close()
 
     def observe(self, event: DataPlaneEvent) -> None:
         """Record one event (the sink :meth:`track` installs)."""

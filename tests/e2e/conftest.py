@@ -24,7 +24,7 @@ import pytest
 import ray
 
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
-from kvplane.bench.tq import bench_config
+from kvplane.testing import transfer_queue_config
 
 E2E_DIR = Path(__file__).resolve().parent
 BACKENDS = ("simple", "mooncake_cpu")
@@ -34,14 +34,9 @@ RAY_NUM_CPUS = 4
 
 
 def tq_config(backend: str, **overrides: Any) -> dict[str, Any]:
-    """The benchmark's deployment (one storage unit: faster on 2 cores) with test-sized deadlines and
-    Mooncake segments."""
-    cfg = bench_config(backend)
-    cfg.update(request_timeout_s=60.0, bootstrap_timeout_s=120.0)
-    if backend == "mooncake_cpu":
-        cfg.update(global_segment_size=1 << 30, local_buffer_size=256 << 20)
-    cfg.update(overrides)
-    return cfg
+    """The test deployment (:func:`kvplane.testing.transfer_queue_config`: one storage unit, faster on
+    2 cores, test-sized deadlines and Mooncake segments) with ``overrides``."""
+    return transfer_queue_config(backend, **overrides)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -87,7 +82,7 @@ def deployment(request: pytest.FixtureRequest, ray_address: str) -> Iterator[Dep
     """Bootstrap TransferQueue on the session's Ray; tear it down (and check it is gone) afterwards."""
     backend = request.param
     client = TransferQueueDataPlaneClient(tq_config(backend), bootstrap=True)
-    master = client._deployment.mooncake_master
+    master = client.mooncake_master
     try:
         yield Deployment(backend, client, tq_config(backend, ray_address=ray_address))
     finally:

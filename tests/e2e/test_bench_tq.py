@@ -1,4 +1,4 @@
-"""The TransferQueue bench code path (``kvplane.bench.tq``) in quick mode on the session deployment.
+"""The TransferQueue bench code path (``kvplane_tools.bench.tq``) in quick mode on the session deployment.
 
 Asserts the report's structure, that every round trip was exact, that every ratio is a positive
 number and that the bench leaves no keys behind; never a speed (speeds live in ``kvplane bench``).
@@ -12,7 +12,7 @@ import math
 import pytest
 
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
-from kvplane.bench import tq
+from kvplane_tools.bench import tq
 
 
 def _ratios(node: object) -> list[float]:

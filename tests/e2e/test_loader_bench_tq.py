@@ -1,5 +1,5 @@
-"""The loader bench's TransferQueue section (``loaders.bench.bench_transfer_queue``), small, on the
-session deployment.
+"""The loader bench's TransferQueue section (``kvplane_tools.bench.loader.bench_transfer_queue``),
+small, on the session deployment.
 
 Asserts the report's structure, that every loader pass (kvplane's and TransferQueue's own) delivered
 every sample exactly once, that every ratio is a positive finite number, and that the bench leaves no
@@ -14,8 +14,8 @@ import math
 import pytest
 
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
-from kvplane.adapters.transfer_queue.baseline import RawKV
-from loaders import bench
+from kvplane_tools.bench import loader as bench
+from kvplane_tools.bench.raw_tq import RawKV
 
 LOADERS = {"kvplane_dp1", "kvplane_dp1_micro64", "tq_loader", "tq_loader_micro64"}
 

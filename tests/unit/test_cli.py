@@ -1,21 +1,30 @@
-"""The kvplane CLI, run in-process through ``main([...])`` and once as ``python -m kvplane``."""
+"""The kvplane CLI, run in-process through ``main([...])`` and as ``python -m kvplane`` /
+``python -m kvplane_tools``; the tools' commands (``demo``, ``bench``) through the explicit registry
+and through the entry points ``pyproject.toml`` declares."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import subprocess
 import sys
-import types
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
 
-import kvplane.bench
+import kvplane.cli
 import kvplane.factory
+from kvplane import DataPlaneBadRequest
 from kvplane.adapters.memory import MemoryDataPlaneClient
-from kvplane.cli import bench_suites, main
+from kvplane.cli import Command, main
 from kvplane.prometheus import PrometheusExporter
+from kvplane_tools.bench import SUITES
+from kvplane_tools.commands import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -216,7 +225,7 @@ def test_log_level_configures_the_kvplane_logger_for_the_command_only(capsys, cl
 # ---------------------------------------------------------------------------------------------- bench
 @pytest.fixture
 def fake_suites(tmp_path, monkeypatch):
-    """Two suites and a helper module in an extra directory of the kvplane.bench package."""
+    """Three suites registered in the tools' registry, in modules of an extra directory."""
     (tmp_path / "clitest_tiny.py").write_text(
         "def run(*, quick=False):\n"
         "    timing = {'median': 0.5, 'min': 0.4, 'max': 0.6}\n"
@@ -228,21 +237,25 @@ def fake_suites(tmp_path, monkeypatch):
         "    failed = {'status': 'error', 'error': 'ImportError: x'}\n"
         "    return {'ratio': 1.0, 'transfer_queue': {'simple': failed}}\n"
     )
-    (tmp_path / "clitest_helper.py").write_text("def measure():\n    return 1\n")
-    monkeypatch.setattr(kvplane.bench, "__path__", [*kvplane.bench.__path__, str(tmp_path)])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("clitest_tiny", "clitest_broken", "clitest_partial"):
+        monkeypatch.setitem(SUITES, name, name)
     yield
-    for name in ("clitest_tiny", "clitest_broken", "clitest_partial", "clitest_helper"):
-        sys.modules.pop(f"kvplane.bench.{name}", None)
+    for name in ("clitest_tiny", "clitest_broken", "clitest_partial"):
+        sys.modules.pop(name, None)
 
 
-def test_bench_discovers_modules_that_define_run(fake_suites):
-    suites = bench_suites()
-    assert {"clitest_tiny", "clitest_broken"} <= set(suites)
-    assert "clitest_helper" not in suites and "stats" not in suites
+def _tools(capsys, argv):
+    return _run(capsys, argv, commands=COMMANDS)
+
+
+def test_the_suites_are_one_explicit_registry():
+    assert sorted(SUITES) == ["balance", "kv", "loader"]
+    assert all(module.startswith("kvplane_tools.bench.") for module in SUITES.values())
 
 
 def test_bench_runs_a_selected_suite_and_prints_json(capsys, fake_suites):
-    code, out, err = _run(capsys, ["bench", "--suite", "clitest_tiny", "--quick"])
+    code, out, err = _tools(capsys, ["bench", "--suite", "clitest_tiny", "--quick"])
     assert code == 0
     doc = json.loads(out)
     assert doc["quick"] is True and list(doc["suites"]) == ["clitest_tiny"]
@@ -258,9 +271,8 @@ def test_bench_runs_a_selected_suite_and_prints_json(capsys, fake_suites):
 
 def test_bench_writes_output_and_fails_when_a_suite_fails(capsys, fake_suites, tmp_path):
     target = tmp_path / "result.json"
-    code, out, err = _run(
-        capsys, ["bench", "--suite", "clitest_tiny,clitest_broken", "--output", str(target)]
-    )
+    argv = ["bench", "--suite", "clitest_tiny,clitest_broken", "--output", str(target)]
+    code, out, err = _tools(capsys, argv)
     assert code == 1 and out == ""
     doc = json.loads(target.read_text())
     assert doc["suites"]["clitest_tiny"]["status"] == "ok"
@@ -273,7 +285,7 @@ def test_bench_writes_output_and_fails_when_a_suite_fails(capsys, fake_suites, t
 
 
 def test_bench_fails_when_part_of_a_suite_failed_and_keeps_the_rest(capsys, fake_suites):
-    code, out, _ = _run(capsys, ["bench", "--suite", "clitest_partial"])
+    code, out, _ = _tools(capsys, ["bench", "--suite", "clitest_partial"])
     outcome = json.loads(out)["suites"]["clitest_partial"]
     assert code == 1 and outcome["status"] == "error"
     assert outcome["error"] == "transfer_queue.simple: ImportError: x"
@@ -281,44 +293,78 @@ def test_bench_fails_when_part_of_a_suite_failed_and_keeps_the_rest(capsys, fake
 
 
 def test_bench_unknown_suite_is_a_one_line_error(capsys, fake_suites):
-    code, out, err = _run(capsys, ["bench", "--suite", "nope"])
+    code, out, err = _tools(capsys, ["bench", "--suite", "nope"])
     assert (code, out) == (1, "")
     assert err.startswith("kvplane: bad request: unknown bench suite(s) ['nope']") and "clitest_tiny" in err
+    assert err.count("\n") == 1
 
 
 def test_bench_list(capsys, fake_suites):
-    code, out, _ = _run(capsys, ["bench", "--list"])
-    assert code == 0 and out.split() == bench_suites()
+    code, out, _ = _tools(capsys, ["bench", "--list"])
+    assert code == 0 and out.split() == sorted(SUITES)
 
 
-# ---------------------------------------------------------------------------------------------- demo
-def test_demo_dispatches_to_the_plugged_in_command(capsys, monkeypatch):
+def test_bench_usage_errors_exit_2(capsys):
+    assert _tools(capsys, ["bench", "--bogus"])[0] == 2
+    assert _tools(capsys, ["bench", "--suite"])[0] == 2
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def test_a_registered_command_gets_its_options_and_exit_code(capsys):
     seen = {}
-    demo = types.ModuleType("fake_demo")
-    demo.add_arguments = lambda parser: parser.add_argument("--plot", metavar="FILE.png")
 
     def run(args):
         seen["plot"] = args.plot
         return 3
 
-    demo.run = run
-    monkeypatch.setattr("kvplane.cli.load_command", lambda name: demo if name == "demo" else None)
-    assert main(["demo", "--plot", "out.png"]) == 3
+    demo = Command("a fake demo", run, lambda parser: parser.add_argument("--plot", metavar="FILE.png"))
+    assert main(["demo", "--plot", "out.png"], commands={"demo": demo}) == 3
     assert seen == {"plot": "out.png"}
 
 
-def test_demo_missing_is_a_clear_error(capsys, monkeypatch):
-    monkeypatch.setattr("kvplane.cli.load_command", lambda name: None)  # as if not installed
-    code, _, err = _run(capsys, ["demo", "--plot", "x.png"])
-    assert code == 1 and "entry point named 'demo'" in err
+def test_an_unregistered_command_is_a_usage_error(capsys):
+    code, _, err = _run(capsys, ["demo", "--plot", "x.png"], commands={})
+    assert code == 2 and "invalid choice: 'demo'" in err
 
 
-def test_the_distribution_plugs_in_the_demo():
-    from kvplane.cli import load_command
+def test_a_command_cannot_replace_a_core_command():
+    with pytest.raises(DataPlaneBadRequest, match=r"\['ls'\]"):
+        main(["ls"], commands={"ls": Command("not ls", lambda args: 0)})
 
-    command = load_command("demo")
-    assert command is not None and command.__name__ == "loaders.demo"
-    assert callable(command.run) and callable(command.add_arguments)
+
+def _declared_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The ``kvplane.commands`` entry points pyproject.toml declares (what pip install -e . installs)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"kvplane": "kvplane.cli:main"}
+    declared = project["entry-points"]
+    assert set(declared) == {kvplane.cli.COMMANDS_GROUP}  # no other plug-in group
+    return [
+        importlib.metadata.EntryPoint(name, value, kvplane.cli.COMMANDS_GROUP)
+        for name, value in declared[kvplane.cli.COMMANDS_GROUP].items()
+    ]
+
+
+def test_the_distribution_declares_the_tools_commands():
+    loaded = {entry.name: entry.load() for entry in _declared_entry_points()}
+    assert loaded == COMMANDS
+
+
+def test_installed_commands_come_from_the_entry_points(capsys, monkeypatch):
+    declared = _declared_entry_points()
+    in_group = lambda group: [e for e in declared if e.group == group]  # noqa: E731
+    monkeypatch.setattr(kvplane.cli.importlib.metadata, "entry_points", in_group)
+    assert kvplane.cli.installed_commands() == COMMANDS
+    code, out, _ = _run(capsys, ["bench", "--list"])  # the installed `kvplane` script's path
+    assert (code, out.split()) == (0, ["balance", "kv", "loader"])
+
+
+def test_an_unloadable_entry_point_fails_only_its_own_command(capsys, monkeypatch):
+    stale = importlib.metadata.EntryPoint("demo", "no_such_module_kvplane:DEMO", kvplane.cli.COMMANDS_GROUP)
+    monkeypatch.setattr(kvplane.cli.importlib.metadata, "entry_points", lambda group: [stale])
+    code, _, err = _run(capsys, ["demo", "--steps", "2"])
+    assert code == 1 and err.count("\n") == 1
+    assert "command 'demo' (no_such_module_kvplane:DEMO) could not be loaded: ModuleNotFoundError" in err
+    assert _run(capsys, ["ping", "--json"])[0] == 0
 
 
 # ---------------------------------------------------------------------------------------------- subprocess
@@ -343,7 +389,22 @@ def test_python_dash_m_kvplane_exit_codes(tmp_path):
     )
 
 
-def test_the_loader_suite_is_plugged_in_from_loaders():
-    from kvplane.cli import _suite_modules
-
-    assert _suite_modules()["loader"] == "loaders.bench"
+def test_python_dash_m_kvplane_tools_works_without_an_install():
+    """From a plain checkout: the tools' commands come from the explicit registry, not entry points."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "kvplane_tools", "bench", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["balance", "kv", "loader"]
+    usage = subprocess.run(
+        [sys.executable, "-m", "kvplane_tools", "bench", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert usage.returncode == 2 and "unrecognized arguments: --bogus" in usage.stderr

@@ -1,10 +1,11 @@
-"""The main job: `kvplane demo` on the embedded backend, through the CLI."""
+"""The main job: `kvplane demo` on the embedded backend, through the CLI with the tools' commands."""
 
 from __future__ import annotations
 
 import json
 
 from kvplane.cli import main
+from kvplane_tools.commands import COMMANDS
 
 
 def test_demo_runs_the_whole_flow_and_reports(tmp_path, capsys):
@@ -27,7 +28,8 @@ def test_demo_runs_the_whole_flow_and_reports(tmp_path, capsys):
             "--json",
             "--plot",
             str(plot),
-        ]
+        ],
+        commands=COMMANDS,
     )
     out = capsys.readouterr().out
     assert code == 0
@@ -45,5 +47,5 @@ def test_demo_runs_the_whole_flow_and_reports(tmp_path, capsys):
 
 
 def test_demo_rejects_a_batch_that_does_not_split_over_the_ranks(capsys):
-    assert main(["demo", "--batch-size", "30", "--dp-world", "4"]) == 1
+    assert main(["demo", "--batch-size", "30", "--dp-world", "4"], commands=COMMANDS) == 1
     assert "multiple of --dp-world" in capsys.readouterr().err

@@ -18,7 +18,8 @@ import kvplane.prometheus
 from kvplane import DataPlaneKeyError, DataPlaneTimeout, build_data_plane_client
 from kvplane.adapters.memory import MemoryDataPlaneClient
 from kvplane.config import ObservabilityConfig
-from kvplane.observability import MetricsDataPlaneClient, wrap_with_observability
+from kvplane.factory import wrap_with_observability
+from kvplane.observability import MetricsDataPlaneClient
 from kvplane.prometheus import PrometheusExporter
 
 EVENT_KEYS = {"op", "partition_id", "n_keys", "n_bytes", "wall_ms", "status"}
@@ -300,6 +301,15 @@ def test_factory_wraps_when_observability_is_enabled(events):
     finally:
         client.close()
     assert events[-1]["op"] == "close"
+
+
+def test_close_hooks_run_once_after_the_inner_client_closed(client, events):
+    metrics = MetricsDataPlaneClient(client, on_event=events.append)
+    seen = []
+    metrics.add_close_hook(lambda: seen.append(("hook", [e["op"] for e in events])))
+    metrics.close()
+    metrics.close()
+    assert seen == [("hook", ["close"])]
 
 
 def test_log_events_logs_each_event_at_debug(client, caplog):

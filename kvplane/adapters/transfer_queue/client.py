@@ -613,3 +613,48 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             self._closed = True
         self._runner.close()
         self._deployment.close(self._cfg.bootstrap_timeout_s)
+
+    # ------------------------------------------------------------------ (E) the deployment, read-only
+    # For tools that measure raw TransferQueue next to kvplane, and for tests; kvplane never needs them.
+    @property
+    def storage_backend(self) -> str:
+        """TransferQueue's storage backend name: ``SimpleStorage`` or ``MooncakeStore``."""
+        return self._deployment.storage_backend
+
+    @property
+    def transfer_queue_client(self) -> Any:
+        """The ``transfer_queue.TransferQueueClient`` this client sends its requests through."""
+        return self._deployment.client
+
+    @property
+    def mooncake_master(self) -> Any:
+        """The ``mooncake_master`` process (``subprocess.Popen``) this client's bootstrap started, or
+        ``None`` (SimpleStorage, an attached client, or TransferQueue started none)."""
+        return self._deployment.mooncake_master
+
+    def transfer_queue_config(self) -> Any:
+        """The running deployment's TransferQueue config (controller and storage ZMQ addresses), as its
+        controller reports it: a Ray request, bounded by ``bootstrap_timeout_s``.
+
+        Raises:
+            DataPlaneUnavailable: No controller runs, or it did not answer in time.
+        """
+        import ray
+
+        from kvplane.errors import DataPlaneError
+
+        from .calls import run_bounded, translate
+        from .deployment import CONTROLLER_NAME, NAMESPACE, _running_config
+
+        what, timeout_s = "finding TransferQueue's controller", self._cfg.bootstrap_timeout_s
+        try:
+            controller = run_bounded(
+                what, lambda: ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), timeout_s=timeout_s
+            )
+        except ValueError as exc:  # Ray's answer for "no such actor"
+            raise DataPlaneUnavailable("no TransferQueue controller runs in this Ray cluster") from exc
+        except DataPlaneError:
+            raise
+        except Exception as exc:
+            raise translate(what, exc, DataPlaneUnavailable) from exc
+        return _running_config(controller, timeout_s)

@@ -17,7 +17,7 @@ Measured side by side in one run on the embedded backend:
   the follower learns the plan by polling, so its latency includes the poll interval.
 
 - ``transfer_queue`` (only when ``KVPLANE_BENCH_TQ`` names ``simple``; quick mode never starts Ray):
-  on a TransferQueue SimpleStorage deployment (opened like the kv suite's, :mod:`kvplane.bench.tq`,
+  on a TransferQueue SimpleStorage deployment (opened like the kv suite's, :mod:`kvplane_tools.bench.tq`,
   and torn down afterwards), one partition is filled once with GRPO batches, and in every round, in
   a rotating order, read raw (TransferQueue's ``kv_batch_get`` per batch), delivered by kvplane's
   loader over the TransferQueue client (one rank; one rank in 64-sample micro-batches) and by
@@ -32,12 +32,9 @@ Measured side by side in one run on the embedded backend:
   raw ``kv_batch_get``, ≥ 2× TransferQueue's loader, p99 < 50 ms. See
   :func:`bench_transfer_queue` for the sampler decision.
 
-This suite lives in ``loaders`` (which depends on kvplane, never the reverse); ``kvplane bench
---suite loader`` finds it through the ``kvplane.bench`` entry point the distribution declares.
-
 Examples:
-    >>> from loaders import bench
-    >>> report = bench.run(quick=True)
+    >>> from kvplane_tools.bench import loader
+    >>> report = loader.run(quick=True)
     >>> sorted(report)
     ['latency', 'targets', 'throughput', 'transfer_queue']
     >>> report["throughput"]["dp1"]["delivered"] == report["throughput"]["dp1"]["expected"]
@@ -60,14 +57,13 @@ from typing import Any
 
 import torch
 
-from kvplane.bench.backends import TQ_BACKENDS_ENV, per_backend, requested_backends
-from kvplane.bench.kv import grpo_batch
-from kvplane.bench.stats import ratio, summarize
-from kvplane.client import DataPlaneClient
+from kvplane import DataPlaneBadRequest, DataPlaneClient, build_data_plane_client
 from kvplane.codec import td_nbytes
-from kvplane.errors import DataPlaneBadRequest
-from kvplane.factory import build_data_plane_client
-from loaders.dataset import StreamingDataset
+from kvplane_tools.batches import grpo_batch
+from kvplane_tools.bench.backends import TQ_BACKENDS_ENV, per_backend, requested_backends
+from kvplane_tools.bench.stats import ratio, summarize
+from kvplane_tools.bench.tq import bench_config, bench_deployment, interleave, paired_ratio
+from loaders import StreamingDataset
 
 __all__ = ["bench_latency", "bench_throughput", "bench_transfer_queue", "run"]
 
@@ -342,13 +338,12 @@ def bench_tq_throughput(
 ) -> dict[str, Any]:
     """Raw ``kv_batch_get``, kvplane's loader and TransferQueue's loader on one pre-filled partition.
 
-    ``raw`` and ``tq_loader`` are the adapter's ``RawKV`` and ``RawStreamingLoader`` on ``client``'s
-    deployment. The partition gets ``steps`` GRPO batches once; every round (the first warms up) runs
-    each contender over all of them, in an order that rotates between rounds
-    (:func:`kvplane.bench.tq.interleave`), each loader pass under a task name of its own.
+    ``raw`` and ``tq_loader`` are :mod:`~kvplane_tools.bench.raw_tq`'s ``RawKV`` and
+    ``RawStreamingLoader`` on ``client``'s deployment. The partition gets ``steps`` GRPO batches once;
+    every round (the first warms up) runs each contender over all of them, in an order that rotates
+    between rounds (:func:`kvplane_tools.bench.tq.interleave`), each loader pass under a task name of
+    its own.
     """
-    from kvplane.bench.tq import interleave
-
     keys, td, tags = grpo_batch()
     n, fields, expected = len(keys), list(td.keys()), steps * len(keys)
     warm = max(1, steps // 4)
@@ -418,8 +413,6 @@ def _tq_rates_and_ratios(
     times: dict[str, dict[str, list[float]]], n: int, steps: int, warm: int
 ) -> dict[str, Any]:
     """Median samples/s per contender (whole run, steady state) and the paired ratios of :data:`TQ_RATIOS`."""
-    from kvplane.bench.tq import paired_ratio
-
     def ratios(part: str) -> dict[str, Any]:
         return {
             name: paired_ratio(times[base][part], times[cand][part])
@@ -444,7 +437,7 @@ def bench_transfer_queue(
 
     TransferQueue's ``StreamingDataset`` runs on the deployment's sampler, TransferQueue's default
     ``SequentialSampler`` in polling mode, not the ``RankAwareSampler`` its docs pair it with:
-    kvplane's claims cannot run on that one (see the adapter's ``RawStreamingLoader``), and with one
+    kvplane's claims cannot run on that one (see ``RawStreamingLoader``), and with one
     consumer per ``dp_rank`` both samplers hand out the same batches (the report's ``tq_sampler``).
 
     Args:
@@ -468,8 +461,7 @@ def bench_transfer_queue(
         raise DataPlaneBadRequest(
             f"the loader bench measures {list(TQ_LOADER_BACKENDS)} only, got {backend!r}"
         )
-    from kvplane.adapters.transfer_queue.baseline import RawKV, RawStreamingLoader
-    from kvplane.bench.tq import bench_config, bench_deployment
+    from kvplane_tools.bench.raw_tq import RawKV, RawStreamingLoader
 
     with bench_deployment(backend, client) as (tq_client, bootstrap_s):
         raw, tq_loader = RawKV(tq_client), RawStreamingLoader(tq_client)

@@ -4,7 +4,7 @@ TransferQueue parts of a suite run only when asked: the environment variable ``K
 names backends (``simple``, ``mooncake_cpu``), comma-separated.
 
 Examples:
-    >>> from kvplane.bench.backends import per_backend
+    >>> from kvplane_tools.bench.backends import per_backend
     >>> def measure(backend):
     ...     if backend == "mooncake_cpu":
     ...         raise RuntimeError("no master")

@@ -1,7 +1,7 @@
 """Timing helpers shared by every benchmark suite: medians with their spread.
 
 Examples:
-    >>> from kvplane.bench.stats import measure, summarize
+    >>> from kvplane_tools.bench.stats import measure, summarize
     >>> summarize([3.0, 1.0, 2.0])
     {'median': 2.0, 'min': 1.0, 'max': 3.0, 'n': 3}
     >>> measure(lambda: None, repeats=3, warmup=1)["n"]

@@ -19,10 +19,8 @@ What runs (threads in one process; the data plane is the embedded backend, or Tr
 The report: trained samples per second, per-step rank imbalance (most-loaded rank / mean) next to
 what NeMo-RL's default contiguous split would have given on the same samples, bytes outstanding and
 their peak (from :class:`kvplane.MetricsDataPlaneClient`), admissions and evictions. ``--plot
-FILE.png`` draws per-rank token load per step.
-
-The CLI reaches this module through the ``kvplane.commands`` entry point (kvplane never imports
-loaders).
+FILE.png`` draws per-rank token load per step. The options are
+:mod:`kvplane_tools.commands`' ``demo`` command's.
 """
 
 from __future__ import annotations
@@ -48,32 +46,14 @@ from kvplane import (
     shard_meta_for_dp,
 )
 from kvplane.replay import keys_of, select_groups, write_group
-from loaders.dataloader import StreamingDataLoader
-from loaders.dataset import StreamingDataset
+from loaders import StreamingDataLoader, StreamingDataset
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["run"]
 
 logger = logging.getLogger(__name__)
 
 _TASK = "train"
 _FIELDS = ["input_ids", "logprobs", "advantages", "admitted"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options."""
-    parser.add_argument("--config", help="data plane config (YAML); default: the embedded backend")
-    parser.add_argument("--steps", type=int, default=12, help="training steps (default 12)")
-    parser.add_argument("--dp-world", type=int, default=4, help="data-parallel ranks (default 4)")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per step, all ranks (default 64)")
-    parser.add_argument("--group-size", type=int, default=8, help="responses per prompt (default 8)")
-    parser.add_argument(
-        "--max-staleness", type=int, default=1, help="weight versions a group may lag (default 1)"
-    )
-    parser.add_argument("--stale-fraction", type=float, default=0.2, help="groups from a lagging actor (0.2)")
-    parser.add_argument("--work-us-per-token", type=float, default=2.0, help="simulated training cost (2 µs)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", metavar="FILE.png", help="draw per-rank token load per step")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""Raw TransferQueue on a live deployment: the baselines ``kvplane bench`` measures against.
+"""Raw TransferQueue on a live deployment: the baselines the benchmarks measure kvplane against.
 
-Only this package may import ``transfer_queue``, so the benchmarks' "raw TransferQueue" side lives
-here, issuing exactly the calls a user of TransferQueue's own API makes, on the deployment a
-:class:`~.client.TransferQueueDataPlaneClient` opened in this process:
+The tools' only module that imports ``transfer_queue``: it issues exactly the calls a user of
+TransferQueue's own API makes, on the deployment a kvplane
+:class:`~kvplane.adapters.transfer_queue.TransferQueueDataPlaneClient` opened in this process (read
+through that client's public, read-only properties):
 
 - :class:`RawKV`: the KV API (``kv_batch_put``, ``kv_batch_get``, ``kv_list``, ``kv_clear``) through
   TransferQueue's process-wide client;
@@ -15,13 +16,13 @@ outside what it measures: a deadline on each pass, and closing the client each o
 Examples:
     The baselines need a TransferQueue deployment opened in this process (``tests/e2e`` runs them):
 
-    >>> from kvplane.adapters.memory import MemoryDataPlaneClient
-    >>> from kvplane.adapters.transfer_queue.baseline import RawKV, RawStreamingLoader
-    >>> RawKV(MemoryDataPlaneClient())
+    >>> from kvplane import build_data_plane_client
+    >>> from kvplane_tools.bench.raw_tq import RawKV, RawStreamingLoader
+    >>> RawKV(build_data_plane_client(None))
     Traceback (most recent call last):
     ...
     kvplane.errors.DataPlaneBadRequest: the raw TransferQueue baseline needs a TransferQueue client, ...
-    >>> RawStreamingLoader(MemoryDataPlaneClient())
+    >>> RawStreamingLoader(build_data_plane_client(None))
     Traceback (most recent call last):
     ...
     kvplane.errors.DataPlaneBadRequest: TransferQueue's StreamingDataLoader baseline needs a TransferQueue ...
@@ -30,25 +31,23 @@ Examples:
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import ray
 import transfer_queue as tq
 from tensordict import TensorDict
-from transfer_queue import interface as tq_interface
 
-from kvplane.client import DataPlaneClient
-from kvplane.errors import DataPlaneBadRequest, DataPlaneError, DataPlaneReadError, DataPlaneUnavailable
-
-from .calls import run_bounded, translate
-from .client import TransferQueueDataPlaneClient
-from .deployment import CONTROLLER_NAME, NAMESPACE, _running_config
+from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, DataPlaneReadError, DataPlaneTimeout
+from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 
 __all__ = ["RawKV", "RawStreamingLoader", "StreamDelivery"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _transfer_queue_client(client: DataPlaneClient, baseline: str) -> TransferQueueDataPlaneClient:
@@ -56,6 +55,41 @@ def _transfer_queue_client(client: DataPlaneClient, baseline: str) -> TransferQu
     if not isinstance(client, TransferQueueDataPlaneClient):
         raise DataPlaneBadRequest(f"{baseline} needs a TransferQueue client, got a {type(client).__name__}")
     return client
+
+
+def _process_client() -> Any:
+    """TransferQueue's process-wide client (what ``tq.kv_*`` use), or ``None`` before ``tq.init``."""
+    try:
+        return tq.get_client()
+    except AssertionError:  # TransferQueue's way of saying "not initialised in this process"
+        return None
+
+
+def _bounded(what: str, fn: Callable[[], T], *, timeout_s: float) -> T:
+    """``fn()`` in a daemon thread; a :class:`~kvplane.DataPlaneTimeout` once ``timeout_s`` passes.
+
+    Examples:
+        >>> _bounded("a nap", lambda: time.sleep(5), timeout_s=0.05)
+        Traceback (most recent call last):
+        ...
+        kvplane.errors.DataPlaneTimeout: a nap did not finish within 0.05s
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"kvplane-tools: {what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise DataPlaneTimeout(f"{what} did not finish within {timeout_s:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class RawKV:
@@ -73,12 +107,12 @@ class RawKV:
 
     def __init__(self, client: DataPlaneClient) -> None:
         client = _transfer_queue_client(client, "the raw TransferQueue baseline")
-        if tq_interface._TQ_CLIENT is not client._deployment.client:
+        if _process_client() is not client.transfer_queue_client:
             raise DataPlaneBadRequest(
                 "TransferQueue's process-wide client is not the one this kvplane client uses; open the "
                 "kvplane client with bootstrap=True in this process to measure raw TransferQueue"
             )
-        self.storage_backend = client._deployment.storage_backend
+        self.storage_backend = client.storage_backend
 
     @staticmethod
     def put(
@@ -129,10 +163,11 @@ class RawStreamingLoader:
 
     Makes the calls a TransferQueue user makes (its tutorial 06): the deployment's config, which
     holds the controller's and the storage units' ZMQ addresses, is read from the controller actor
-    (``ray.get(controller.get_config.remote())``); each :meth:`deliver` builds a
-    ``transfer_queue.StreamingDataset`` in finite mode (``should_check_consumption_status=True``)
-    and iterates a ``transfer_queue.StreamingDataLoader(dataset, num_workers=0)`` to its end. The
-    dataset opens its own TransferQueue client on its first iteration, as it does for a user.
+    (``ray.get(controller.get_config.remote())``, by the kvplane client); each :meth:`deliver`
+    builds a ``transfer_queue.StreamingDataset`` in finite mode
+    (``should_check_consumption_status=True``) and iterates a
+    ``transfer_queue.StreamingDataLoader(dataset, num_workers=0)`` to its end. The dataset opens its
+    own TransferQueue client on its first iteration, as it does for a user.
 
     Sampler (decision): TransferQueue documents its dataset for ``RankAwareSampler`` in polling mode.
     kvplane's deployments run the controller in polling mode with TransferQueue's default
@@ -144,17 +179,17 @@ class RawStreamingLoader:
 
     Args:
         client: A kvplane TransferQueue client of this process (bootstrapping or attached).
-        timeout_s: The deadline for finding the controller and reading its config.
 
     Raises:
         DataPlaneBadRequest: ``client`` is not a TransferQueue client.
-        DataPlaneUnavailable: No controller runs, or it did not answer within ``timeout_s``.
+        DataPlaneUnavailable: No controller runs, or it did not answer within the client's
+            ``bootstrap_timeout_s``.
     """
 
-    def __init__(self, client: DataPlaneClient, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, client: DataPlaneClient) -> None:
         tq_client = _transfer_queue_client(client, "TransferQueue's StreamingDataLoader baseline")
-        self.storage_backend = tq_client._deployment.storage_backend
-        self.config = _controller_config(timeout_s)
+        self.storage_backend = tq_client.storage_backend
+        self.config = tq_client.transfer_queue_config()
         self.sampler = _sampler_name(self.config.controller.sampler)
 
     def deliver(
@@ -178,7 +213,7 @@ class RawStreamingLoader:
             DataPlaneTimeout: The pass did not end within ``timeout_s`` (the dataset's client is
                 closed so that its thread stops at its next request).
             DataPlaneBadRequest: TransferQueue refused an argument.
-            DataPlaneReadError: TransferQueue failed otherwise (``DataPlaneUnavailable``: it is gone).
+            DataPlaneReadError: TransferQueue failed otherwise.
         """
         what = f"TransferQueue's StreamingDataLoader over partition {partition_id!r} (task {task_name!r})"
         delivery = StreamDelivery()
@@ -203,29 +238,15 @@ class RawStreamingLoader:
                 dp_rank=dp_rank,
                 should_check_consumption_status=True,
             )
-            return run_bounded(what, iterate, timeout_s=timeout_s)
+            return _bounded(what, iterate, timeout_s=timeout_s)
         except DataPlaneError:
             raise
+        except (ValueError, TypeError) as exc:  # TransferQueue's "bad argument"
+            raise DataPlaneBadRequest(f"{what} refused: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
-            raise translate(what, exc, DataPlaneReadError) from exc
+            raise DataPlaneReadError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             _close_dataset_client(dataset)
-
-
-def _controller_config(timeout_s: float) -> Any:
-    """The running deployment's TransferQueue config, read from its controller actor."""
-    what = "finding TransferQueue's controller"
-    try:
-        controller = run_bounded(
-            what, lambda: ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), timeout_s=timeout_s
-        )
-    except ValueError as exc:  # Ray's answer for "no such actor"
-        raise DataPlaneUnavailable("no TransferQueue controller runs in this Ray cluster") from exc
-    except DataPlaneError:
-        raise
-    except Exception as exc:
-        raise translate(what, exc, DataPlaneUnavailable) from exc
-    return _running_config(controller, timeout_s)
 
 
 def _sampler_name(sampler: Any) -> str:

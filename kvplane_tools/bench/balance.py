@@ -19,7 +19,7 @@ micro-batches, padding 64) on one such batch. ``targets`` checks DESIGN.md's bal
 targets (worst trial counts).
 
 Examples:
-    >>> from kvplane.bench import balance
+    >>> from kvplane_tools.bench import balance
     >>> report = balance.run(quick=True)
     >>> sorted(report)
     ['cells', 'packing_4096_over_64', 'setup', 'shard_4096_over_64', 'targets']
@@ -35,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from kvplane.balancing import shard_meta_for_dp
+from kvplane import KVBatchMeta, shard_meta_for_dp
 from kvplane.balancing.packers import PACKING_ALGORITHMS
 from kvplane.balancing.partition import contiguous, karmarkar_karp, lpt, rank_loads, sort_and_stride
-from kvplane.bench.stats import measure
-from kvplane.meta import KVBatchMeta
+from kvplane_tools.bench.stats import measure
 
 __all__ = ["bimodal_lengths", "lognormal_lengths", "run"]
 

@@ -28,7 +28,7 @@ A ratio is kvplane's throughput over the baseline's (> 1: kvplane is faster). Ev
 checked for exact equality once, outside the timings (``exact``).
 
 Examples:
-    >>> from kvplane.bench.tq import interleave, paired_ratio
+    >>> from kvplane_tools.bench.tq import interleave, paired_ratio
     >>> times = interleave({"a": lambda: {"op": 2.0}, "b": lambda: {"op": 1.0}}, repeats=3)
     >>> times["a"]["op"], paired_ratio(times["a"]["op"], times["b"]["op"])["median"]
     ([2.0, 2.0, 2.0], 2.0)
@@ -45,14 +45,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import psutil
 import torch
 from tensordict import TensorDict
 
-from kvplane.bench.kv import grpo_batch, tiny_batch
-from kvplane.bench.stats import summarize
+from kvplane import DataPlaneUnavailable
 from kvplane.codec import densify, td_nbytes
-from kvplane.errors import DataPlaneUnavailable
+from kvplane.testing import transfer_queue_config
+from kvplane_tools.batches import grpo_batch, tiny_batch
+from kvplane_tools.bench.stats import summarize
 
 __all__ = ["bench_config", "bench_deployment", "comparison", "interleave", "paired_ratio", "run_backend"]
 
@@ -63,19 +63,10 @@ Times = dict[str, dict[str, list[float]]]
 
 
 def bench_config(backend: str) -> dict[str, Any]:
-    """The deployment the bench starts: one storage unit, generous deadlines (1 GiB and 100k-key calls)."""
-    cfg: dict[str, Any] = {
-        "impl": "transfer_queue",
-        "backend": backend,
-        "storage_capacity": None,
-        "num_storage_units": 1,
-        "claim_meta_poll_interval_s": 0.01,
-        "request_timeout_s": 600.0,
-        "bootstrap_timeout_s": 180.0,
-    }
-    if backend == "mooncake_cpu":
-        cfg.update(global_segment_size=3 << 30, local_buffer_size=1 << 30)
-    return cfg
+    """The deployment the bench starts: the test deployment (:func:`kvplane.testing.transfer_queue_config`,
+    one storage unit) with generous deadlines (1 GiB and 100k-key calls) and MooncakeStore segments."""
+    big = {"global_segment_size": 3 << 30, "local_buffer_size": 1 << 30} if backend == "mooncake_cpu" else {}
+    return transfer_queue_config(backend, request_timeout_s=600.0, bootstrap_timeout_s=180.0, **big)
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -404,6 +395,8 @@ def bench_small_ops(client: Any, raw: Any, n: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- entry
 def _foreign_mooncake_masters() -> list[int]:
     """PIDs of running ``mooncake_master`` processes (TransferQueue's bootstrap would kill them)."""
+    import psutil  # comes with the transferqueue extra, like everything this check guards
+
     pids = []
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
         try:
@@ -464,7 +457,7 @@ def run_backend(backend: str, *, quick: bool = False, client: Any = None) -> dic
     Raises:
         DataPlaneUnavailable: The deployment cannot start (or a foreign ``mooncake_master`` runs).
     """
-    from kvplane.adapters.transfer_queue.baseline import RawKV
+    from kvplane_tools.bench.raw_tq import RawKV
 
     with bench_deployment(backend, client) as (client, bootstrap_s):
         raw = RawKV(client)

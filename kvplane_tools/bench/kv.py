@@ -1,7 +1,7 @@
 """KV suite: put/get throughput, sweeps, small-op latency and metadata scale, as ratios.
 
 Measured side by side in one run, on the embedded backend (and on TransferQueue, when a deployment
-is requested with ``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu``: see :mod:`kvplane.bench.tq`):
+is requested with ``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu``: see :mod:`kvplane_tools.bench.tq`):
 
 - ``grpo``: the GRPO batch of ``perf_baselines.md`` (512 samples: int64 [512, 4096], f32 [512, 4096],
   f32 [512], tags) put and get through the client.
@@ -11,13 +11,13 @@ is requested with ``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu``: see :mod:`kvp
   ``kv_list``/``list_metadata`` and ``kv_clear`` times.
 - ``small_ops``: p50/p99 latency of single-key ``kv_put`` and ``kv_batch_get``.
 - ``comparison`` (with TransferQueue): every implementation's GRPO put/get side by side, as ratios
-  against raw TransferQueue, Ray and a clone (:func:`kvplane.bench.tq.comparison`); a TransferQueue
+  against raw TransferQueue, Ray and a clone (:func:`kvplane_tools.bench.tq.comparison`); a TransferQueue
   backend that cannot run reports its error in place of its results.
 
 Every figure is a median over repeats with its min and max.
 
 Examples:
-    >>> from kvplane.bench import kv
+    >>> from kvplane_tools.bench import kv
     >>> report = kv.run(quick=True)
     >>> sorted(report["memory"])
     ['byte_sweep', 'grpo', 'key_sweep', 'roundtrip_vs_clone', 'small_ops']
@@ -32,39 +32,15 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from kvplane.bench.backends import per_backend, requested_backends
-from kvplane.bench.stats import measure, ratio, summarize
-from kvplane.client import DataPlaneClient
+from kvplane import DataPlaneClient, build_data_plane_client
 from kvplane.codec import td_nbytes
-from kvplane.factory import build_data_plane_client
+from kvplane_tools.batches import grpo_batch, tiny_batch
+from kvplane_tools.bench.backends import per_backend, requested_backends
+from kvplane_tools.bench.stats import measure, ratio, summarize
 
-__all__ = ["grpo_batch", "run", "tiny_batch"]
+__all__ = ["bench_client", "run"]
 
 MiB = 2**20
-
-
-def grpo_batch(n: int = 512, seq: int = 4096) -> tuple[list[str], TensorDict, list[dict[str, Any]]]:
-    """The GRPO batch: ``input_ids`` int64 [n, seq], ``logprobs`` f32 [n, seq], ``advantages`` f32 [n]."""
-    keys = [f"s{i:06d}" for i in range(n)]
-    td = TensorDict(
-        input_ids=torch.randint(0, 32000, (n, seq), dtype=torch.int64),
-        logprobs=torch.randn(n, seq),
-        advantages=torch.randn(n),
-        batch_size=[n],
-    )
-    tags = [{"group_id": f"g{i // 8}", "weight_version": 0, "seq_len": seq} for i in range(n)]
-    return keys, td, tags
-
-
-def tiny_batch(n: int) -> tuple[list[str], TensorDict, list[dict[str, Any]]]:
-    """``n`` tiny tagged samples (``input_ids`` int64 [8] + f32 ``advantages``, 8 to a group)."""
-    keys = [f"t{i:07d}" for i in range(n)]
-    td = TensorDict(input_ids=torch.zeros(n, 8, dtype=torch.int64), advantages=torch.zeros(n), batch_size=[n])
-    tags = [
-        {"group_id": f"g{i // 8}", "weight_version": 1, "committed": True, "expected_num_keys": 8}
-        for i in range(n)
-    ]
-    return keys, td, tags
 
 
 def _gbps(nbytes: int, summary: dict[str, Any]) -> float:
@@ -222,7 +198,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         client.close()
     tq_backends = requested_backends()
     if tq_backends:
-        from kvplane.bench import tq
+        from kvplane_tools.bench import tq
 
         report["transfer_queue"] = per_backend(tq_backends, lambda b: tq.run_backend(b, quick=quick))
         report["comparison"] = tq.comparison(report)
