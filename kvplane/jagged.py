@@ -38,6 +38,7 @@ Examples:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -308,7 +309,11 @@ def materialize(
     """
     if layout not in ("padded", "jagged"):
         raise DataPlaneBadRequest(f"materialize: layout must be 'padded' or 'jagged', got {layout!r}")
-    if isinstance(pad_to_seqlen, bool) or not isinstance(pad_to_seqlen, int) or pad_to_seqlen < 0:
+    try:
+        target = operator.index(pad_to_seqlen)  # int, numpy or 0-d torch integers
+    except TypeError:
+        target = -1
+    if isinstance(pad_to_seqlen, bool) or target < 0:
         raise DataPlaneBadRequest(f"materialize: pad_to_seqlen must be an integer >= 0, got {pad_to_seqlen!r}")
     if isinstance(td, TensorDictBase):
         items = [(key, td.get(key)) for key in td.keys(include_nested=False)]
@@ -328,9 +333,9 @@ def materialize(
                 out[key] = value
                 continue
             value = torch.nested.to_padded_tensor(value, padding=pad)
-        if 0 < pad_to_seqlen and value.dim() >= 2 and value.shape[1] < pad_to_seqlen:
+        if 0 < target and value.dim() >= 2 and value.shape[1] < target:
             if key not in SEQLEN_PAD_EXEMPT_FIELDS:
-                spec = [0, 0] * (value.dim() - 2) + [0, pad_to_seqlen - value.shape[1]]
+                spec = [0, 0] * (value.dim() - 2) + [0, target - value.shape[1]]
                 value = torch.nn.functional.pad(value, spec, value=pad)
         out[key] = value
     return out

@@ -288,6 +288,11 @@ def test_pad_to_seqlen_gives_every_dp_rank_one_shared_length():
     assert shapes == [(target, target)] * 3
 
 
+def test_pad_to_seqlen_accepts_numpy_and_torch_integers():
+    for target in (np.int64(4), torch.tensor(4)):
+        assert materialize({"r": torch.ones(1, 2)}, pad_to_seqlen=target)["r"].shape == (1, 4)
+
+
 def test_pad_to_seqlen_pads_rectangular_fields_and_never_truncates():
     rect = torch.ones(2, 3, dtype=torch.int32)
     wide = torch.ones(2, 9)
@@ -328,6 +333,7 @@ def test_materialize_turns_non_tensor_columns_into_object_arrays():
         ({"layout": "ragged"}, r"layout must be 'padded' or 'jagged'"),
         ({"pad_to_seqlen": -1}, r"pad_to_seqlen must be an integer >= 0"),
         ({"pad_to_seqlen": 2.5}, r"pad_to_seqlen"),
+        ({"pad_to_seqlen": True}, r"pad_to_seqlen"),
     ],
 )
 def test_materialize_rejects_bad_arguments(kwargs, match):
