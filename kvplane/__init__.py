@@ -50,6 +50,12 @@ _HOMES: dict[str, str] = {
     "DataPlaneCapabilities": "kvplane.meta",
     "DataPlaneConfig": "kvplane.config",
     "build_data_plane_client": "kvplane.factory",
+    # jagged codec helpers (NeMo-RL's names)
+    "materialize": "kvplane.jagged",
+    "to_nested_by_length": "kvplane.jagged",
+    "pack_jagged_fields": "kvplane.jagged",
+    "pack_per_token_field": "kvplane.jagged",
+    "response_from_nested": "kvplane.jagged",
     # errors
     "DataPlaneError": "kvplane.errors",
     "DataPlaneUnavailable": "kvplane.errors",

@@ -10,6 +10,17 @@ unit, at least 4); ``request_timeout_s`` is the deadline of every backend call t
 of its own; ``bootstrap_timeout_s`` bounds a TransferQueue bootstrap; ``seq_len_tag`` names the tag
 that fills ``KVBatchMeta.sequence_lengths`` on claimed metas.
 
+NeMo-RL's keys are read as kvplane's (a key given both ways must agree): ``controller_address`` is
+the address of the Ray cluster whose TransferQueue controller to use (kvplane finds the controller
+as a named Ray actor there), i.e. ``ray_address``; ``ack_timeout_ms`` is the deadline of a backend
+call in milliseconds, i.e. ``request_timeout_s * 1000``; the per-backend blocks ``simple:``
+(``storage_capacity``, ``num_storage_units``) and ``mooncake_cpu:`` (``global_segment_size``,
+``local_buffer_size``) fill the flat keys, sizes a block omits take NeMo-RL's defaults (1 000 000
+samples; 64 GiB segment, 4 GiB buffer), only the selected backend's block is read, and
+``mooncake_cpu``'s RDMA pool knobs (``reuse_registered_buffers``, ``staging_buffer_size``) are
+validated but have no effect (kvplane uses TransferQueue's own Mooncake client);
+``observability.verify_tensor_hash`` may only be false (kvplane does not fingerprint tensors).
+
 Examples:
     >>> from kvplane import DataPlaneConfig
     >>> DataPlaneConfig.load(None).impl
@@ -18,6 +29,11 @@ Examples:
     ...                             "num_storage_units": 1, "claim_meta_poll_interval_s": 0.01})
     >>> cfg.backend, cfg.num_storage_units
     ('simple', 1)
+    >>> nemo_rl = {"enabled": True, "impl": "transfer_queue", "backend": "simple", "claim_meta_poll_interval_s": 0.05,
+    ...            "simple": {"num_storage_units": 2}, "controller_address": "auto", "ack_timeout_ms": 30000}
+    >>> cfg = DataPlaneConfig.load(nemo_rl)
+    >>> cfg.storage_capacity, cfg.num_storage_units, cfg.ray_address, cfg.request_timeout_s
+    (1000000, 2, 'auto', 30.0)
     >>> DataPlaneConfig.load({"impl": "memory", "storage_capacty": 3})
     Traceback (most recent call last):
     ...
@@ -36,7 +52,7 @@ import yaml
 
 from kvplane.errors import DataPlaneBadRequest
 
-__all__ = ["DataPlaneConfig", "ObservabilityConfig"]
+__all__ = ["DataPlaneConfig", "ObservabilityConfig", "check_buildable"]
 
 _IMPLS = ("memory", "transfer_queue")
 _BACKENDS = ("simple", "mooncake_cpu")
@@ -73,10 +89,16 @@ class ObservabilityConfig:
             return raw
         if not isinstance(raw, Mapping):
             raise _bad("observability", f"must be a mapping, got {type(raw).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"verify_tensor_hash"}
         for key in raw:
             if key not in known:
                 raise _bad(f"observability.{key}", f"is not a known key (known keys: {sorted(known)})")
+        verify = raw.get("verify_tensor_hash", False)
+        if verify is not False:
+            raise _bad(
+                "observability.verify_tensor_hash",
+                f"must be false: kvplane does not fingerprint tensors between put and get, got {verify!r}",
+            )
         enabled = raw.get("enabled", False)
         if not isinstance(enabled, bool):
             raise _bad("observability.enabled", "must be true or false")
@@ -124,28 +146,10 @@ class DataPlaneConfig:
         Raises:
             DataPlaneBadRequest: A key is unknown, missing, or has a bad value (the message names it).
         """
-        if source is None:
-            return cls()
-        if isinstance(source, cls):
-            return source
-        if isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            if not path.is_file():
-                raise DataPlaneBadRequest(f"data plane config: no such file {str(path)!r}")
-            try:
-                raw = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                raise DataPlaneBadRequest(
-                    f"data plane config: {str(path)!r} is not valid YAML: {exc}"
-                ) from exc
-            if isinstance(raw, Mapping) and set(raw) == {"data_plane"}:
-                raw = raw["data_plane"]
-            return cls._from_mapping(raw if raw is not None else {})
-        if isinstance(source, Mapping):
-            return cls._from_mapping(source)
-        raise DataPlaneBadRequest(
-            f"data plane config must be None, a mapping or a YAML path, got {type(source).__name__}"
-        )
+        raw = _read(source)
+        if isinstance(raw, cls):
+            return raw
+        return cls() if raw is None else cls._from_mapping(raw)
 
     @classmethod
     def _from_mapping(cls, raw: Any) -> DataPlaneConfig:
@@ -153,8 +157,9 @@ class DataPlaneConfig:
             raise DataPlaneBadRequest(f"data plane config must be a mapping, got {type(raw).__name__}")
         known = [f.name for f in fields(cls)]
         for key in raw:
-            if key not in known:
-                raise _bad(str(key), f"is an unknown key (known keys: {', '.join(known)})")
+            if key not in known and key not in _NEMO_RL_KEYS:
+                raise _bad(str(key), f"is an unknown key (known keys: {', '.join([*known, *_NEMO_RL_KEYS])})")
+        raw = _from_nemo_rl_spelling(raw)
         impl = raw.get("impl", "memory")
         if impl not in _IMPLS:
             raise _bad("impl", f"must be one of {list(_IMPLS)}, got {impl!r}")
@@ -192,6 +197,112 @@ class DataPlaneConfig:
         values["seq_len_tag"] = _check_str(raw, "seq_len_tag", nullable=False, default="seq_len")
         values["observability"] = ObservabilityConfig.load(raw.get("observability"))
         return cls(**values)
+
+
+#: NeMo-RL's keys that kvplane reads as its own (see the module docstring).
+_NEMO_RL_KEYS = ("controller_address", "ack_timeout_ms", "simple", "mooncake_cpu")
+#: NeMo-RL's per-backend blocks: sub-keys, and NeMo-RL's defaults for the sizes a block omits.
+_BLOCKS: dict[str, tuple[tuple[str, ...], dict[str, int]]] = {
+    "simple": (("storage_capacity", "num_storage_units"), {"storage_capacity": 1_000_000}),
+    "mooncake_cpu": (
+        ("global_segment_size", "local_buffer_size", "reuse_registered_buffers", "staging_buffer_size"),
+        {"global_segment_size": 64 << 30, "local_buffer_size": 4 << 30},
+    ),
+}
+#: Sub-keys of ``mooncake_cpu:`` for NeMo-RL's RDMA buffer pool: validated, no effect in kvplane.
+_RDMA_POOL_KEYS = {"reuse_registered_buffers": bool, "staging_buffer_size": int}
+
+
+def _from_nemo_rl_spelling(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Rewrite NeMo-RL's keys into kvplane's; a key given both ways must agree."""
+    out = dict(raw)
+
+    def put(key: str, value: Any, source: str) -> None:
+        if key in out and out[key] != value:
+            raise _bad(source, f"conflicts with {key!r} ({value!r} != {out[key]!r})")
+        out[key] = value
+
+    address = out.pop("controller_address", None)
+    if address is not None:
+        if not isinstance(address, str) or not address:
+            raise _bad("controller_address", f"must be a non-empty string or null, got {address!r}")
+        if out.get("impl", "memory") != "transfer_queue":
+            raise _bad("controller_address", "applies only to impl: transfer_queue")
+        put("ray_address", address, "controller_address")
+    if "ack_timeout_ms" in out:
+        ms = out.pop("ack_timeout_ms")
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms > 0:
+            raise _bad("ack_timeout_ms", f"must be a positive number of milliseconds, got {ms!r}")
+        put("request_timeout_s", ms / 1000, "ack_timeout_ms")
+    for block, (sub_keys, defaults) in _BLOCKS.items():
+        if block not in out:
+            continue
+        values = out.pop(block)
+        values = {} if values is None else values
+        if not isinstance(values, Mapping):
+            raise _bad(block, f"must be a mapping, got {type(values).__name__}")
+        for key in values:
+            if key not in sub_keys:
+                raise _bad(f"{block}.{key}", f"is not a known key (known keys: {list(sub_keys)})")
+        for key, kind in _RDMA_POOL_KEYS.items():
+            if key in values and (not isinstance(values[key], kind) or kind is int and
+                                  (isinstance(values[key], bool) or values[key] < 1)):
+                raise _bad(f"{block}.{key}", f"must be {'true or false' if kind is bool else 'an integer >= 1'}")
+        if out.get("backend") != block:
+            continue  # as in NeMo-RL, only the selected backend's block is read
+        for key in sub_keys:
+            if key in _RDMA_POOL_KEYS:
+                continue
+            if key in values:
+                put(key, values[key], f"{block}.{key}")
+            elif key not in out and key in defaults:
+                out[key] = defaults[key]
+    return out
+
+
+def _read(source: Any) -> Any:
+    """The raw mapping a config source holds (a config or ``None`` pass through)."""
+    if source is None or isinstance(source, DataPlaneConfig):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise DataPlaneBadRequest(f"data plane config: no such file {str(path)!r}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise DataPlaneBadRequest(f"data plane config: {str(path)!r} is not valid YAML: {exc}") from exc
+        if isinstance(raw, Mapping) and set(raw) == {"data_plane"}:
+            raw = raw["data_plane"]
+        return raw if raw is not None else {}
+    if isinstance(source, Mapping):
+        return source
+    raise DataPlaneBadRequest(
+        f"data plane config must be None, a mapping or a YAML path, got {type(source).__name__}"
+    )
+
+
+def check_buildable(source: DataPlaneConfig | Mapping[str, Any] | str | os.PathLike[str] | None) -> None:
+    """What ``build_data_plane_client`` checks before anything else, worded as NeMo-RL's factory.
+
+    ``enabled`` first (a disabled config builds nothing, whatever else it holds), then ``impl``.
+
+    Raises:
+        DataPlaneBadRequest: The config is disabled ("disabled" in the message) or names an
+            unknown impl ("unknown data_plane impl: ...").
+    """
+    raw = _read(source)
+    if not isinstance(raw, (Mapping, DataPlaneConfig)):
+        return  # None builds the memory backend; anything else is load()'s to report
+    enabled = raw.enabled if isinstance(raw, DataPlaneConfig) else raw.get("enabled", True)
+    if enabled is False:
+        raise DataPlaneBadRequest(
+            "build_data_plane_client called with data_plane disabled ('enabled': false); "
+            "keep the legacy path that never engages the data plane, or set enabled: true"
+        )
+    impl = raw.impl if isinstance(raw, DataPlaneConfig) else raw.get("impl", "memory")
+    if impl not in _IMPLS:
+        raise DataPlaneBadRequest(f"unknown data_plane impl: {impl!r} (known: {', '.join(_IMPLS)})")
 
 
 def _check_bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:

@@ -19,8 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from kvplane.client import DataPlaneClient
-from kvplane.config import DataPlaneConfig, ObservabilityConfig
-from kvplane.errors import DataPlaneBadRequest
+from kvplane.config import DataPlaneConfig, ObservabilityConfig, check_buildable
 
 if TYPE_CHECKING:
     from kvplane.observability import MetricsDataPlaneClient
@@ -41,11 +40,12 @@ def build_data_plane_client(
             one (worker) when False. Only the bootstrapping process tears it down on ``close()``.
 
     Raises:
-        DataPlaneBadRequest: The config is invalid or disabled (the message names the key).
+        DataPlaneBadRequest: The config is disabled ("disabled" in the message; checked before
+            anything else), names an unknown impl ("unknown data_plane impl: ..."), or is invalid
+            (the message names the key).
     """
+    check_buildable(cfg)  # 'enabled' first, then 'impl', worded as NeMo-RL's factory
     config = DataPlaneConfig.load(cfg)
-    if not config.enabled:
-        raise DataPlaneBadRequest("data plane config: 'enabled' is false; enable it to build a client")
     client: DataPlaneClient
     if config.impl == "memory":
         from kvplane.adapters.memory import MemoryDataPlaneClient

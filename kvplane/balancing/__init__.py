@@ -33,8 +33,8 @@ number of micro-batches per global batch:
 - with packing: balanced rows packed per rank and bins split until all ranks have as many, or
   NeMo-RL's bins dealt to ranks by balanced equal-count partitioning, whichever is lighter.
 
-The second return value is the forward permutation (rank-order concatenation → original index),
-always a list. Tags travel with their rows. Bad arguments raise
+The second return value is the forward permutation (rank-order concatenation → original index), or
+``None`` when no row moved (NeMo-RL's convention: its contiguous mode always gives ``None``). Tags travel with their rows. Bad arguments raise
 :class:`~kvplane.errors.DataPlaneBadRequest`.
 
 Examples:
@@ -43,7 +43,7 @@ Examples:
     >>> meta = KVBatchMeta("train", "actor", [f"k{i}" for i in range(8)], sequence_lengths=lengths)
     >>> metas, perm = shard_meta_for_dp(meta, dp_world=2)                 # NeMo-RL contiguous
     >>> [m.sample_ids for m in metas], perm
-    ([['k0', 'k1', 'k2', 'k3'], ['k4', 'k5', 'k6', 'k7']], [0, 1, 2, 3, 4, 5, 6, 7])
+    ([['k0', 'k1', 'k2', 'k3'], ['k4', 'k5', 'k6', 'k7']], None)
     >>> [sum(m.sequence_lengths) for m in metas]                         # unbalanced
     [4024, 2453]
     >>> metas, perm = shard_meta_for_dp(meta, dp_world=2, balance="tokens")

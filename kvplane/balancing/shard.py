@@ -26,7 +26,7 @@ def shard_meta_for_dp(
     equal_count: bool = False,
     group_tag: str | None = None,
     flops_coeff: float | None = None,
-) -> tuple[list[KVBatchMeta], list[int]]:
+) -> tuple[list[KVBatchMeta], list[int] | None]:
     """Split ``meta`` into one :class:`KVBatchMeta` per DP rank; pure metadata, deterministic.
 
     The batch is cut into global batches (chunks) of ``batch_size`` rows (``None`` = all rows), and
@@ -53,10 +53,10 @@ def shard_meta_for_dp(
 
     Returns:
         ``(metas, permutation)``: ``dp_world`` metas, and the forward permutation ``flat`` with
-        ``flat[j]`` the original index of row ``j`` of the rank-order concatenation, always a list
-        (``list(range(n))`` when nothing moved; NeMo-RL returns ``None`` there). Rank-ordered
-        results ``A`` go back to input order with ``A[argsort(flat)]``, or by scattering
-        ``out[flat] = A``.
+        ``flat[j]`` the original index of row ``j`` of the rank-order concatenation, or ``None``
+        when that is the identity (no row moved, as in NeMo-RL's contiguous mode; NeMo-RL's
+        convention). Rank-ordered results ``A`` go back to input order with ``A[argsort(flat)]``,
+        by scattering ``out[flat] = A``, or with NeMo-RL's ``BatchedDataDict.reorder_data(flat)``.
 
     Raises:
         DataPlaneBadRequest: Any bad argument or impossible combination (see the package docs).
@@ -107,4 +107,5 @@ def shard_meta_for_dp(
         if counted:
             shard.extra_info["elem_counts_per_gb"] = counts[r]
         metas.append(shard)
-    return metas, [i for rank_rows in rows for i in rank_rows]
+    flat = [i for rank_rows in rows for i in rank_rows]
+    return metas, None if flat == list(range(len(flat))) else flat

@@ -105,7 +105,8 @@ VECTORS = [
 def test_nemo_rl_worked_vectors(kwargs, expected_rows, expected_extra):
     metas, perm = shard_meta_for_dp(make_meta(extra_info={"pad_to_multiple": 8}), **kwargs)
     assert rank_rows(metas) == expected_rows
-    assert perm == [i for rows in expected_rows for i in rows]
+    flat = [i for rows in expected_rows for i in rows]
+    assert perm == (None if flat == list(range(len(flat))) else flat)
     for meta, extra in zip(metas, expected_extra, strict=True):
         assert meta.extra_info == {"pad_to_multiple": 8, **extra}
         # Byte-compatible: plain lists of plain ints, identical once serialised.
@@ -121,9 +122,15 @@ def test_bin_count_adjustment_splits_the_big_bin():
     assert perm == [0, 7, 6, 5, 4, 3, 1, 2]
 
 
-def test_identity_permutation_is_a_list_not_none():
+def test_identity_permutation_is_none_as_in_nemo_rl():
+    # NeMo-RL's contiguous mode never moves a row, and NeMo-RL reports that as None.
     _, perm = shard_meta_for_dp(make_meta(), dp_world=4)
-    assert perm == list(range(8))
+    assert perm is None
+    # Any mode that leaves rows in place says so the same way; one that moves them returns a list.
+    _, kept = shard_meta_for_dp(make_meta(), dp_world=1, balance="tokens")
+    assert kept is None
+    _, moved = shard_meta_for_dp(make_meta(), dp_world=2, balance="tokens")
+    assert isinstance(moved, list) and moved != list(range(8))
 
 
 def test_forward_permutation_restores_input_order_by_scatter():

@@ -99,6 +99,8 @@ def test_every_mode_is_an_exact_order_restoring_split(case):
     batch = kwargs.get("batch_size", n)
     n_chunks = n // batch
     metas, perm = shard_feasible(meta, kwargs)
+    assert perm != list(range(n)), "an identity permutation is reported as None"
+    perm = list(range(n)) if perm is None else perm
 
     assert len(metas) == kwargs["dp_world"]
     ids = [sid for m in metas for sid in m.sample_ids]
