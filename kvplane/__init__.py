@@ -43,6 +43,7 @@ _HOMES: dict[str, str] = {
     "async_kv_batch_get_by_meta": "kvplane.facade",
     "async_kv_list": "kvplane.facade",
     "async_kv_clear": "kvplane.facade",
+    "get_metrics_endpoint": "kvplane.facade",
     # contract
     "DataPlaneClient": "kvplane.client",
     "KVBatchMeta": "kvplane.meta",
@@ -66,6 +67,7 @@ _HOMES: dict[str, str] = {
     "DataPlaneNotReady": "kvplane.errors",
     "DataPlaneBadRequest": "kvplane.errors",
     "DataPlaneKeyError": "kvplane.errors",
+    "StorageKeyNotFoundError": "kvplane.errors",
     # middleware
     "MetricsDataPlaneClient": "kvplane.observability",
     # balancing

@@ -15,6 +15,7 @@ Ray, ZMQ) are translated at the adapter boundary and chained as ``__cause__``.
         ├── DataPlaneNotReady           data is not (yet) produced where the call needs it
         └── DataPlaneBadRequest         bad input (also a ValueError)
             └── DataPlaneKeyError       missing partition, key or field (also a KeyError)
+                └── StorageKeyNotFoundError   a read raced a clear of its keys (TransferQueue's name)
 
 Examples:
     >>> from kvplane import DataPlaneKeyError, DataPlaneBadRequest
@@ -37,6 +38,7 @@ __all__ = [
     "DataPlaneTimeout",
     "DataPlaneUnavailable",
     "DataPlaneWriteError",
+    "StorageKeyNotFoundError",
 ]
 
 
@@ -78,3 +80,21 @@ class DataPlaneKeyError(DataPlaneBadRequest, KeyError):
     def __str__(self) -> str:
         # KeyError quotes its argument (repr); a message reads better plain.
         return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class StorageKeyNotFoundError(DataPlaneKeyError):
+    """A read found its keys listed, then gone: a clear (or a rewrite) raced it.
+
+    TransferQueue 0.1.11 exports an error of this name for the same race; code that tolerates the
+    race catches it by name, and ``except DataPlaneKeyError`` / ``except KeyError`` catch it too. A
+    key that was never there (or was cleared before the read began) is a plain
+    :class:`DataPlaneKeyError`.
+
+    Examples:
+        >>> from kvplane import StorageKeyNotFoundError
+        >>> try:
+        ...     raise StorageKeyNotFoundError("key(s) ['k0'] of partition 'p' were cleared while being read")
+        ... except KeyError as err:
+        ...     print(err)
+        key(s) ['k0'] of partition 'p' were cleared while being read
+    """

@@ -9,6 +9,10 @@ instead of returning fewer rows, and a bad write is rejected whole instead of le
 Every ``async_kv_*`` twin is derived from its sync function (run in a worker thread), so the two
 can never drift apart.
 
+TransferQueue's ``data_parser=`` on the puts runs in the calling process, over the whole batch, before
+anything is stored (see :mod:`kvplane._data_parser`); :func:`get_metrics_endpoint` names the default
+client's Prometheus endpoint.
+
 Examples:
     >>> import torch, kvplane
     >>> from tensordict import TensorDict
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, ParamSpec, TypeVar
@@ -39,10 +44,11 @@ from typing import Any, ParamSpec, TypeVar
 import torch
 from tensordict import TensorDict, TensorDictBase, is_non_tensor
 
+from kvplane._data_parser import parse_batch
 from kvplane.client import DataPlaneClient
-from kvplane.codec import make_object_column
+from kvplane.codec import check_write, make_object_column
 from kvplane.config import DataPlaneConfig
-from kvplane.errors import DataPlaneBadRequest
+from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError
 from kvplane.factory import build_data_plane_client
 from kvplane.meta import KVBatchMeta
 
@@ -55,6 +61,7 @@ __all__ = [
     "async_kv_put",
     "close",
     "get_client",
+    "get_metrics_endpoint",
     "init",
     "kv_batch_get",
     "kv_batch_get_by_meta",
@@ -139,27 +146,65 @@ def _require_payload(fields: Any, tags: Any) -> None:
         raise DataPlaneBadRequest("provide fields, tags, or both")
 
 
-def kv_put(key: str, partition_id: str, fields: Any = None, tag: dict[str, Any] | None = None) -> KVBatchMeta:
+def _put(
+    keys: Any, partition_id: str, fields: Any, tags: Any, data_parser: Callable[[dict[str, Any]], Any] | None
+) -> KVBatchMeta:
+    """Store one put, first running ``data_parser`` over its fields when one is given."""
+    client = get_client()
+    if data_parser is not None and fields is not None:
+        keys, batch, tags = check_write(keys, partition_id, fields, tags)
+        if batch is not None:
+            fields = parse_batch(data_parser, batch)
+    return client.put_samples(keys, partition_id, fields=fields, tags=tags)
+
+
+def kv_put(
+    key: str,
+    partition_id: str,
+    fields: Any = None,
+    tag: dict[str, Any] | None = None,
+    data_parser: Callable[[dict[str, Any]], Any] | None = None,
+) -> KVBatchMeta:
     """Upsert one key: its fields (a dict of per-key values, or a TensorDict) and/or its tag dict.
 
     A tensor value is the key's row (``torch.tensor([1, 2])`` is stored as one row of length 2); any
-    other value is stored as a Python object. Returns the key's meta.
+    other value is stored as a Python object. ``data_parser`` (TransferQueue's) maps the one-row batch
+    to what is stored: see :func:`kv_batch_put`. Returns the key's meta.
     """
     _require_payload(fields, tag)
     if not isinstance(key, str):
         raise DataPlaneBadRequest(f"key must be a string, got {type(key).__name__}")
-    return get_client().put_samples(
-        [key], partition_id, fields=_single_row(fields), tags=None if tag is None else [tag]
-    )
+    return _put([key], partition_id, _single_row(fields), None if tag is None else [tag], data_parser)
 
 
 def kv_batch_put(
-    keys: list[str], partition_id: str, fields: Any = None, tags: list[dict[str, Any]] | None = None
+    keys: list[str],
+    partition_id: str,
+    fields: Any = None,
+    tags: list[dict[str, Any]] | None = None,
+    data_parser: Callable[[dict[str, Any]], Any] | None = None,
 ) -> KVBatchMeta:
     """Upsert many keys: ``fields`` has one row per key (TensorDict or dict of columns), ``tags`` one dict
-    per key."""
+    per key.
+
+    ``data_parser`` (TransferQueue's) is called once with the batch as a plain dict of field name →
+    batched values (a dense tensor column whole, a jagged or Python-object column as a list of rows)
+    and returns a dict with the same names and row counts, which is stored instead. It runs in this
+    process, after the put is validated and before anything is stored: a parser that raises or
+    breaks those rules stores nothing (``DataPlaneBadRequest``, the parser's exception chained).
+
+    Examples:
+        >>> import kvplane
+        >>> def load(batch):
+        ...     batch["text"] = [t.upper() for t in batch["text"]]
+        ...     return batch
+        >>> _ = kvplane.kv_batch_put(["a", "b"], "docs", {"text": ["x", "y"]}, data_parser=load)
+        >>> kvplane.kv_batch_get(["a", "b"], "docs").get("text").tolist()
+        ['X', 'Y']
+        >>> kvplane.close()
+    """
     _require_payload(fields, tags)
-    return get_client().put_samples(keys, partition_id, fields=fields, tags=tags)
+    return _put(keys, partition_id, fields, tags, data_parser)
 
 
 def kv_batch_get(
@@ -170,10 +215,29 @@ def kv_batch_get(
 
 
 def kv_batch_get_by_meta(meta: KVBatchMeta, select_fields: list[str] | str | None = None) -> TensorDict:
-    """Rows for ``meta.sample_ids``: ``select_fields``, else ``meta.fields``, else every stored field."""
+    """Rows for ``meta.keys``: ``select_fields``, else ``meta.fields``, else every stored field.
+
+    As in TransferQueue, ``select_fields`` must be among ``meta.fields`` when the meta lists fields.
+
+    Raises:
+        DataPlaneBadRequest: ``meta`` is not a ``KVBatchMeta`` or has no ``partition_id``.
+        DataPlaneKeyError: A selected field is not in ``meta.fields``, or a key or field is not stored.
+    """
     if not isinstance(meta, KVBatchMeta):
         raise DataPlaneBadRequest(f"meta must be a KVBatchMeta, got {type(meta).__name__}")
-    fields = select_fields if select_fields is not None else meta.fields
+    if meta.partition_id is None:
+        raise DataPlaneBadRequest("Must provide partition_id in the input KVBatchMeta.")
+    if select_fields is None:
+        fields = meta.fields
+    else:
+        fields = [select_fields] if isinstance(select_fields, str) else select_fields
+        if meta.fields is not None and isinstance(fields, list):
+            unknown = [name for name in fields if name not in meta.fields]
+            if unknown:
+                raise DataPlaneKeyError(
+                    f"Some fields assigned in select_fields not found in the metadata: {unknown}; "
+                    f"fields in KVBatchMeta: {meta.fields}"
+                )
     return get_client().get_samples(meta.sample_ids, meta.partition_id, fields)
 
 
@@ -185,6 +249,35 @@ def kv_list(partition_id: str | None = None) -> dict[str, dict[str, dict[str, An
 def kv_clear(keys: list[str] | str | None, partition_id: str) -> None:
     """Remove keys (idempotent for keys already gone); ``None`` clears the whole partition."""
     get_client().clear_samples([keys] if isinstance(keys, str) else keys, partition_id)
+
+
+def _host_ip() -> str:
+    """This host's address as other hosts reach it (the interface of the default route), else loopback."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the interface
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def get_metrics_endpoint() -> str | None:
+    """The default client's Prometheus endpoint as ``"host:port"``, or ``None`` when it serves none.
+
+    A client serves metrics when its config enables observability with a ``prometheus_port``
+    (TransferQueue's ``get_metrics_endpoint``, for kvplane's exporter). This never initialises a
+    client: with no default client the answer is ``None``.
+
+    Examples:
+        >>> import kvplane
+        >>> _ = kvplane.init()
+        >>> kvplane.get_metrics_endpoint() is None
+        True
+        >>> kvplane.close()
+    """
+    exporter = getattr(_default, "prometheus", None)
+    port = getattr(exporter, "port", None)
+    return None if port is None else f"{_host_ip()}:{port}"
 
 
 P = ParamSpec("P")

@@ -53,3 +53,56 @@ def test_the_kv_calls_work_as_on_the_embedded_backend(
     kvplane.close()  # detaches: the deployment keeps serving its bootstrapping client
     deployment.client.ping(timeout_s=10)
     assert deployment.client.list_sample_ids(pid) == ["b", "c"]
+
+
+def test_transfer_queue_face_of_the_facade(facade: kvplane.DataPlaneClient, pid: str):
+    """data_parser, TransferQueue-shaped metas and select_fields checks, on TransferQueue."""
+
+    def parser(batch):
+        batch["ref"] = [torch.full((n,), 5) for n in batch["ref"]]
+        return batch
+
+    meta = kvplane.kv_batch_put(["a", "b"], pid, {"ref": [2, 3], "x": torch.ones(2)}, data_parser=parser)
+    assert meta.keys == ["a", "b"] and sorted(meta.fields) == ["ref", "x"]
+    assert [r.tolist() for r in kvplane.kv_batch_get(["a", "b"], pid, "ref")["ref"].unbind(0)] == [[5, 5], [5, 5, 5]]
+    with pytest.raises(kvplane.DataPlaneBadRequest, match="must not change dict keys"):
+        kvplane.kv_batch_put(["c"], pid, {"x": torch.ones(1)}, data_parser=lambda b: {})
+    assert sorted(kvplane.kv_list(pid)[pid]) == ["a", "b"]  # the failed parse stored nothing
+    tq_meta = kvplane.KVBatchMeta(keys=["b", "a"], tags=[{}, {}], partition_id=pid, fields=["x"])
+    halves = tq_meta.chunk(2)
+    assert kvplane.kv_batch_get_by_meta(kvplane.KVBatchMeta.concat(halves))["x"].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"select_fields.*not found"):
+        kvplane.kv_batch_get_by_meta(tq_meta, select_fields="ref")
+
+
+def test_a_read_that_keeps_racing_a_clear_raises_storage_key_not_found(
+    facade: kvplane.DataPlaneClient, pid: str, monkeypatch: pytest.MonkeyPatch
+):
+    """TransferQueue's storage says a listed key is gone on every look: TransferQueue's error name."""
+    from transfer_queue import StorageKeyNotFoundError as TQStorageKeyNotFoundError
+
+    from kvplane.adapters.transfer_queue import client as adapter
+
+    kvplane.kv_batch_put(["a"], pid, {"x": torch.ones(1, 2)})
+
+    async def fetch(*_):
+        raise TQStorageKeyNotFoundError("StorageUnitData get_data: key 0 not found in field 'x'")
+
+    monkeypatch.setattr(adapter, "read_dense", fetch)
+    monkeypatch.setattr(adapter, "get_rows", fetch)
+    with pytest.raises(kvplane.StorageKeyNotFoundError, match="cleared or rewritten while being read") as info:
+        kvplane.kv_batch_get(["a"], pid, "x")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, DataPlaneKeyError)
+    monkeypatch.undo()
+    assert kvplane.kv_batch_get(["a"], pid, "x")["x"].tolist() == [[1.0, 1.0]]
+
+
+def test_transfer_queue_storage_key_not_found_translates_to_kvplanes():
+    from transfer_queue import StorageKeyNotFoundError as TQStorageKeyNotFoundError
+
+    from kvplane.adapters.transfer_queue.calls import translate
+
+    raced = translate("get_data", TQStorageKeyNotFoundError("key 3 not found"), kvplane.DataPlaneReadError)
+    assert type(raced) is kvplane.StorageKeyNotFoundError and "key 3 not found" in str(raced)
+    missing = translate("get_data", KeyError("k"), kvplane.DataPlaneReadError)
+    assert type(missing) is DataPlaneKeyError

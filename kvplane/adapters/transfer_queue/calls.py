@@ -42,6 +42,7 @@ from transfer_queue import StorageKeyNotFoundError, TransferQueueClient
 from transfer_queue.client import with_controller_socket
 from transfer_queue.utils.zmq_utils import ZMQRequestType
 
+from kvplane.errors import StorageKeyNotFoundError as RacedClearError
 from kvplane.errors import (
     DataPlaneBadRequest,
     DataPlaneError,
@@ -118,7 +119,8 @@ def translate(operation: str, exc: BaseException, default: type[DataPlaneError])
         or isinstance(exc, KeyError)
         or any(_MOONCAKE_NOT_FOUND.search(str(e)) for e in chain)
     ):
-        return DataPlaneKeyError(message)
+        raced = any(isinstance(e, StorageKeyNotFoundError) for e in chain)  # TransferQueue's race marker
+        return (RacedClearError if raced else DataPlaneKeyError)(message)
     if isinstance(exc, (ValueError, TypeError)):
         return DataPlaneBadRequest(message)
     return default(message)

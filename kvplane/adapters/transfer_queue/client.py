@@ -71,6 +71,7 @@ from kvplane.codec import (
     is_internal_partition,
 )
 from kvplane.config import DataPlaneConfig
+from kvplane.errors import StorageKeyNotFoundError as RacedClearError
 from kvplane.errors import (
     DataPlaneBadRequest,
     DataPlaneClearError,
@@ -417,7 +418,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             return await self._get_once(pid, keys, wanted)
         except _Raced as exc:
             # Every look saw some of the keys missing at some instant: report them as missing.
-            raise DataPlaneKeyError(
+            raise RacedClearError(
                 f"key(s) {keys[:5]} of partition {pid!r} were cleared or rewritten while being read"
             ) from exc
 
