@@ -50,6 +50,9 @@ _HOMES: dict[str, str] = {
     "DataPlaneCapabilities": "kvplane.meta",
     "DataPlaneConfig": "kvplane.config",
     "build_data_plane_client": "kvplane.factory",
+    "internal_partition": "kvplane._validation",
+    "is_internal_partition": "kvplane._validation",
+    "td_nbytes": "kvplane._tensors",
     # errors
     "DataPlaneError": "kvplane.errors",
     "DataPlaneUnavailable": "kvplane.errors",

@@ -40,7 +40,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase, is_non_tensor
 
 from kvplane.client import DataPlaneClient
-from kvplane.codec import make_object_column
+from kvplane._tensors import make_object_column
 from kvplane.config import DataPlaneConfig
 from kvplane.errors import DataPlaneBadRequest
 from kvplane.factory import build_data_plane_client

@@ -35,7 +35,7 @@ from tensordict import TensorDict
 from kvplane.bench.backends import per_backend, requested_backends
 from kvplane.bench.stats import measure, ratio, summarize
 from kvplane.client import DataPlaneClient
-from kvplane.codec import td_nbytes
+from kvplane._tensors import td_nbytes
 from kvplane.factory import build_data_plane_client
 
 __all__ = ["grpo_batch", "run", "tiny_batch"]

@@ -51,7 +51,7 @@ from tensordict import TensorDict
 
 from kvplane.bench.kv import grpo_batch, tiny_batch
 from kvplane.bench.stats import summarize
-from kvplane.codec import densify, td_nbytes
+from kvplane._tensors import densify, td_nbytes
 from kvplane.errors import DataPlaneUnavailable
 
 __all__ = ["bench_config", "bench_deployment", "comparison", "interleave", "paired_ratio", "run_backend"]

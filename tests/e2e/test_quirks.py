@@ -22,7 +22,7 @@ from kvplane import (
     DataPlaneUnavailable,
 )
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
-from kvplane.codec import make_object_column
+from kvplane._tensors import make_object_column
 
 from .conftest import Deployment
 
