@@ -11,10 +11,10 @@ rule (:func:`kvplane.groups.sequence_lengths`).
 Examples:
     >>> from kvplane.adapters.memory import MemoryDataPlaneClient
     >>> client = MemoryDataPlaneClient()
-    >>> client.put_samples(["a"], "__kvplane__/backend/p", None, tags=[{}])
+    >>> client.get_samples(["a"], "p", 5)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: partition '__kvplane__/backend/p' is reserved for the backend's own records
+    kvplane.errors.DataPlaneBadRequest: select_fields must be a list of strings, got int
     >>> client.put_samples([], "p", None).sample_ids   # answered by the gate
     []
     >>> client.close()

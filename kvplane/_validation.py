@@ -16,10 +16,12 @@ Examples:
     (torch.Size([2]), ['a', 'b'])
     >>> internal_partition("plans", "rollouts:train"), is_internal_partition("__kvplane__/plans/x")
     ('__kvplane__/plans/rollouts:train', True)
-    >>> check_partition(internal_partition("backend", "rollouts"))
-    Traceback (most recent call last):
-    ...
-    kvplane.errors.DataPlaneBadRequest: partition '__kvplane__/backend/rollouts' is reserved for the backend's own records
+    >>> from kvplane import DataPlaneBadRequest
+    >>> try:
+    ...     check_partition(internal_partition("backend", "p"))
+    ... except DataPlaneBadRequest as exc:
+    ...     print(exc)
+    partition '__kvplane__/backend/p' is reserved for the backend's own records
 """
 
 from __future__ import annotations

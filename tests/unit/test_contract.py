@@ -7,6 +7,7 @@ TransferQueue clients. Tests never close ``client`` (a TransferQueue session is 
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -18,6 +19,8 @@ from tensordict import TensorDict
 from kvplane import (
     DataPlaneBadRequest,
     DataPlaneCapabilities,
+    DataPlaneClient,
+    DataPlaneError,
     DataPlaneKeyError,
     DataPlaneTimeout,
     KVBatchMeta,
@@ -493,3 +496,86 @@ def test_list_sample_ids_is_sorted(client, pid):
 def test_ping_and_capabilities(client):
     client.ping(timeout_s=10)
     assert isinstance(client.get_capabilities(), DataPlaneCapabilities)
+
+
+# ---------------------------------------------------------------------- the ABC (NeMo-RL's surface)
+
+#: NeMo-RL's abstract methods and their parameters (nemo_rl/data_plane/interfaces.py, main branch).
+NEMO_RL_CORE = {
+    "register_partition": [
+        "self", "partition_id", "fields", "num_samples", "consumer_tasks", "grpo_group_size", "enums"
+    ],
+    "claim_meta": [
+        "self", "partition_id", "task_name", "required_fields", "batch_size", "dp_rank", "blocking",
+        "timeout_s",
+    ],
+    "get_data": ["self", "meta", "select_fields"],
+    "check_consumption_status": ["self", "partition_id", "task_names"],
+    "put_samples": ["self", "sample_ids", "partition_id", "fields", "tags"],
+    "get_samples": ["self", "sample_ids", "partition_id", "select_fields"],
+    "clear_samples": ["self", "sample_ids", "partition_id"],
+    "close": ["self"],
+}  # fmt: skip
+
+
+class _NemoRLStyleAdapter(DataPlaneClient):
+    """An adapter that implements NeMo-RL's eight methods and nothing else (rows in a dict)."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def register_partition(
+        self, partition_id, fields, num_samples, consumer_tasks, grpo_group_size=None, enums=None
+    ):
+        pass
+
+    def claim_meta(
+        self, partition_id, task_name, required_fields, batch_size, dp_rank=None, blocking=True, timeout_s=60
+    ):
+        return KVBatchMeta(partition_id, task_name, [])
+
+    def get_data(self, meta, select_fields=None):
+        return self.get_samples(meta.sample_ids, meta.partition_id, select_fields or meta.fields)
+
+    def check_consumption_status(self, partition_id, task_names):
+        return True
+
+    def put_samples(self, sample_ids, partition_id, fields=None, tags=None):
+        self.rows.update({(partition_id, k): fields[i] for i, k in enumerate(sample_ids)})
+        return KVBatchMeta(partition_id, None, list(sample_ids))
+
+    def get_samples(self, sample_ids, partition_id, select_fields):
+        return torch.stack([self.rows[(partition_id, k)] for k in sample_ids])
+
+    def clear_samples(self, sample_ids, partition_id):
+        for key in sample_ids or [k for p, k in list(self.rows) if p == partition_id]:
+            self.rows.pop((partition_id, key), None)
+
+    def close(self):
+        pass
+
+
+def test_the_abstract_methods_are_exactly_nemo_rls_eight():
+    assert DataPlaneClient.__abstractmethods__ == set(NEMO_RL_CORE)
+    for name, parameters in NEMO_RL_CORE.items():
+        assert list(inspect.signature(getattr(DataPlaneClient, name)).parameters) == parameters, name
+
+
+def test_a_nemo_rl_style_adapter_subclasses_the_base_unchanged():
+    adapter = _NemoRLStyleAdapter()
+    adapter.put_samples(["a", "b"], "p", torch.tensor([[1], [2]]))
+    assert adapter.get_data(KVBatchMeta("p", None, ["b"], fields=["x"])).tolist() == [[2]]
+    adapter.pop(["a"], "p")  # derived from clear_samples
+    assert list(adapter.rows) == [("p", "b")]
+    assert adapter.get_capabilities() == DataPlaneCapabilities()
+    for call in (
+        adapter.ping,
+        adapter.list_keys,
+        lambda: adapter.list_sample_ids("p"),
+        lambda: adapter.list_metadata("p"),
+        lambda: adapter.depth("p"),
+    ):
+        with pytest.raises(DataPlaneError, match="not supported by this backend"):
+            call()
+    with adapter:
+        pass
