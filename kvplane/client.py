@@ -32,8 +32,8 @@ Examples:
     >>> from kvplane import build_data_plane_client
     >>> client = build_data_plane_client({"impl": "memory"})
     >>> client.register_partition("rollouts", ["ids"], num_samples=2, consumer_tasks=["train"])
-    >>> _ = client.put_samples(["s0", "s1"], "rollouts", TensorDict(ids=torch.arange(4).view(2, 2), batch_size=[2]),
-    ...                        tags=[{"seq_len": 2}, {"seq_len": 2}])
+    >>> ids = TensorDict(ids=torch.arange(4).view(2, 2), batch_size=[2])
+    >>> _ = client.put_samples(["s0", "s1"], "rollouts", ids, tags=[{"seq_len": 2}, {"seq_len": 2}])
     >>> meta = client.claim_meta("rollouts", "train", ["ids"], batch_size=2)
     >>> meta.sample_ids, meta.sequence_lengths
     (['s0', 's1'], [2, 2])

@@ -60,10 +60,10 @@ from typing import Any
 
 import torch
 
+from kvplane import DataPlaneBadRequest, DataPlaneClient, build_data_plane_client, td_nbytes
 from kvplane.bench.backends import TQ_BACKENDS_ENV, per_backend, requested_backends
 from kvplane.bench.kv import grpo_batch
 from kvplane.bench.stats import ratio, summarize
-from kvplane import DataPlaneBadRequest, DataPlaneClient, build_data_plane_client, td_nbytes
 from loaders.dataset import StreamingDataset
 
 __all__ = ["bench_latency", "bench_throughput", "bench_transfer_queue", "run"]
