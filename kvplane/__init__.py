@@ -57,6 +57,9 @@ _HOMES: dict[str, str] = {
     "pack_jagged_fields": "kvplane.jagged",
     "pack_per_token_field": "kvplane.jagged",
     "response_from_nested": "kvplane.jagged",
+    "internal_partition": "kvplane._validation",
+    "is_internal_partition": "kvplane._validation",
+    "td_nbytes": "kvplane._tensors",
     # errors
     "DataPlaneError": "kvplane.errors",
     "DataPlaneUnavailable": "kvplane.errors",

@@ -9,7 +9,7 @@ stored as a dict of columns (tensors; lists of row tensors, stacked or jagged; l
 Examples:
     >>> import torch
     >>> from kvplane._data_parser import parse_batch
-    >>> from kvplane.codec import to_batch
+    >>> from kvplane._validation import to_batch
     >>> def fetch(batch):
     ...     batch["shape"] = [torch.zeros(s) for s in batch["shape"]]
     ...     return batch

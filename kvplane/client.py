@@ -1,7 +1,11 @@
 """``DataPlaneClient``: the contract every backend and middleware implements.
 
-Compatible with NeMo-RL's data-plane boundary (fault-tolerance surface, renamed vocabulary), with
-kvplane's strict semantics. The methods fall into four groups:
+NeMo-RL's ``DataPlaneClient``: the abstract methods are exactly NeMo-RL's eight (same names and
+signatures), so an adapter written for NeMo-RL subclasses this class unchanged; kvplane's extensions
+have concrete defaults (derived from ``list_keys`` or ``clear_samples``, or raising
+:class:`~kvplane.DataPlaneError` "not supported by this backend"). kvplane's own backends subclass
+:class:`kvplane._gated.GatedDataPlaneClient`, which validates every call once. The methods fall into
+four groups:
 
 (A) task-mediated: a consumer task discovers ready samples through its own cursor
     (``register_partition``, ``claim_meta``, ``get_data``, ``check_consumption_status``);
@@ -28,8 +32,8 @@ Examples:
     >>> from kvplane import build_data_plane_client
     >>> client = build_data_plane_client({"impl": "memory"})
     >>> client.register_partition("rollouts", ["ids"], num_samples=2, consumer_tasks=["train"])
-    >>> _ = client.put_samples(["s0", "s1"], "rollouts", TensorDict(ids=torch.arange(4).view(2, 2), batch_size=[2]),
-    ...                        tags=[{"seq_len": 2}, {"seq_len": 2}])
+    >>> ids = TensorDict(ids=torch.arange(4).view(2, 2), batch_size=[2])
+    >>> _ = client.put_samples(["s0", "s1"], "rollouts", ids, tags=[{"seq_len": 2}, {"seq_len": 2}])
     >>> meta = client.claim_meta("rollouts", "train", ["ids"], batch_size=2)
     >>> meta.sample_ids, meta.sequence_lengths
     (['s0', 's1'], [2, 2])
@@ -47,14 +51,14 @@ from typing import Any
 
 from tensordict import TensorDict
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane.errors import DataPlaneError
 from kvplane.meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 
 __all__ = ["DataPlaneClient", "FieldsLike", "TagsLike"]
 
 #: What ``put_samples`` accepts as ``fields``: a TensorDict with one row per id, or a plain dict of
 #: columns (tensors with a leading dim of ``len(ids)``, lists of per-row values) — see
-#: :func:`kvplane.codec.to_batch`.
+#: :func:`kvplane._validation.to_batch`.
 FieldsLike = Any
 TagsLike = Any
 
@@ -123,7 +127,8 @@ class DataPlaneClient(ABC):
 
         Returns:
             A meta with ``task_name``, ``fields=required_fields``, the samples' tags, and
-            ``sequence_lengths`` from the ``seq_len`` tag when every sample carries it.
+            ``sequence_lengths`` from the tags (:func:`kvplane.groups.sequence_lengths`: NeMo-RL's
+            ``input_lengths`` when present, else the ``seq_len`` tag when every sample carries it).
 
         Raises:
             DataPlaneTimeout: A blocking claim found too few ready samples before ``timeout_s``.
@@ -131,6 +136,7 @@ class DataPlaneClient(ABC):
             DataPlaneBadRequest: Bad arguments.
         """
 
+    @abstractmethod
     def get_data(self, meta: KVBatchMeta, select_fields: list[str] | None = None) -> TensorDict:
         """Read the samples of ``meta`` (no cursor moves).
 
@@ -138,15 +144,10 @@ class DataPlaneClient(ABC):
         rather than fetching everything implicitly.
 
         Raises:
-            DataPlaneBadRequest: Neither ``select_fields`` nor ``meta.fields`` is set.
+            DataPlaneBadRequest: ``meta`` is not a :class:`~kvplane.KVBatchMeta`, or neither
+                ``select_fields`` nor ``meta.fields`` is set.
             DataPlaneKeyError: A sample or field is missing.
         """
-        fields = select_fields if select_fields is not None else meta.fields
-        if fields is None:
-            raise DataPlaneBadRequest(
-                "get_data needs select_fields or meta.fields; it never fetches all fields implicitly"
-            )
-        return self.get_samples(meta.sample_ids, meta.partition_id, list(fields))
 
     @abstractmethod
     def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
@@ -182,8 +183,10 @@ class DataPlaneClient(ABC):
             tags: One dict of primitive values per id, or ``None``.
 
         Returns:
-            A meta with the ids, ``fields`` = the fields this call wrote (``None`` for a tag-only
-            write), ``tags`` = each id's merged tags after the write.
+            A meta with the ids, ``fields`` = every field that all of the ids now hold, in the
+            partition's first-write order (also after a tag-only write; ``None`` when they hold no
+            common field), ``tags`` = each id's merged tags after the write. Reading it back with
+            ``get_data`` therefore returns earlier writes' fields too (TransferQueue's ``kv_put``).
 
         Raises:
             DataPlaneBadRequest: The input is invalid (nothing was stored).
@@ -218,23 +221,28 @@ class DataPlaneClient(ABC):
         """
 
     # ------------------------------------------------------------------ (C) recovery / control plane
-    @abstractmethod
     def ping(self, timeout_s: float | None = None) -> None:
         """Raise unless the request path to the backend is healthy within ``timeout_s``.
 
         Raises:
             DataPlaneUnavailable: The client is closed or the backend is gone.
             DataPlaneTimeout: The backend did not answer in time.
+            DataPlaneError: The backend does not implement ``ping`` (the default).
         """
+        raise self._unsupported("ping")
 
-    @abstractmethod
     def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
         """``{partition_id: {key: tags}}`` for one partition or all (non-consuming, no tensor read).
 
-        An unknown partition gives ``{}``. All partitions leaves out kvplane's own (names starting
-        with ``__kvplane``: adapter records, loader plans), which can still be listed by name. This is
-        what ``kv_list`` returns.
+        An unknown partition gives ``{}``. All partitions leaves out kvplane's own
+        (:func:`kvplane.is_internal_partition`: backend records, loader plans), which can still be
+        listed by name. This is what ``kv_list`` returns.
+
+        Raises:
+            DataPlaneError: The backend does not implement ``list_keys`` (the default); the listing
+                extensions (``list_metadata``, ``list_sample_ids``, ``depth``) derive from it.
         """
+        raise self._unsupported("list_keys")
 
     def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
         """The partition's rollout groups, derived from per-key tags (non-consuming).
@@ -261,9 +269,12 @@ class DataPlaneClient(ABC):
         """Release keys that are stale or abandoned (same effect as ``clear_samples(keys, ...)``)."""
         self.clear_samples(keys, partition_id)
 
-    @abstractmethod
     def get_capabilities(self) -> DataPlaneCapabilities:
-        """What this backend guarantees."""
+        """What this backend guarantees (the default: nothing beyond the contract)."""
+        return DataPlaneCapabilities()
+
+    def _unsupported(self, method: str) -> DataPlaneError:
+        return DataPlaneError(f"{method} is not supported by this backend ({type(self).__name__})")
 
     # ------------------------------------------------------------------ (D) lifecycle
     @abstractmethod

@@ -45,8 +45,9 @@ import torch
 from tensordict import TensorDict, TensorDictBase, is_non_tensor
 
 from kvplane._data_parser import parse_batch
+from kvplane._tensors import make_object_column
+from kvplane._validation import check_write
 from kvplane.client import DataPlaneClient
-from kvplane.codec import check_write, make_object_column
 from kvplane.config import DataPlaneConfig
 from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError
 from kvplane.factory import build_data_plane_client

@@ -27,7 +27,10 @@ from typing import Any
 
 from kvplane.meta import DataPlaneGroupMeta
 
-__all__ = ["as_bool", "as_float", "as_int", "groups_from_tags", "sequence_lengths"]
+__all__ = ["INPUT_LENGTHS_TAG", "as_bool", "as_float", "as_int", "groups_from_tags", "sequence_lengths"]
+
+#: NeMo-RL's per-sample length tag; it takes precedence over the configured ``seq_len_tag``.
+INPUT_LENGTHS_TAG = "input_lengths"
 
 
 def as_int(value: Any) -> int | None:
@@ -88,18 +91,28 @@ def groups_from_tags(
     return groups
 
 
-def sequence_lengths(tags: list[Mapping[str, Any]], tag: str) -> list[int] | None:
-    """Per-sample lengths from the ``tag`` of every tag dict; ``None`` when any is absent or not a number.
+def sequence_lengths(tags: list[Mapping[str, Any]], tag: str = "seq_len") -> list[int] | None:
+    """Per-sample lengths for a meta, from its tags.
+
+    NeMo-RL's ``input_lengths`` tag comes first: when any sample carries it, every sample's length is
+    its ``input_lengths`` (0 where absent, as NeMo-RL does). Otherwise ``tag`` (the configured
+    ``seq_len_tag``) is used when every sample carries it. ``None`` when neither applies or a value is
+    not a number.
 
     Examples:
         >>> sequence_lengths([{"seq_len": 3}, {"seq_len": "5"}], "seq_len")
         [3, 5]
         >>> sequence_lengths([{"seq_len": 3}, {}], "seq_len") is None
         True
+        >>> sequence_lengths([{"input_lengths": 7, "seq_len": 3}, {"seq_len": 4}], "seq_len")
+        [7, 0]
     """
-    values = [t.get(tag) for t in tags]
-    if not values:
+    if not tags:
         return None
+    if any(INPUT_LENGTHS_TAG in t for t in tags):
+        values = [t.get(INPUT_LENGTHS_TAG, 0) for t in tags]
+    else:
+        values = [t.get(tag) for t in tags]
     if set(map(type, values)) == {int}:  # the common case, without a Python call per sample
         return values
     lengths = [as_int(v) for v in values]

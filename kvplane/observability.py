@@ -7,7 +7,7 @@ is emitted with status ``"error"`` (or ``"timeout"`` for any :class:`TimeoutErro
 :class:`~kvplane.DataPlaneTimeout`) and the exception is re-raised. A sink that raises is logged
 and ignored; it never breaks an operation.
 
-Operations and what they count (bytes are tensor payload bytes, :func:`kvplane.codec.td_nbytes`):
+Operations and what they count (bytes are tensor payload bytes, :func:`kvplane._tensors.td_nbytes`):
 
 ============================== ========================== ===================== ==========================
 method                         ``op``                     ``partition_id``      ``n_keys`` / ``n_bytes``
@@ -69,8 +69,8 @@ from typing import Any, Literal, TypedDict, TypeVar
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from kvplane._tensors import td_nbytes
 from kvplane.client import DataPlaneClient, FieldsLike, TagsLike
-from kvplane.codec import td_nbytes
 from kvplane.meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 
 __all__ = [

@@ -68,8 +68,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from kvplane._tensors import td_nbytes
+from kvplane._validation import check_ids, check_partition, check_tags, to_batch
 from kvplane.client import DataPlaneClient, FieldsLike
-from kvplane.codec import check_ids, check_partition, check_tags, td_nbytes, to_batch
 from kvplane.errors import DataPlaneBadRequest
 from kvplane.meta import DataPlaneGroupMeta, KVBatchMeta
 

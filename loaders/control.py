@@ -1,9 +1,9 @@
 """The plan log: where the DP ranks of one (partition, task) stream meet, inside the data plane itself.
 
 Every stream has a control partition, named by :func:`plan_partition_id`:
-``"__kvplane_plans__:{partition_id}:{task_name}"`` (one per consumer task, since each task has its own
-claim cursor; the ``__kvplane`` prefix marks it as kvplane's own, so ``kv_list()`` leaves it out, and
-``kv_list(name)`` shows it for inspection). It holds three kinds of keys:
+``"__kvplane__/plans/{partition_id}:{task_name}"`` (one per consumer task, since each task has its own
+claim cursor; :func:`kvplane.internal_partition` marks it as kvplane's own, so ``kv_list()`` leaves it
+out, and ``kv_list(name)`` shows it for inspection). It holds three kinds of keys:
 
 - ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (bytes, see
   :class:`loaders.plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
@@ -35,7 +35,7 @@ Examples:
     >>> from loaders.plan import StepPlan
     >>> log = PlanLog(build_data_plane_client(None), "rollouts", "train")
     >>> log.partition_id
-    '__kvplane_plans__:rollouts:train'
+    '__kvplane__/plans/rollouts:train'
     >>> log.write(StepPlan(0, dp_world=2)); log.write(StepPlan.terminal(1, dp_world=2))
     >>> log.read(1).final, log.snapshot().plans
     (True, {0: False, 1: True})
@@ -52,7 +52,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneKeyError, DataPlaneTimeout
+from kvplane import (
+    DataPlaneBadRequest,
+    DataPlaneClient,
+    DataPlaneKeyError,
+    DataPlaneTimeout,
+    internal_partition,
+)
 from loaders.plan import StepPlan
 
 __all__ = ["GC_EVERY_STEPS", "LogSnapshot", "PlanLog", "plan_partition_id"]
@@ -73,7 +79,7 @@ def plan_partition_id(partition_id: str, task_name: str) -> str:
     Clear it (``client.clear_samples(None, name)``) to forget a stream's plans and acknowledgements,
     e.g. before reusing a task name with a different ``dp_world``.
     """
-    return f"__kvplane_plans__:{partition_id}:{task_name}"
+    return internal_partition("plans", f"{partition_id}:{task_name}")
 
 
 def _plan_key(step: int) -> str:

@@ -37,23 +37,10 @@ from typing import Any
 import torch
 from tensordict import TensorDict, is_non_tensor
 
-from kvplane.client import DataPlaneClient
-from kvplane.codec import (
-    Declaration,
-    check_claim,
-    check_ids,
-    check_partition,
-    check_registration,
-    check_select,
-    check_timeout,
-    check_write,
-    field_kind,
-    is_internal_partition,
-    make_object_column,
-    stack_rows,
-)
+from kvplane._gated import GatedDataPlaneClient
+from kvplane._tensors import field_kind, make_object_column, stack_rows
+from kvplane._validation import Declaration
 from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
-from kvplane.groups import sequence_lengths
 from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
 
 __all__ = ["MemoryDataPlaneClient"]
@@ -114,15 +101,17 @@ def _read_column(name: str, cells: list[Cell]) -> Any:
     return stack_rows(name, [c[1][c[2]] if c[0] == "chunk" else c[1] for c in cells])
 
 
-class MemoryDataPlaneClient(DataPlaneClient):
+class MemoryDataPlaneClient(GatedDataPlaneClient):
     """The contract in process memory. Thread-safe; see the module docstring.
 
+    Arguments are validated by :class:`~kvplane._gated.GatedDataPlaneClient` before they get here.
+
     Args:
-        seq_len_tag: The tag whose values fill ``sequence_lengths`` on claimed metas.
+        seq_len_tag: The tag whose values fill ``sequence_lengths`` when ``input_lengths`` is absent.
     """
 
     def __init__(self, *, seq_len_tag: str = "seq_len") -> None:
-        self._seq_len_tag = seq_len_tag
+        super().__init__(seq_len_tag=seq_len_tag)
         self._partitions: dict[str, _Partition] = {}
         self._changed = threading.Condition(threading.Lock())
         self._closed = False
@@ -138,46 +127,40 @@ class MemoryDataPlaneClient(DataPlaneClient):
             raise DataPlaneKeyError(f"no partition {partition_id!r}")
         return part
 
-    def _meta(
+    def _part_meta(
         self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
-        stored = part.tags  # every stored key has an entry
-        tags = [dict(stored[k]) for k in keys]
-        lengths = sequence_lengths(tags, self._seq_len_tag)
-        return KVBatchMeta(partition_id, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
+        return self._meta(partition_id, task, keys, fields, [dict(part.tags[k]) for k in keys])
+
+    @staticmethod
+    def _held_by_all(part: _Partition, keys: list[str]) -> list[str] | None:
+        """Every field all ``keys`` hold, in the partition's first-write order (``None`` if none)."""
+        everywhere = len(part.cells)
+        held = [
+            name
+            for name in part.kinds
+            if part.holders.get(name, 0) == everywhere or all(name in part.cells[k] for k in keys)
+        ]
+        return held or None
 
     # ------------------------------------------------------------------ (A) task-mediated
-    def register_partition(
-        self,
-        partition_id: str,
-        fields: list[str],
-        num_samples: int | None,
-        consumer_tasks: list[str],
-        grpo_group_size: int | None = None,
-        enums: dict[str, list[str]] | None = None,
-    ) -> None:
-        check_partition(partition_id)
-        declaration = check_registration(fields, num_samples, consumer_tasks, grpo_group_size, enums)
+    def _register_partition(self, partition_id: str, declaration: Declaration) -> None:
         with self._changed:
             self._check_open()
             part = self._partitions.setdefault(partition_id, _Partition())
             part.registration = declaration
             self._changed.notify_all()
 
-    def claim_meta(
+    def _claim_meta(
         self,
         partition_id: str,
         task_name: str,
-        required_fields: list[str],
+        required: list[str],
         batch_size: int,
-        dp_rank: int | None = None,
-        blocking: bool = True,
-        timeout_s: float = 60.0,
+        dp_rank: int | None,
+        blocking: bool,
+        timeout_s: float,
     ) -> KVBatchMeta:
-        check_partition(partition_id)
-        task_name, required, batch_size, timeout_s = check_claim(
-            task_name, required_fields, batch_size, timeout_s
-        )
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while True:
@@ -230,11 +213,9 @@ class MemoryDataPlaneClient(DataPlaneClient):
         for key in ready:
             del queue[key]
         part.claimed_total[task] += len(ready)
-        return self._meta(part, partition_id, task, ready, list(required))
+        return self._part_meta(part, partition_id, task, ready, list(required))
 
-    def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
-        check_partition(partition_id)
-        tasks = check_ids(task_names, "task_names")
+    def _check_consumption_status(self, partition_id: str, tasks: list[str]) -> bool:
         with self._changed:
             self._check_open()
             part = self._partition(partition_id)
@@ -249,12 +230,13 @@ class MemoryDataPlaneClient(DataPlaneClient):
             return True
 
     # ------------------------------------------------------------------ (B) direct-by-key
-    def put_samples(
-        self, sample_ids: list[str], partition_id: str, fields: Any = None, tags: Any = None
+    def _put_samples(
+        self,
+        partition_id: str,
+        keys: list[str],
+        batch: TensorDict | None,
+        tag_list: list[dict[str, Any]] | None,
     ) -> KVBatchMeta:
-        keys, batch, tag_list = check_write(sample_ids, partition_id, fields, tags)
-        if not keys:
-            return KVBatchMeta(partition_id, None, [], fields=None)
         names = list(batch.keys()) if batch is not None else []
         incoming = {name: field_kind(batch.get(name)) for name in names}
         owned = {name: _own_column(batch.get(name)) for name in names}  # the copy, outside the lock
@@ -289,18 +271,11 @@ class MemoryDataPlaneClient(DataPlaneClient):
                     )
                 if tag_list is not None:
                     part.tags[key].update(tag_list[i])
-            meta = self._meta(part, partition_id, None, keys, names or None)
+            meta = self._part_meta(part, partition_id, None, keys, self._held_by_all(part, keys))
             self._changed.notify_all()
         return meta
 
-    def get_samples(
-        self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None
-    ) -> TensorDict:
-        check_partition(partition_id)
-        keys = check_ids(sample_ids, "sample_ids")
-        wanted = check_select(select_fields)
-        if not keys:
-            return TensorDict({}, batch_size=[0])
+    def _get_samples(self, partition_id: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         with self._changed:
             self._check_open()
             part = self._partition(partition_id)
@@ -325,9 +300,7 @@ class MemoryDataPlaneClient(DataPlaneClient):
             {name: _read_column(name, cells) for name, cells in columns.items()}, batch_size=[len(keys)]
         )
 
-    def clear_samples(self, sample_ids: list[str] | None, partition_id: str) -> None:
-        check_partition(partition_id)
-        keys = None if sample_ids is None else check_ids(sample_ids, "sample_ids")
+    def _clear_samples(self, partition_id: str, keys: list[str] | None) -> None:
         with self._changed:
             self._check_open()
             if keys is None:
@@ -344,8 +317,8 @@ class MemoryDataPlaneClient(DataPlaneClient):
             self._changed.notify_all()
 
     # ------------------------------------------------------------------ (C) recovery / control plane
-    def ping(self, timeout_s: float | None = None) -> None:
-        wait = -1.0 if timeout_s is None else check_timeout(timeout_s)
+    def _ping(self, timeout_s: float | None) -> None:
+        wait = -1.0 if timeout_s is None else timeout_s
         if not self._changed.acquire(timeout=wait):
             raise DataPlaneTimeout(f"the memory data plane's lock was not free within {timeout_s}s")
         try:
@@ -353,15 +326,10 @@ class MemoryDataPlaneClient(DataPlaneClient):
         finally:
             self._changed.release()
 
-    def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-        if partition_id is not None:
-            check_partition(partition_id)
+    def _list_keys(self, partition_id: str | None) -> dict[str, dict[str, dict[str, Any]]]:
         with self._changed:
             self._check_open()
-            if partition_id is not None:
-                names = [partition_id]
-            else:
-                names = [name for name in self._partitions if not is_internal_partition(name)]
+            names = list(self._partitions) if partition_id is None else [partition_id]
             # Each tag dict is copied (values are shared: tags hold primitives by convention).
             return {
                 name: {k: dict(t) for k, t in self._partitions[name].tags.items()}

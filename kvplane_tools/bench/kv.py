@@ -32,8 +32,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from kvplane import DataPlaneClient, build_data_plane_client
-from kvplane.codec import td_nbytes
+from kvplane import DataPlaneClient, build_data_plane_client, td_nbytes
 from kvplane_tools.batches import grpo_batch, tiny_batch
 from kvplane_tools.bench.backends import per_backend, requested_backends
 from kvplane_tools.bench.stats import measure, ratio, summarize

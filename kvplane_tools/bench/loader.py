@@ -57,8 +57,7 @@ from typing import Any
 
 import torch
 
-from kvplane import DataPlaneBadRequest, DataPlaneClient, build_data_plane_client
-from kvplane.codec import td_nbytes
+from kvplane import DataPlaneBadRequest, DataPlaneClient, build_data_plane_client, td_nbytes
 from kvplane_tools.batches import grpo_batch
 from kvplane_tools.bench.backends import TQ_BACKENDS_ENV, per_backend, requested_backends
 from kvplane_tools.bench.stats import ratio, summarize

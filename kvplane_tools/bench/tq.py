@@ -48,8 +48,8 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from kvplane import DataPlaneUnavailable
-from kvplane.codec import densify, td_nbytes
+from kvplane import DataPlaneUnavailable, td_nbytes
+from kvplane._tensors import densify
 from kvplane.testing import transfer_queue_config
 from kvplane_tools.batches import grpo_batch, tiny_batch
 from kvplane_tools.bench.stats import summarize

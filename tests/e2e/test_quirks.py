@@ -21,8 +21,8 @@ from kvplane import (
     DataPlaneTimeout,
     DataPlaneUnavailable,
 )
+from kvplane._tensors import make_object_column
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
-from kvplane.codec import make_object_column
 
 from .conftest import Deployment
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from tensordict import NonTensorStack, TensorDict
 
+from kvplane._tensors import make_object_column
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
-from kvplane.codec import make_object_column
 
 B = 6
 KEYS = [f"k{i}" for i in range(B)]

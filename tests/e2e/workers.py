@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from kvplane.codec import make_object_column
+from kvplane._tensors import make_object_column
 
 
 def sample_batch(indexes: list[int]) -> TensorDict:

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from tensordict import TensorDict
 
 import kvplane
-from kvplane import DataPlaneBadRequest, DataPlaneKeyError, KVBatchMeta
+from kvplane import DataPlaneBadRequest, DataPlaneError, DataPlaneKeyError, KVBatchMeta, internal_partition
 from tests.snapshots import store_snapshot, value_picture
 
 _PROPERTY = settings(
@@ -235,6 +235,72 @@ def test_rejected_reads_claims_and_clears_change_nothing(client, pid, name):
     _assert_rejected_without_trace(
         client, pid, lambda c, existing, fresh: _BAD_OTHER_CALLS[name](c, existing)
     )
+
+
+#: The same bad input gets the same error type on every backend (the exact class, not a parent):
+#: ``name -> (call(client, seeded_partition), error type)``. tests/e2e re-imports this table.
+SAME_ERRORS = {
+    "put-backend-records": (
+        lambda c, p: c.put_samples(["k"], internal_partition("backend", p), {"x": torch.ones(1)}),
+        DataPlaneBadRequest,
+    ),
+    "register-backend-records": (
+        lambda c, p: c.register_partition(internal_partition("backend", p), ["x"], 1, ["t"]),
+        DataPlaneBadRequest,
+    ),
+    "list-backend-records": (lambda c, p: c.list_keys(internal_partition("backend", p)), DataPlaneBadRequest),
+    "put-dtype-drift": (lambda c, p: c.put_samples(["k0"], p, {"y": torch.ones(1)}), DataPlaneBadRequest),
+    "put-nothing": (lambda c, p: c.put_samples(["k0"], p), DataPlaneBadRequest),
+    "put-tags-not-a-list": (lambda c, p: c.put_samples(["k0"], p, None, tags={"t": 1}), DataPlaneBadRequest),
+    "get-unknown-partition": (lambda c, p: c.get_samples(["k0"], p + "-unknown", ["x"]), DataPlaneKeyError),
+    "get-unknown-key": (lambda c, p: c.get_samples(["k0", "nope"], p, ["x"]), DataPlaneKeyError),
+    "get-unknown-field": (lambda c, p: c.get_samples(["k0"], p, ["nope"]), DataPlaneKeyError),
+    "get-all-over-different-fields": (
+        lambda c, p: (
+            c.put_samples(["extra"], p, {"x": torch.ones(1, 2)}),
+            c.get_samples(["k0", "extra"], p, None),
+        ),
+        DataPlaneBadRequest,
+    ),
+    "get-data-not-a-meta": (lambda c, p: c.get_data({"sample_ids": ["k0"]}), DataPlaneBadRequest),
+    "get-data-without-fields": (lambda c, p: c.get_data(KVBatchMeta(p, None, ["k0"])), DataPlaneBadRequest),
+    "claim-negative-dp-rank": (
+        lambda c, p: c.claim_meta(p, "t", ["x"], 1, dp_rank=-1, blocking=False),
+        DataPlaneBadRequest,
+    ),
+    "claim-blocking-not-a-bool": (
+        lambda c, p: c.claim_meta(p, "t", ["x"], 1, blocking="no"),
+        DataPlaneBadRequest,
+    ),
+    "claim-negative-timeout": (
+        lambda c, p: c.claim_meta(p, "t", ["x"], 1, timeout_s=-1),
+        DataPlaneBadRequest,
+    ),
+    "claim-unregistered-task": (
+        lambda c, p: (c.register_partition(p, ["x"], 3, ["train"]), c.claim_meta(p, "t", ["x"], 1)),
+        DataPlaneKeyError,
+    ),
+    "consumption-unknown-partition": (
+        lambda c, p: c.check_consumption_status(p + "-unknown", ["t"]),
+        DataPlaneKeyError,
+    ),
+    "clear-duplicate-keys": (lambda c, p: c.clear_samples(["k0", "k0"], p), DataPlaneBadRequest),
+    "ping-negative-timeout": (lambda c, p: c.ping(timeout_s=-1), DataPlaneBadRequest),
+    "ping-timeout-not-a-number": (lambda c, p: c.ping(timeout_s="1"), DataPlaneBadRequest),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAME_ERRORS))
+def test_the_same_bad_input_gets_the_same_error_type_on_every_backend(client, pid, name):
+    call, expected = SAME_ERRORS[name]
+    partition, _ = _fresh_pair(pid)
+    _seed(client, partition)
+    try:
+        with pytest.raises(DataPlaneError) as caught:
+            call(client, partition)
+        assert type(caught.value) is expected, caught.value
+    finally:
+        client.clear_samples(None, partition)
 
 
 def test_a_rejected_registration_keeps_the_previous_one(client, pid):

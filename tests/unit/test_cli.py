@@ -9,10 +9,10 @@ import json
 import logging
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import kvplane.cli

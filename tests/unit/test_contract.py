@@ -7,6 +7,7 @@ TransferQueue clients. Tests never close ``client`` (a TransferQueue session is 
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -18,11 +19,17 @@ from tensordict import TensorDict
 from kvplane import (
     DataPlaneBadRequest,
     DataPlaneCapabilities,
+    DataPlaneClient,
+    DataPlaneError,
     DataPlaneKeyError,
     DataPlaneTimeout,
     KVBatchMeta,
+    internal_partition,
+    is_internal_partition,
 )
-from kvplane.codec import make_object_column
+from kvplane._tensors import make_object_column
+from loaders import StreamingDataset
+from loaders.control import plan_partition_id
 from tests.snapshots import store_snapshot
 
 
@@ -89,7 +96,7 @@ def test_nan_and_inf_are_stored_faithfully(client, pid):
 def test_upsert_adds_and_replaces_columns_and_keeps_others(client, pid):
     client.put_samples(["a", "b"], pid, _td(2, x=torch.tensor([1, 2]), y=torch.tensor([10, 20])))
     meta = client.put_samples(["a"], pid, _td(1, x=torch.tensor([5]), z=torch.tensor([7.0])))
-    assert meta.fields == ["x", "z"]
+    assert meta.fields == ["x", "y", "z"]  # every field "a" now holds, in first-write order
     td = client.get_samples(["a"], pid, ["x", "y", "z"])
     assert td["x"].tolist() == [5] and td["y"].tolist() == [10] and td["z"].tolist() == [7.0]
     assert client.get_samples(["b"], pid, ["x"])["x"].tolist() == [2]
@@ -98,7 +105,7 @@ def test_upsert_adds_and_replaces_columns_and_keeps_others(client, pid):
 def test_tags_merge_and_tag_only_put_is_legal(client, pid):
     client.put_samples(["a"], pid, _td(1, x=torch.ones(1)), tags=[{"t": 1, "u": "x"}])
     meta = client.put_samples(["a"], pid, None, tags=[{"t": 2, "v": True}])
-    assert meta.fields is None
+    assert meta.fields == ["x"]  # a tag-only put names the fields the key holds
     assert meta.tags == [{"t": 2, "u": "x", "v": True}]
     assert client.list_keys(pid) == {pid: {"a": {"t": 2, "u": "x", "v": True}}}
     assert client.get_samples(["a"], pid, ["x"])["x"].tolist() == [1.0]
@@ -111,6 +118,17 @@ def test_a_key_may_carry_only_tags(client, pid):
         client.get_samples(["t"], pid, ["x"])
     with pytest.raises(DataPlaneKeyError, match="no field"):
         client.get_samples(["t"], pid, None)  # never an empty TensorDict
+
+
+def test_put_meta_lists_every_field_the_keys_now_hold(client, pid):
+    client.put_samples(["a", "b"], pid, _td(2, x=torch.tensor([1, 2])))
+    client.put_samples(["a"], pid, _td(1, z=torch.tensor([9.0])))
+    second = client.put_samples(["a", "b"], pid, _td(2, y=torch.tensor([3, 4])))
+    assert second.fields == ["x", "y"]  # "z" is held by "a" only
+    td = client.get_data(second)
+    assert td["x"].tolist() == [1, 2] and td["y"].tolist() == [3, 4]
+    assert client.put_samples(["a"], pid, None, tags=[{"t": 1}]).fields == ["x", "z", "y"]
+    assert client.put_samples(["only-tags"], pid, None, tags=[{"t": 1}]).fields is None
 
 
 def test_put_meta_carries_merged_tags_and_sequence_lengths(client, pid):
@@ -239,11 +257,43 @@ def test_list_keys_of_unknown_partition_is_empty(client, pid):
 
 
 def test_kvplane_internal_partitions_are_listed_only_by_name(client, pid):
-    internal = f"__kvplane_plans__:{pid}:train"
+    internal = internal_partition("plans", f"{pid}:train")
     client.put_samples(["step-0"], internal, None, tags=[{"plan": 1}])
     assert internal not in client.list_keys(None)
     assert client.list_keys(internal) == {internal: {"step-0": {"plan": 1}}}
     client.clear_samples(None, internal)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c, p: c.put_samples(["k"], p, None, tags=[{}]),
+        lambda c, p: c.register_partition(p, ["x"], 1, ["t"]),
+        lambda c, p: c.get_samples(["k"], p, ["x"]),
+        lambda c, p: c.claim_meta(p, "t", ["x"], 1, blocking=False),
+        lambda c, p: c.clear_samples(None, p),
+        lambda c, p: c.list_keys(p),
+        lambda c, p: c.check_consumption_status(p, ["t"]),
+    ],
+    ids=["put", "register", "get", "claim", "clear", "list", "consumption"],
+)
+def test_a_backends_own_records_cannot_be_named(client, pid, call):
+    with pytest.raises(DataPlaneBadRequest, match="reserved"):
+        call(client, internal_partition("backend", pid))
+
+
+def test_every_internal_partition_is_hidden_after_a_loader_run(client, pid):
+    client.register_partition(pid, ["x"], num_samples=4, consumer_tasks=["train"])
+    client.put_samples([f"k{i}" for i in range(4)], pid, _td(4, x=torch.arange(4)))
+    loader = StreamingDataset(
+        client, partition_id=pid, task_name="train", fields=["x"], batch_size=2, dp_rank=0, dp_world=1
+    )
+    assert sorted(k for _, meta in loader for k in meta.sample_ids) == ["k0", "k1", "k2", "k3"]
+    plans = plan_partition_id(pid, "train")
+    assert is_internal_partition(plans) and client.list_keys(plans)[plans]  # the run left its plan log
+    listed = client.list_keys(None)
+    assert pid in listed and not [p for p in listed if is_internal_partition(p)]
+    client.clear_samples(None, plans)
 
 
 # ---------------------------------------------------------------------- task-mediated
@@ -328,6 +378,18 @@ def test_claimed_meta_carries_tags_and_sequence_lengths(client, pid):
     by_id = dict(zip(meta.sample_ids, meta.sequence_lengths, strict=True))
     assert by_id == {"a": 5, "b": 7}
     assert [t["group_id"] for t in meta.tags] == ["g", "g"]
+
+
+def test_claimed_sequence_lengths_prefer_nemo_rls_input_lengths_tag(client, pid):
+    client.put_samples(
+        ["a", "b"],
+        pid,
+        _td(2, x=torch.ones(2)),
+        tags=[{"input_lengths": 11, "seq_len": 5}, {"seq_len": 7}],
+    )
+    meta = client.claim_meta(pid, "train", ["x"], 2)
+    by_id = dict(zip(meta.sample_ids, meta.sequence_lengths, strict=True))
+    assert by_id == {"a": 11, "b": 0}  # as NeMo-RL: a sample without the tag counts 0
 
 
 def test_tasks_have_independent_cursors(client, pid):
@@ -434,3 +496,86 @@ def test_list_sample_ids_is_sorted(client, pid):
 def test_ping_and_capabilities(client):
     client.ping(timeout_s=10)
     assert isinstance(client.get_capabilities(), DataPlaneCapabilities)
+
+
+# ---------------------------------------------------------------------- the ABC (NeMo-RL's surface)
+
+#: NeMo-RL's abstract methods and their parameters (nemo_rl/data_plane/interfaces.py, main branch).
+NEMO_RL_CORE = {
+    "register_partition": [
+        "self", "partition_id", "fields", "num_samples", "consumer_tasks", "grpo_group_size", "enums"
+    ],
+    "claim_meta": [
+        "self", "partition_id", "task_name", "required_fields", "batch_size", "dp_rank", "blocking",
+        "timeout_s",
+    ],
+    "get_data": ["self", "meta", "select_fields"],
+    "check_consumption_status": ["self", "partition_id", "task_names"],
+    "put_samples": ["self", "sample_ids", "partition_id", "fields", "tags"],
+    "get_samples": ["self", "sample_ids", "partition_id", "select_fields"],
+    "clear_samples": ["self", "sample_ids", "partition_id"],
+    "close": ["self"],
+}  # fmt: skip
+
+
+class _NemoRLStyleAdapter(DataPlaneClient):
+    """An adapter that implements NeMo-RL's eight methods and nothing else (rows in a dict)."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def register_partition(
+        self, partition_id, fields, num_samples, consumer_tasks, grpo_group_size=None, enums=None
+    ):
+        pass
+
+    def claim_meta(
+        self, partition_id, task_name, required_fields, batch_size, dp_rank=None, blocking=True, timeout_s=60
+    ):
+        return KVBatchMeta(partition_id, task_name, [])
+
+    def get_data(self, meta, select_fields=None):
+        return self.get_samples(meta.sample_ids, meta.partition_id, select_fields or meta.fields)
+
+    def check_consumption_status(self, partition_id, task_names):
+        return True
+
+    def put_samples(self, sample_ids, partition_id, fields=None, tags=None):
+        self.rows.update({(partition_id, k): fields[i] for i, k in enumerate(sample_ids)})
+        return KVBatchMeta(partition_id, None, list(sample_ids))
+
+    def get_samples(self, sample_ids, partition_id, select_fields):
+        return torch.stack([self.rows[(partition_id, k)] for k in sample_ids])
+
+    def clear_samples(self, sample_ids, partition_id):
+        for key in sample_ids or [k for p, k in list(self.rows) if p == partition_id]:
+            self.rows.pop((partition_id, key), None)
+
+    def close(self):
+        pass
+
+
+def test_the_abstract_methods_are_exactly_nemo_rls_eight():
+    assert DataPlaneClient.__abstractmethods__ == set(NEMO_RL_CORE)
+    for name, parameters in NEMO_RL_CORE.items():
+        assert list(inspect.signature(getattr(DataPlaneClient, name)).parameters) == parameters, name
+
+
+def test_a_nemo_rl_style_adapter_subclasses_the_base_unchanged():
+    adapter = _NemoRLStyleAdapter()
+    adapter.put_samples(["a", "b"], "p", torch.tensor([[1], [2]]))
+    assert adapter.get_data(KVBatchMeta("p", None, ["b"], fields=["x"])).tolist() == [[2]]
+    adapter.pop(["a"], "p")  # derived from clear_samples
+    assert list(adapter.rows) == [("p", "b")]
+    assert adapter.get_capabilities() == DataPlaneCapabilities()
+    for call in (
+        adapter.ping,
+        adapter.list_keys,
+        lambda: adapter.list_sample_ids("p"),
+        lambda: adapter.list_metadata("p"),
+        lambda: adapter.depth("p"),
+    ):
+        with pytest.raises(DataPlaneError, match="not supported by this backend"):
+            call()
+    with adapter:
+        pass

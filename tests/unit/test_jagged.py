@@ -10,13 +10,13 @@ from tensordict import NonTensorStack, TensorDict
 import kvplane
 from kvplane import (
     DataPlaneBadRequest,
+    jagged,
     materialize,
     pack_jagged_fields,
     pack_per_token_field,
     response_from_nested,
     to_nested_by_length,
 )
-from kvplane import jagged
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.int32, torch.int64, torch.bool]
 

@@ -179,7 +179,7 @@ def _wait(log: PlanLog, step: int, since: int = 0, timeout: float = 2.0, body: b
 
 def test_the_control_partition_is_named_after_the_stream(client):
     log = PlanLog(client, "rollouts", "train")
-    assert log.partition_id == plan_partition_id("rollouts", "train") == "__kvplane_plans__:rollouts:train"
+    assert log.partition_id == plan_partition_id("rollouts", "train") == "__kvplane__/plans/rollouts:train"
     log.write(StepPlan.terminal(0, 2))
     assert "step-000000000000" in client.list_keys(log.partition_id)[log.partition_id]
 

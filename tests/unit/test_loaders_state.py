@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import kvplane
 from kvplane import DataPlaneBadRequest, DataPlaneUnavailable
 from kvplane.adapters.memory import MemoryDataPlaneClient
 from loaders import StreamingDataLoader
@@ -177,7 +178,7 @@ class _PlanWritesHeldBack(MemoryDataPlaneClient):
         self.stored_at: dict[str, float] = {}
 
     def put_samples(self, sample_ids, partition_id, fields=None, tags=None):
-        is_plan = partition_id.startswith("__kvplane_plans__") and sample_ids[0].startswith("step-")
+        is_plan = kvplane.is_internal_partition(partition_id) and sample_ids[0].startswith("step-")
         if is_plan:
             time.sleep(self.delay_s)
             if self.fail:

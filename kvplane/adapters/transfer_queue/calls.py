@@ -42,7 +42,6 @@ from transfer_queue import StorageKeyNotFoundError, TransferQueueClient
 from transfer_queue.client import with_controller_socket
 from transfer_queue.utils.zmq_utils import ZMQRequestType
 
-from kvplane.errors import StorageKeyNotFoundError as RacedClearError
 from kvplane.errors import (
     DataPlaneBadRequest,
     DataPlaneError,
@@ -50,6 +49,7 @@ from kvplane.errors import (
     DataPlaneTimeout,
     DataPlaneUnavailable,
 )
+from kvplane.errors import StorageKeyNotFoundError as RacedClearError
 
 __all__ = ["LoopRunner", "run_bounded", "set_tags", "translate"]
 

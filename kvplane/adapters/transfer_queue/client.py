@@ -7,14 +7,15 @@ reserved control partitions (:mod:`.control`), so every process sees the same st
 TransferQueue's client coroutines itself rather than ``tq.kv_*``, to check strictly at the cost of
 one controller metadata request and to put a deadline on every call (:mod:`.calls`).
 
-Where TransferQueue is silent, kvplane is strict (``reference/transferqueue_0.1.11.md`` §9):
+Arguments are validated once by :class:`~kvplane._gated.GatedDataPlaneClient` before they get
+here. Where TransferQueue is silent, kvplane is strict (``reference/transferqueue_0.1.11.md`` §9):
 
 - reads check every key and every field against the controller's metadata before touching storage:
   a missing partition, key or field raises ``DataPlaneKeyError`` naming it (TQ returns fewer rows
   or an empty TensorDict); ``select_fields=None`` means every field the keys store and raises when
   they differ (TQ silently intersects);
-- writes are validated whole (``kvplane.codec``), dtype and row rank per field per partition
-  included, before a key is registered; if storing fails afterwards (capacity, serialisation,
+- writes are validated whole (the gate, then dtype and row rank per field per partition here)
+  before a key is registered; if storing fails afterwards (capacity, serialisation,
   transport) the keys the call created are removed again, so no ghost key is left behind;
 - a key written with tags only is a real key: listed, tag-readable, never claimable, and a read of
   a field it lacks names it (it does not poison reads of other keys);
@@ -60,18 +61,9 @@ import numpy as np
 from tensordict import TensorDict
 from transfer_queue import BatchMeta, StorageKeyNotFoundError
 
-from kvplane.client import DataPlaneClient
-from kvplane.codec import (
-    check_claim,
-    check_ids,
-    check_partition,
-    check_registration,
-    check_select,
-    check_write,
-    is_internal_partition,
-)
+from kvplane._gated import GatedDataPlaneClient
+from kvplane._validation import Declaration
 from kvplane.config import DataPlaneConfig
-from kvplane.errors import StorageKeyNotFoundError as RacedClearError
 from kvplane.errors import (
     DataPlaneBadRequest,
     DataPlaneClearError,
@@ -81,19 +73,11 @@ from kvplane.errors import (
     DataPlaneUnavailable,
     DataPlaneWriteError,
 )
-from kvplane.groups import sequence_lengths
+from kvplane.errors import StorageKeyNotFoundError as RacedClearError
 from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
 
 from .calls import LoopRunner, set_tags
-from .control import (
-    RESERVED_PREFIX,
-    ControlPlane,
-    ControlState,
-    FieldSpec,
-    Registration,
-    is_reserved,
-    user_partition,
-)
+from .control import ControlPlane, ControlState, FieldSpec, Registration, user_partition
 from .deployment import open_deployment
 from .kvstore import get_rows, put_rows
 from .wire import prepare_batch, read_dense, shape_column
@@ -122,7 +106,7 @@ def _listed(keys: Sequence[str]) -> str:
     return shown + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
-class TransferQueueDataPlaneClient(DataPlaneClient):
+class TransferQueueDataPlaneClient(GatedDataPlaneClient):
     """The contract on a TransferQueue deployment (see the module docstring).
 
     Args:
@@ -142,6 +126,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
             raise DataPlaneBadRequest(
                 f"data plane config: 'impl' must be 'transfer_queue' here, got {cfg.impl!r}"
             )
+        super().__init__(seq_len_tag=cfg.seq_len_tag)
         self._cfg = cfg
         self._deployment = open_deployment(cfg, bootstrap=bootstrap)
         self._tq = self._deployment.client
@@ -155,26 +140,6 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         self._closed = False  # guarded by _lock
 
     # ------------------------------------------------------------------ plumbing
-    @staticmethod
-    def _partition_arg(partition_id: Any) -> str:
-        pid = check_partition(partition_id)
-        if is_reserved(pid):
-            raise DataPlaneBadRequest(
-                f"partition ids starting with {RESERVED_PREFIX!r} are reserved for kvplane"
-            )
-        return pid
-
-    def _meta(
-        self,
-        pid: str,
-        task: str | None,
-        keys: list[str],
-        fields: list[str] | None,
-        tags: list[dict[str, Any]],
-    ) -> KVBatchMeta:
-        lengths = sequence_lengths(tags, self._cfg.seq_len_tag)
-        return KVBatchMeta(pid, task, keys, fields=fields, sequence_lengths=lengths, tags=tags)
-
     async def _fields_per_key(
         self, pid: str, fields: Sequence[str], indexes: Sequence[int]
     ) -> dict[str, list[bool]]:
@@ -198,18 +163,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         return pid in partitions or state.registration is not None
 
     # ------------------------------------------------------------------ (A) task-mediated
-    def register_partition(
-        self,
-        partition_id: str,
-        fields: list[str],
-        num_samples: int | None,
-        consumer_tasks: list[str],
-        grpo_group_size: int | None = None,
-        enums: dict[str, list[str]] | None = None,
-    ) -> None:
-        pid = self._partition_arg(partition_id)
-        declared = check_registration(fields, num_samples, consumer_tasks, grpo_group_size, enums)
-        registration = Registration(*declared)
+    def _register_partition(self, pid: str, declaration: Declaration) -> None:
+        registration = Registration(*declaration)
         self._runner.run("register_partition", self._register(pid, registration), DataPlaneWriteError)
 
     async def _register(self, pid: str, registration: Registration) -> None:
@@ -218,20 +173,16 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         epoch = previous.epoch if previous is not None else uuid.uuid4().hex
         await self._control.register(pid, dataclasses.replace(registration, epoch=epoch))
 
-    def claim_meta(
+    def _claim_meta(
         self,
-        partition_id: str,
+        pid: str,
         task_name: str,
-        required_fields: list[str],
+        required: list[str],
         batch_size: int,
-        dp_rank: int | None = None,
-        blocking: bool = True,
-        timeout_s: float = 60.0,
+        dp_rank: int | None,
+        blocking: bool,
+        timeout_s: float,
     ) -> KVBatchMeta:
-        pid = self._partition_arg(partition_id)
-        task_name, required, batch_size, timeout_s = check_claim(
-            task_name, required_fields, batch_size, timeout_s
-        )
         deadline = time.monotonic() + timeout_s
         while True:
             # Each attempt gets the full request deadline: abandoning a fetch the controller already
@@ -301,9 +252,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
                 total = self._claimed[slot]
             await self._control.set_claimed(pid, task, epoch, total)
 
-    def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
-        pid = self._partition_arg(partition_id)
-        tasks = check_ids(task_names, "task_names")
+    def _check_consumption_status(self, pid: str, tasks: list[str]) -> bool:
         return self._runner.run("check_consumption_status", self._consumed(pid, tasks), DataPlaneReadError)
 
     async def _consumed(self, pid: str, tasks: list[str]) -> bool:
@@ -323,19 +272,15 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         return True
 
     # ------------------------------------------------------------------ (B) direct-by-key
-    def put_samples(
-        self, sample_ids: list[str], partition_id: str, fields: Any = None, tags: Any = None
+    def _put_samples(
+        self, pid: str, keys: list[str], batch: TensorDict | None, tag_list: list[dict[str, Any]] | None
     ) -> KVBatchMeta:
-        pid = self._partition_arg(partition_id)
-        keys, batch, tag_list = check_write(sample_ids, pid, fields, tags)
-        if not keys:
-            return KVBatchMeta(pid, None, [], fields=None)
         specs = {name: FieldSpec.of(batch.get(name)) for name in batch.keys()} if batch is not None else {}
         wire = prepare_batch(batch) if batch is not None else None
-        merged = self._runner.run(
+        held, merged = self._runner.run(
             "put_samples", self._put(pid, keys, wire, tag_list, specs), DataPlaneWriteError
         )
-        return self._meta(pid, None, keys, list(specs) or None, merged)
+        return self._meta(pid, None, keys, held or None, merged)
 
     async def _put(
         self,
@@ -344,7 +289,8 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         wire: TensorDict | None,
         tags: list[dict[str, Any]] | None,
         specs: dict[str, FieldSpec],
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """Store the write; returns every field all ``keys`` now hold and each key's merged tags."""
         known: dict[str, FieldSpec] = {}
         if specs:
             known = (await self._control.state(pid)).fields
@@ -361,6 +307,12 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         # Everything is validated: from here on keys exist in TransferQueue.
         meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=True)
         before = [dict(t) for t in meta.custom_meta]
+        # TransferQueue's meta names the fields every key already holds; the write adds its own.
+        if specs:
+            held = [n for n in known if n in meta.field_schema or n in specs]
+            held += [n for n in [*specs, *meta.field_schema] if n not in known and n not in held]
+        else:
+            held = list(meta.field_schema)
         try:
             if tags is not None:
                 # Tags first: a consumer can claim a sample as soon as its data is announced, and its
@@ -372,7 +324,7 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         except BaseException:
             await self._undo_write(pid, meta, before, tags is not None, [*known, *specs])
             raise
-        return [dict(t) for t in meta.custom_meta]
+        return held, [dict(t) for t in meta.custom_meta]
 
     async def _undo_write(
         self, pid: str, meta: BatchMeta, before: list[dict[str, Any]], tagged: bool, fields: list[str]
@@ -398,17 +350,10 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         except Exception:  # the write's own error is what the caller needs to see
             logger.warning("could not undo a failed write to partition %r", pid, exc_info=True)
 
-    def get_samples(
-        self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None
-    ) -> TensorDict:
-        pid = self._partition_arg(partition_id)
-        keys = check_ids(sample_ids, "sample_ids")
-        wanted = check_select(select_fields)
+    def _get_samples(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
         return self._runner.run("get_samples", self._get(pid, keys, wanted), DataPlaneReadError)
 
     async def _get(self, pid: str, keys: list[str], wanted: list[str] | None) -> TensorDict:
-        if not keys:
-            return TensorDict({}, batch_size=[0])
         for _ in range(_READ_ATTEMPTS - 1):
             try:
                 return await self._get_once(pid, keys, wanted)
@@ -519,17 +464,14 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         ordered = [name for name in state.fields if name in common]
         return ordered + sorted(common.difference(ordered))
 
-    def clear_samples(self, sample_ids: list[str] | None, partition_id: str) -> None:
-        pid = self._partition_arg(partition_id)
-        if sample_ids is None:
+    def _clear_samples(self, pid: str, keys: list[str] | None) -> None:
+        if keys is None:
             self._runner.run("clear_samples", self._clear_partition(pid), DataPlaneClearError)
             with self._lock:
                 for slot in [s for s in self._claimed if s[0] == pid]:
                     del self._claimed[slot]
             return
-        keys = check_ids(sample_ids, "sample_ids")
-        if keys:
-            self._runner.run("clear_samples", self._clear_keys(pid, keys), DataPlaneClearError)
+        self._runner.run("clear_samples", self._clear_keys(pid, keys), DataPlaneClearError)
 
     def _clear_batch(self, meta: BatchMeta, fields: Sequence[str]) -> BatchMeta:
         """A BatchMeta naming every field a KV backend may hold for these samples."""
@@ -564,14 +506,13 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         await self._control.wipe(pid)
 
     # ------------------------------------------------------------------ (C) recovery / control plane
-    def ping(self, timeout_s: float | None = None) -> None:
+    def _ping(self, timeout_s: float | None) -> None:
         self._runner.run("ping", self._tq.async_get_partition_list(), DataPlaneUnavailable, timeout_s)
         self._runner.check("ping")  # the controller answered; a storage unit may still be gone
 
-    def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-        if partition_id is None:
+    def _list_keys(self, pid: str | None) -> dict[str, dict[str, dict[str, Any]]]:
+        if pid is None:
             return self._runner.run("list_keys", self._list_all(), DataPlaneReadError)
-        pid = self._partition_arg(partition_id)
         return self._runner.run("list_keys", self._list_one(pid), DataPlaneReadError)
 
     async def _list_one(self, pid: str) -> dict[str, dict[str, dict[str, Any]]]:
@@ -581,13 +522,13 @@ class TransferQueueDataPlaneClient(DataPlaneClient):
         return {pid: {}} if state.registration is not None else {}
 
     async def _list_all(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every partition, kvplane's own included (the gate hides those)."""
         listing = await self._tq.async_kv_list(None)
-        out = {pid: keys for pid, keys in listing.items() if not is_internal_partition(pid)}
+        out = dict(listing)
         for pid, records in listing.items():
             owner = user_partition(pid)  # a declared partition is listed before its first write
-            if owner is not None and not is_internal_partition(owner):
-                if ControlState.parse(records).registration is not None:
-                    out.setdefault(owner, {})
+            if owner is not None and ControlState.parse(records).registration is not None:
+                out.setdefault(owner, {})
         return out
 
     def get_capabilities(self) -> DataPlaneCapabilities:

@@ -5,7 +5,7 @@ partition's declaration (``num_samples`` for the short-last-batch rule, ``consum
 typo guard), each field's dtype and row rank (dtype stability; restoring ``[B]`` fields that
 MooncakeStore returns as ``[B, 1]``) and how many samples each task has claimed in all (claims
 cleared since are gone from TransferQueue's consumption bits). kvplane keeps them as tags of keys in a
-reserved partition per user partition, ``__kvplane__/<partition>``:
+reserved partition per user partition, ``__kvplane__/backend/<partition>``:
 
 - ``registration``: the declaration (replaced by a new ``register_partition``), with an ``epoch`` id
   that a re-registration keeps and a wipe ends;
@@ -14,14 +14,15 @@ reserved partition per user partition, ``__kvplane__/<partition>``:
   current epoch (each client writes only its own key, its running total, one write at a time, so
   concurrent consumers never overwrite each other's counts and a count never goes backwards).
 
-One ``kv_list`` of the control partition reads them all. The user cannot touch reserved partitions
-(the adapter rejects them and hides them from listings); ``clear_samples(None, p)`` wipes both.
+One ``kv_list`` of the control partition reads them all. The user cannot touch them (every contract
+call naming ``__kvplane__/backend/...`` is rejected, and listings hide kvplane's own partitions:
+:mod:`kvplane._validation`); ``clear_samples(None, p)`` wipes both.
 
 Examples:
     >>> import torch
     >>> from kvplane.adapters.transfer_queue.control import FieldSpec, ControlState, control_partition
     >>> control_partition("rollouts")
-    '__kvplane__/rollouts'
+    '__kvplane__/backend/rollouts'
     >>> FieldSpec.of(torch.zeros(4, 3)), FieldSpec.of(torch.zeros(4))
     (FieldSpec(kind='torch.float32', rank=1), FieldSpec(kind='torch.float32', rank=0))
     >>> state = ControlState.parse({
@@ -42,39 +43,25 @@ from typing import Any
 
 from transfer_queue import TransferQueueClient
 
-from kvplane.codec import OBJECT_KIND, field_kind
+from kvplane._tensors import OBJECT_KIND, field_kind
+from kvplane._validation import BACKEND_OWNER, internal_partition
 
-__all__ = [
-    "RESERVED_PREFIX",
-    "ControlPlane",
-    "ControlState",
-    "FieldSpec",
-    "Registration",
-    "control_partition",
-    "is_reserved",
-]
+__all__ = ["ControlPlane", "ControlState", "FieldSpec", "Registration", "control_partition", "user_partition"]
 
-#: Partitions whose id starts with this belong to kvplane, not to users.
-RESERVED_PREFIX = "__kvplane__"
+_CONTROL_PREFIX = internal_partition(BACKEND_OWNER, "")
 _REGISTRATION_KEY = "registration"
 _FIELD_PREFIX = "field/"
 _CLAIM_PREFIX = "claimed/"
 
 
-def is_reserved(partition_id: str) -> bool:
-    """True for kvplane's own partitions."""
-    return partition_id.startswith(RESERVED_PREFIX)
-
-
 def control_partition(partition_id: str) -> str:
     """The reserved partition holding ``partition_id``'s control records."""
-    return f"{RESERVED_PREFIX}/{partition_id}"
+    return internal_partition(BACKEND_OWNER, partition_id)
 
 
 def user_partition(control_id: str) -> str | None:
     """The user partition a control partition belongs to (``None`` for any other id)."""
-    prefix = f"{RESERVED_PREFIX}/"
-    return control_id[len(prefix) :] if control_id.startswith(prefix) else None
+    return control_id[len(_CONTROL_PREFIX) :] if control_id.startswith(_CONTROL_PREFIX) else None
 
 
 @dataclass(frozen=True)
@@ -82,7 +69,7 @@ class FieldSpec:
     """What a field holds, fixed by its first write within a partition.
 
     Attributes:
-        kind: ``codec.field_kind``: a dtype string, or ``"object"`` for non-tensor columns.
+        kind: ``_tensors.field_kind``: a dtype string, or ``"object"`` for non-tensor columns.
         rank: The number of dimensions of one row (0 for a ``[B]`` column); ``None`` for objects.
     """
 
@@ -91,7 +78,7 @@ class FieldSpec:
 
     @classmethod
     def of(cls, column: Any) -> FieldSpec:
-        """The spec of a validated column (see :func:`kvplane.codec.to_batch`)."""
+        """The spec of a validated column (see :func:`kvplane._validation.to_batch`)."""
         kind = field_kind(column)
         return cls(kind, None if kind == OBJECT_KIND else column.dim() - 1)
 

@@ -2,7 +2,7 @@
 
 TransferQueue returns every column with rows of rank >= 1 as a jagged nested tensor (even when the
 rows are uniform), and MooncakeStore returns ``[B]`` columns as ``[B, 1]``. :func:`shape_column`
-restores what went in: uniform jagged → a dense zero-copy view (:func:`kvplane.codec.densify`),
+restores what went in: uniform jagged → a dense zero-copy view (:func:`kvplane._tensors.densify`),
 ``[B, 1]`` → ``[B]`` where the field's recorded row rank is 0 (a genuine ``[B, 1]`` column has rank
 1 and stays), ragged rows stay jagged, object columns pass through.
 On SimpleStorage, :func:`read_dense` fetches uniform columns dense in the first place.
@@ -28,7 +28,7 @@ import torch
 from tensordict import NonTensorStack, TensorDict, is_non_tensor
 from transfer_queue import BatchMeta
 
-from kvplane.codec import densify, make_object_column
+from kvplane._tensors import densify, make_object_column
 from kvplane.errors import DataPlaneBadRequest
 
 __all__ = ["prepare_batch", "read_dense", "shape_column"]

@@ -1,21 +1,27 @@
-"""Input validation and tensor shaping shared by every backend.
+"""Input validation for every public call of the contract, and the names of kvplane's own partitions.
 
-Writes are checked here, whole, before a backend stores anything (so a rejected write leaves no
-trace on any backend); reads are shaped here so every backend returns the same shapes: dense
-``[B, ...]`` when rows are uniform, ``[B]`` for per-row scalars, a jagged nested tensor for ragged
-rows, a ``NonTensorStack`` for Python objects.
+The checks run once, in :class:`kvplane._gated.GatedDataPlaneClient`, before a backend sees the
+call, so a rejected call leaves no trace and every backend rejects the same input the same way.
+
+kvplane's own partitions (backend records, loader plan logs) are named by :func:`internal_partition`
+and recognised by :func:`is_internal_partition`: ``list_keys(None)`` / ``kv_list()`` hide them, a
+call naming one lists or reads it. Those under ``__kvplane__/backend/`` hold a backend's private
+records: every contract call naming one is rejected.
 
 Examples:
     >>> import torch
-    >>> from kvplane.codec import to_batch, stack_rows, densify
+    >>> from kvplane._validation import to_batch, internal_partition, is_internal_partition, check_partition
     >>> td = to_batch({"ids": torch.zeros(2, 3), "text": ["a", "b"]}, 2)
     >>> td.batch_size, td.get("text").tolist()
     (torch.Size([2]), ['a', 'b'])
-    >>> stack_rows("x", [torch.ones(2), torch.ones(3)]).is_nested
-    True
-    >>> nt = torch.nested.nested_tensor([torch.arange(3), torch.arange(3)], layout=torch.jagged)
-    >>> densify(nt).shape
-    torch.Size([2, 3])
+    >>> internal_partition("plans", "rollouts:train"), is_internal_partition("__kvplane__/plans/x")
+    ('__kvplane__/plans/rollouts:train', True)
+    >>> from kvplane import DataPlaneBadRequest
+    >>> try:
+    ...     check_partition(internal_partition("backend", "p"))
+    ... except DataPlaneBadRequest as exc:
+    ...     print(exc)
+    partition '__kvplane__/backend/p' is reserved for the backend's own records
 """
 
 from __future__ import annotations
@@ -27,45 +33,49 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase, is_non_tensor
 
+from kvplane._tensors import make_object_column, stack_rows
 from kvplane.errors import DataPlaneBadRequest
 
 __all__ = [
+    "BACKEND_OWNER",
     "INTERNAL_PREFIX",
-    "OBJECT_KIND",
+    "Claim",
+    "Declaration",
+    "check_claim",
     "check_ids",
     "check_partition",
+    "check_registration",
     "check_select",
     "check_tags",
-    "check_claim",
-    "check_registration",
     "check_timeout",
     "check_write",
-    "densify",
-    "field_kind",
+    "internal_partition",
     "is_internal_partition",
-    "make_object_column",
-    "stack_rows",
-    "td_nbytes",
     "to_batch",
 ]
 
-#: The ``field_kind`` of a non-tensor column.
-OBJECT_KIND = "object"
-
-#: Partitions whose names start with this belong to kvplane itself (adapter records, loader plans):
-#: hidden from ``list_keys(None)`` / ``kv_list()``, still listable by name.
-INTERNAL_PREFIX = "__kvplane"
+#: Every partition kvplane keeps for itself starts with this.
+INTERNAL_PREFIX = "__kvplane__/"
+#: The owner of a backend's private records (``__kvplane__/backend/<partition>``).
+BACKEND_OWNER = "backend"
 
 
-def is_internal_partition(partition_id: str) -> bool:
-    """True for kvplane's own partitions (see ``INTERNAL_PREFIX``)."""
-    return partition_id.startswith(INTERNAL_PREFIX)
+def internal_partition(owner: str, name: str) -> str:
+    """The id of one of kvplane's own partitions: ``__kvplane__/<owner>/<name>``."""
+    return f"{INTERNAL_PREFIX}{owner}/{name}"
+
+
+def is_internal_partition(partition_id: Any) -> bool:
+    """True for kvplane's own partitions (hidden from ``list_keys(None)`` and ``kv_list()``)."""
+    return isinstance(partition_id, str) and partition_id.startswith(INTERNAL_PREFIX)
 
 
 def check_partition(partition_id: Any) -> str:
-    """A partition id must be a non-empty string."""
+    """A partition id must be a non-empty string outside the backends' reserved records."""
     if not isinstance(partition_id, str) or not partition_id:
         raise DataPlaneBadRequest(f"partition_id must be a non-empty string, got {partition_id!r}")
+    if partition_id.startswith(internal_partition(BACKEND_OWNER, "")):
+        raise DataPlaneBadRequest(f"partition {partition_id!r} is reserved for the backend's own records")
     return partition_id
 
 
@@ -120,6 +130,12 @@ def check_timeout(timeout_s: Any, what: str = "timeout_s") -> float:
     return float(timeout_s)
 
 
+def _optional_int(name: str, value: Any, minimum: int) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise DataPlaneBadRequest(f"{name} must be an int >= {minimum} or None, got {value!r}")
+    return value
+
+
 class Declaration(NamedTuple):
     """A validated ``register_partition`` call."""
 
@@ -128,12 +144,6 @@ class Declaration(NamedTuple):
     consumer_tasks: list[str]
     grpo_group_size: int | None
     enums: dict[str, list[str]]
-
-
-def _optional_int(name: str, value: Any, minimum: int) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise DataPlaneBadRequest(f"{name} must be an int >= {minimum} or None, got {value!r}")
-    return value
 
 
 def check_registration(
@@ -151,10 +161,26 @@ def check_registration(
     )
 
 
+class Claim(NamedTuple):
+    """A validated ``claim_meta`` call (the partition id is checked by the caller)."""
+
+    task_name: str
+    required_fields: list[str]
+    batch_size: int
+    dp_rank: int | None
+    blocking: bool
+    timeout_s: float
+
+
 def check_claim(
-    task_name: Any, required_fields: Any, batch_size: Any, timeout_s: Any
-) -> tuple[str, list[str], int, float]:
-    """Validate a ``claim_meta`` call: ``(task_name, required_fields, batch_size, timeout_s)``."""
+    task_name: Any,
+    required_fields: Any,
+    batch_size: Any,
+    dp_rank: Any = None,
+    blocking: Any = True,
+    timeout_s: Any = 60.0,
+) -> Claim:
+    """Validate a ``claim_meta`` call."""
     if not isinstance(task_name, str) or not task_name:
         raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
     required = check_ids(required_fields, "required_fields")
@@ -164,7 +190,10 @@ def check_claim(
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
-    return task_name, required, batch_size, check_timeout(timeout_s)
+    if not isinstance(blocking, bool):
+        raise DataPlaneBadRequest(f"blocking must be True or False, got {blocking!r}")
+    rank = _optional_int("dp_rank", dp_rank, 0)
+    return Claim(task_name, required, batch_size, rank, blocking, check_timeout(timeout_s))
 
 
 def check_write(
@@ -184,11 +213,6 @@ def check_write(
     if keys and batch is None and tag_list is None:
         raise DataPlaneBadRequest("a write needs fields, tags, or both")
     return keys, batch, tag_list
-
-
-def make_object_column(values: Sequence[Any]) -> NonTensorStack:
-    """A ``NonTensorStack`` holding one Python object per row (lists stay whole objects)."""
-    return NonTensorStack(*[NonTensorData(v) for v in values])
 
 
 def _column_from_list(name: str, values: Sequence[Any]) -> torch.Tensor | NonTensorStack:
@@ -256,60 +280,3 @@ def to_batch(fields: Any, n: int) -> TensorDict | None:
             )
         columns[name] = value
     return TensorDict(columns, batch_size=[n])
-
-
-def field_kind(value: Any) -> str:
-    """The dtype a column must keep within a partition: ``"torch.float32"``…, or ``"object"``."""
-    if isinstance(value, torch.Tensor):
-        return str(value.dtype)
-    return OBJECT_KIND
-
-
-def stack_rows(name: str, rows: list[torch.Tensor]) -> torch.Tensor:
-    """Rows of equal shape → one dense tensor; ragged rows → a jagged nested tensor.
-
-    Raises:
-        DataPlaneBadRequest: Rows differ in rank or in a dimension other than their first.
-    """
-    if not rows:
-        return torch.empty(0)
-    first = rows[0].shape
-    if all(r.shape == first for r in rows):
-        return torch.stack(rows)
-    if any(r.dim() != len(first) or r.dim() == 0 or r.shape[1:] != first[1:] for r in rows):
-        raise DataPlaneBadRequest(
-            f"field {name!r}: rows differ in more than their first dimension "
-            f"({sorted({tuple(r.shape) for r in rows})[:3]}...); a jagged tensor cannot hold them"
-        )
-    return torch.nested.nested_tensor(rows, layout=torch.jagged)
-
-
-def densify(value: torch.Tensor) -> torch.Tensor:
-    """A jagged nested tensor whose rows all have one length → a dense view (zero-copy).
-
-    Anything else is returned unchanged.
-    """
-    if not (isinstance(value, torch.Tensor) and value.is_nested):
-        return value
-    offsets = value.offsets()
-    if offsets is None:
-        return value
-    lengths = offsets.diff()
-    batch = lengths.numel()
-    if batch == 0 or bool((lengths != lengths[0]).any()):
-        return value
-    inner = value.values()
-    return inner.view(batch, int(lengths[0]), *inner.shape[1:])
-
-
-def td_nbytes(td: TensorDictBase | None) -> int:
-    """Payload bytes of a TensorDict's tensor leaves (non-tensor leaves count 0)."""
-    if td is None:
-        return 0
-    total = 0
-    for key in td.keys(include_nested=True, leaves_only=True):
-        value = td.get(key)
-        if isinstance(value, torch.Tensor):
-            data = value.values() if value.is_nested else value
-            total += data.numel() * data.element_size()
-    return total

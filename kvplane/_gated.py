@@ -1,0 +1,204 @@
+"""``GatedDataPlaneClient``: the one validation gate every kvplane backend stands behind.
+
+Each public method of the contract validates its arguments once (:mod:`kvplane._validation`),
+answers the trivial cases itself (empty id lists, ``get_data``'s field choice, hiding kvplane's own
+partitions from ``list_keys(None)``) and then calls the backend's protected implementation
+(``_put_samples``, ``_claim_meta``, ...) with checked, normalised arguments. A backend therefore
+cannot forget a check, and every backend rejects the same input with the same error.
+:meth:`GatedDataPlaneClient._meta` builds every returned meta, so ``sequence_lengths`` follows one
+rule (:func:`kvplane.groups.sequence_lengths`).
+
+Examples:
+    >>> from kvplane.adapters.memory import MemoryDataPlaneClient
+    >>> client = MemoryDataPlaneClient()
+    >>> client.get_samples(["a"], "p", 5)
+    Traceback (most recent call last):
+    ...
+    kvplane.errors.DataPlaneBadRequest: select_fields must be a list of strings, got int
+    >>> client.put_samples([], "p", None).sample_ids   # answered by the gate
+    []
+    >>> client.close()
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+from tensordict import TensorDict
+
+from kvplane._validation import (
+    Declaration,
+    check_claim,
+    check_ids,
+    check_partition,
+    check_registration,
+    check_select,
+    check_timeout,
+    check_write,
+    is_internal_partition,
+)
+from kvplane.client import DataPlaneClient, FieldsLike, TagsLike
+from kvplane.errors import DataPlaneBadRequest
+from kvplane.groups import sequence_lengths
+from kvplane.meta import KVBatchMeta
+
+__all__ = ["GatedDataPlaneClient"]
+
+Listing = dict[str, dict[str, dict[str, Any]]]
+
+
+class GatedDataPlaneClient(DataPlaneClient):
+    """A backend's base: public methods validate, protected ``_*`` methods store and fetch.
+
+    Subclasses implement ``_register_partition``, ``_claim_meta``, ``_check_consumption_status``,
+    ``_put_samples``, ``_get_samples``, ``_clear_samples``, ``_ping``, ``_list_keys``,
+    ``get_capabilities`` and ``close``, and do not override the public methods.
+
+    Args:
+        seq_len_tag: The tag that fills ``sequence_lengths`` when ``input_lengths`` is absent.
+    """
+
+    def __init__(self, *, seq_len_tag: str = "seq_len") -> None:
+        self._seq_len_tag = seq_len_tag
+
+    def _meta(
+        self,
+        partition_id: str,
+        task_name: str | None,
+        keys: list[str],
+        fields: list[str] | None,
+        tags: list[dict[str, Any]],
+    ) -> KVBatchMeta:
+        """The meta every call returns: ``sequence_lengths`` derived from ``tags``."""
+        lengths = sequence_lengths(tags, self._seq_len_tag)
+        return KVBatchMeta(partition_id, task_name, keys, fields=fields, sequence_lengths=lengths, tags=tags)
+
+    # ------------------------------------------------------------------ (A) task-mediated
+    def register_partition(
+        self,
+        partition_id: str,
+        fields: list[str],
+        num_samples: int | None,
+        consumer_tasks: list[str],
+        grpo_group_size: int | None = None,
+        enums: dict[str, list[str]] | None = None,
+    ) -> None:
+        pid = check_partition(partition_id)
+        self._register_partition(
+            pid, check_registration(fields, num_samples, consumer_tasks, grpo_group_size, enums)
+        )
+
+    def claim_meta(
+        self,
+        partition_id: str,
+        task_name: str,
+        required_fields: list[str],
+        batch_size: int,
+        dp_rank: int | None = None,
+        blocking: bool = True,
+        timeout_s: float = 60.0,
+    ) -> KVBatchMeta:
+        pid = check_partition(partition_id)
+        claim = check_claim(task_name, required_fields, batch_size, dp_rank, blocking, timeout_s)
+        return self._claim_meta(pid, *claim)
+
+    def get_data(self, meta: KVBatchMeta, select_fields: list[str] | None = None) -> TensorDict:
+        if not isinstance(meta, KVBatchMeta):
+            raise DataPlaneBadRequest(f"get_data needs a KVBatchMeta, got {type(meta).__name__}")
+        fields = select_fields if select_fields is not None else meta.fields
+        if fields is None:
+            raise DataPlaneBadRequest(
+                "get_data needs select_fields or meta.fields; it never fetches all fields implicitly"
+            )
+        return self.get_samples(meta.sample_ids, meta.partition_id, fields)
+
+    def check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
+        pid = check_partition(partition_id)
+        return self._check_consumption_status(pid, check_ids(task_names, "task_names"))
+
+    # ------------------------------------------------------------------ (B) direct-by-key
+    def put_samples(
+        self, sample_ids: list[str], partition_id: str, fields: FieldsLike = None, tags: TagsLike = None
+    ) -> KVBatchMeta:
+        keys, batch, tag_list = check_write(sample_ids, partition_id, fields, tags)
+        if not keys:
+            return KVBatchMeta(partition_id, None, [], fields=None)
+        return self._put_samples(partition_id, keys, batch, tag_list)
+
+    def get_samples(
+        self, sample_ids: list[str], partition_id: str, select_fields: list[str] | None
+    ) -> TensorDict:
+        pid = check_partition(partition_id)
+        keys = check_ids(sample_ids, "sample_ids")
+        wanted = check_select(select_fields)
+        if not keys:
+            return TensorDict({}, batch_size=[0])
+        return self._get_samples(pid, keys, wanted)
+
+    def clear_samples(self, sample_ids: list[str] | None, partition_id: str) -> None:
+        pid = check_partition(partition_id)
+        keys = None if sample_ids is None else check_ids(sample_ids, "sample_ids")
+        if keys is None or keys:
+            self._clear_samples(pid, keys)
+
+    # ------------------------------------------------------------------ (C) recovery / control plane
+    def ping(self, timeout_s: float | None = None) -> None:
+        self._ping(None if timeout_s is None else check_timeout(timeout_s))
+
+    def list_keys(self, partition_id: str | None = None) -> Listing:
+        if partition_id is not None:
+            return self._list_keys(check_partition(partition_id))
+        return {pid: keys for pid, keys in self._list_keys(None).items() if not is_internal_partition(pid)}
+
+    # ------------------------------------------------------------------ what a backend implements
+    @abstractmethod
+    def _register_partition(self, partition_id: str, declaration: Declaration) -> None:
+        """Store (or replace) a valid declaration."""
+
+    @abstractmethod
+    def _claim_meta(
+        self,
+        partition_id: str,
+        task_name: str,
+        required_fields: list[str],
+        batch_size: int,
+        dp_rank: int | None,
+        blocking: bool,
+        timeout_s: float,
+    ) -> KVBatchMeta:
+        """Claim as :meth:`claim_meta` documents, with checked arguments."""
+
+    @abstractmethod
+    def _check_consumption_status(self, partition_id: str, task_names: list[str]) -> bool:
+        """Answer :meth:`check_consumption_status` for checked task names."""
+
+    @abstractmethod
+    def _put_samples(
+        self,
+        partition_id: str,
+        keys: list[str],
+        batch: TensorDict | None,
+        tags: list[dict[str, Any]] | None,
+    ) -> KVBatchMeta:
+        """Store a validated, non-empty write (``batch`` and ``tags`` not both ``None``).
+
+        The backend still checks what needs its state (a field's dtype within the partition).
+        Returns :meth:`_meta` with ``fields`` = every field all ``keys`` now hold (``None`` if none).
+        """
+
+    @abstractmethod
+    def _get_samples(self, partition_id: str, keys: list[str], select_fields: list[str] | None) -> TensorDict:
+        """Read checked, non-empty ``keys``; ``select_fields=None`` means every field they store."""
+
+    @abstractmethod
+    def _clear_samples(self, partition_id: str, keys: list[str] | None) -> None:
+        """Remove checked, non-empty ``keys``, or the whole partition when ``None``."""
+
+    @abstractmethod
+    def _ping(self, timeout_s: float | None) -> None:
+        """Raise unless the backend answers within a checked ``timeout_s``."""
+
+    @abstractmethod
+    def _list_keys(self, partition_id: str | None) -> Listing:
+        """``{partition: {key: tags}}`` for one partition, or for all including kvplane's own."""
