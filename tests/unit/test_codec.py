@@ -10,7 +10,7 @@ from tensordict import NonTensorStack, TensorDict
 import kvplane
 from kvplane import (
     DataPlaneBadRequest,
-    jagged,
+    codec,
     materialize,
     pack_jagged_fields,
     pack_per_token_field,
