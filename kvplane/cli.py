@@ -136,7 +136,8 @@ def main(
     if unknown and not getattr(args, "lenient", False):
         return _usage_error(prog, f"unrecognized arguments: {' '.join(unknown)}")
     if args.log_level not in _LOG_LEVELS:  # from $KVPLANE_LOG_LEVEL: argparse checks only given values
-        return _usage_error(parser.prog, f"KVPLANE_LOG_LEVEL={args.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
+        levels = ", ".join(_LOG_LEVELS)
+        return _usage_error(parser.prog, f"KVPLANE_LOG_LEVEL={args.log_level!r} is not one of {levels}")
     if args.check is not None:
         try:
             args.check(args)

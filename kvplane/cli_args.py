@@ -46,7 +46,11 @@ def integer(*, minimum: int | None = None, maximum: int | None = None) -> Callab
             result = int(value)
         except ValueError:
             result = None
-        if result is None or (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
+        if (
+            result is None
+            or (minimum is not None and result < minimum)
+            or (maximum is not None and result > maximum)
+        ):
             raise argparse.ArgumentTypeError(f"must be an integer{bounds}, got {value!r}")
         return result
 
@@ -132,7 +136,9 @@ def output_file(*suffixes: str) -> Callable[[str], Path]:
             with tempfile.NamedTemporaryFile(dir=parent, prefix=".kvplane-probe-"):
                 pass
         except OSError as exc:
-            raise argparse.ArgumentTypeError(f"cannot write in {str(parent)!r}: {exc.strerror or exc}") from exc
+            raise argparse.ArgumentTypeError(
+                f"cannot write in {str(parent)!r}: {exc.strerror or exc}"
+            ) from exc
         return path
 
     return parse

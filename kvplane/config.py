@@ -58,6 +58,8 @@ from typing import Any
 import yaml
 
 from kvplane.errors import DataPlaneBadRequest
+from kvplane.examples import names as example_names
+from kvplane.examples import path as example_path
 
 __all__ = ["DEFAULT_IMPL", "DataPlaneConfig", "ObservabilityConfig", "check_buildable", "resolve_config_path"]
 
@@ -321,20 +323,19 @@ def resolve_config_path(source: str | os.PathLike[str]) -> Path:
     if path.is_file():
         return path
     if isinstance(source, str) and _is_example_name(source):
-        from kvplane import examples
-
-        if source in examples.names():
-            return examples.path(source)
+        if source in example_names():
+            return example_path(source)
         raise DataPlaneBadRequest(
             f"data plane config: {source!r} is neither a file nor an example config name "
-            f"(examples: {', '.join(examples.names())})"
+            f"(examples: {', '.join(example_names())})"
         )
     raise DataPlaneBadRequest(f"data plane config: no such file {str(path)!r}")
 
 
 def _is_example_name(source: str) -> bool:
     separators = {"/", os.sep, os.altsep} - {None}
-    return bool(source) and not any(sep in source for sep in separators) and not source.endswith((".yaml", ".yml"))
+    has_separator = any(sep in source for sep in separators)
+    return bool(source) and not has_separator and not source.endswith((".yaml", ".yml"))
 
 
 def _read(source: Any) -> Any:

@@ -45,8 +45,12 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="data plane YAML or example name (e.g. transfer_queue); default: the embedded backend",
     )
-    parser.add_argument("--steps", type=integer(minimum=1, maximum=10_000), default=12, help="training steps (default 12)")
-    parser.add_argument("--dp-world", type=integer(minimum=1, maximum=256), default=4, help="data-parallel ranks (default 4)")
+    parser.add_argument(
+        "--steps", type=integer(minimum=1, maximum=10_000), default=12, help="training steps (default 12)"
+    )
+    parser.add_argument(
+        "--dp-world", type=integer(minimum=1, maximum=256), default=4, help="data-parallel ranks (default 4)"
+    )
     parser.add_argument(
         "--batch-size",
         type=integer(minimum=1, maximum=65_536),
@@ -54,10 +58,16 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="samples per step, all ranks; a multiple of --dp-world (default 64)",
     )
     parser.add_argument(
-        "--group-size", type=integer(minimum=1), default=8, help="responses per prompt, <= --batch-size (default 8)"
+        "--group-size",
+        type=integer(minimum=1),
+        default=8,
+        help="responses per prompt, <= --batch-size (default 8)",
     )
     parser.add_argument(
-        "--max-staleness", type=integer(minimum=0), default=1, help="weight versions a group may lag, >= 0 (default 1)"
+        "--max-staleness",
+        type=integer(minimum=0),
+        default=1,
+        help="weight versions a group may lag, >= 0 (default 1)",
     )
     parser.add_argument(
         "--stale-fraction",

@@ -14,7 +14,7 @@ Examples:
     >>> kvplane.examples.path("nope")
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: no example config named 'nope' (examples: embedded, mooncake, transfer_queue)
+    kvplane.errors.DataPlaneBadRequest: no example config named 'nope' (examples: embedded, ...)
 """
 
 from __future__ import annotations

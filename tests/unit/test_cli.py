@@ -9,10 +9,10 @@ import json
 import logging
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import kvplane.cli
@@ -229,7 +229,8 @@ def test_a_missing_or_unparsable_config_file_is_named(capsys, tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("impl: [unclosed\n")
     code, _, err = _run(capsys, ["ls", "--config", str(broken)])
-    assert code == 2 and "is not valid YAML" in err and err.startswith("kvplane ls: error: argument --config:")
+    assert code == 2 and "is not valid YAML" in err
+    assert err.startswith("kvplane ls: error: argument --config:")
 
 
 def test_an_unknown_example_name_lists_the_examples(capsys):

@@ -53,7 +53,18 @@ def test_demo_runs_the_whole_flow_and_reports(tmp_path, capsys):
 
 def test_demo_with_no_staleness_allowed_still_trains(capsys):
     """--max-staleness 0 (the lowest accepted value) admits only groups of the current version."""
-    argv = ["demo", "--steps", "2", "--batch-size", "16", "--group-size", "4", "--work-us-per-token", "0", "--json"]
+    argv = [
+        "demo",
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--group-size",
+        "4",
+        "--work-us-per-token",
+        "0",
+        "--json",
+    ]
     assert main([*argv, "--max-staleness", "0"], commands=COMMANDS) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 2
 
@@ -71,19 +82,34 @@ def nothing_is_built(monkeypatch):
     ("argv", "message"),
     [
         (["--stale-fraction", "1.0"], "argument --stale-fraction: must be a number >= 0 and < 1, got '1.0'"),
-        (["--stale-fraction", "-0.1"], "argument --stale-fraction: must be a number >= 0 and < 1, got '-0.1'"),
+        (
+            ["--stale-fraction", "-0.1"],
+            "argument --stale-fraction: must be a number >= 0 and < 1, got '-0.1'",
+        ),
         (["--max-staleness", "-1"], "argument --max-staleness: must be an integer >= 0, got '-1'"),
         (["--steps", "0"], "argument --steps: must be an integer >= 1 and <= 10000, got '0'"),
         (["--steps", "two"], "argument --steps: must be an integer >= 1 and <= 10000, got 'two'"),
         (["--dp-world", "0"], "argument --dp-world: must be an integer >= 1 and <= 256, got '0'"),
-        (["--batch-size", "10**30"], "argument --batch-size: must be an integer >= 1 and <= 65536, got '10**30'"),
+        (
+            ["--batch-size", "10**30"],
+            "argument --batch-size: must be an integer >= 1 and <= 65536, got '10**30'",
+        ),
         (["--group-size", "0"], "argument --group-size: must be an integer >= 1, got '0'"),
-        (["--work-us-per-token", "-1"], "argument --work-us-per-token: must be a number >= 0 and <= 1000, got '-1'"),
-        (["--work-us-per-token", "inf"], "argument --work-us-per-token: must be a number >= 0 and <= 1000, got 'inf'"),
+        (
+            ["--work-us-per-token", "-1"],
+            "argument --work-us-per-token: must be a number >= 0 and <= 1000, got '-1'",
+        ),
+        (
+            ["--work-us-per-token", "inf"],
+            "argument --work-us-per-token: must be a number >= 0 and <= 1000, got 'inf'",
+        ),
         (["--seed", "1.5"], "argument --seed: must be an integer, got '1.5'"),
         (["--plot", "load.gif"], "argument --plot: must end in .png or .pdf or .svg, got 'load.gif'"),
         (["--plot", "/nonexistent/load.png"], "argument --plot: directory '/nonexistent' does not exist"),
-        (["--config", "no_such_example"], "argument --config: data plane config: 'no_such_example' is neither"),
+        (
+            ["--config", "no_such_example"],
+            "argument --config: data plane config: 'no_such_example' is neither",
+        ),
         (["--batch-size", "30"], "--batch-size (30) must be a multiple of --dp-world (4)"),
         (["--batch-size", "8", "--group-size", "16"], "--group-size (16) must be <= --batch-size (8)"),
     ],

@@ -56,7 +56,8 @@ def test_public_surface_resolves():
 def test_config_defaults_to_embedded_and_memory_is_an_alias():
     assert DataPlaneConfig.load(None) == DataPlaneConfig()
     assert DataPlaneConfig.load({}).impl == "embedded"
-    assert DataPlaneConfig.load({"impl": "memory"}) == DataPlaneConfig.load({"impl": "embedded"}) == DataPlaneConfig()
+    assert DataPlaneConfig.load({"impl": "memory"}) == DataPlaneConfig.load({"impl": "embedded"})
+    assert DataPlaneConfig.load({"impl": "memory"}) == DataPlaneConfig()
     assert DataPlaneConfig(impl="memory").impl == "embedded"  # built directly, too
     assert DataPlaneConfig().display_name == "embedded"
     for impl in ("memory", "embedded"):
@@ -72,7 +73,7 @@ def test_an_unknown_impl_names_the_canonical_impls_and_the_alias():
         "data plane config: 'impl' must be one of ['embedded', 'transfer_queue'] "
         "('memory' means 'embedded'), got 'mem'"
     )
-    with pytest.raises(DataPlaneBadRequest, match=r"^unknown data_plane impl: 'mem' \(known: embedded, transfer_queue"):
+    with pytest.raises(DataPlaneBadRequest, match=r"^unknown data_plane impl: 'mem' \(known: embedded, "):
         build_data_plane_client({"impl": "mem"})
 
 

@@ -61,8 +61,11 @@ def test_a_file_in_the_working_directory_wins_over_an_example_of_the_same_name(e
         ("transfer_queue.yaml", "no such file 'transfer_queue.yaml'"),  # a suffix makes it a path
         ("configs/transfer_queue", "no such file 'configs/transfer_queue'"),  # so does a separator
         (Path("transfer_queue"), "no such file 'transfer_queue'"),  # only a string can be a name
-        ("trasnfer_queue", "'trasnfer_queue' is neither a file nor an example config name (examples: "
-                           "embedded, mooncake, transfer_queue)"),
+        (
+            "trasnfer_queue",
+            "'trasnfer_queue' is neither a file nor an example config name (examples: "
+            "embedded, mooncake, transfer_queue)",
+        ),
     ],
 )
 def test_what_is_not_a_file_nor_an_example_name_is_named(elsewhere, source, message):
@@ -81,7 +84,9 @@ def test_a_fresh_interpreter_elsewhere_resolves_example_names(tmp_path):
         "import kvplane, kvplane.examples; "
         "print(kvplane.DataPlaneConfig.load('transfer_queue').backend, kvplane.examples.path('mooncake'))"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     backend, path = done.stdout.split()
     assert backend == "simple" and Path(path) == ROOT / "kvplane" / "examples" / "mooncake.yaml"
@@ -101,7 +106,7 @@ def test_the_cli_takes_an_example_name_for_config_from_any_directory(elsewhere, 
     assert json.loads(capsys.readouterr().out)["backend"] == "transfer_queue/simple"
 
 
-# ---------------------------------------------------------------------------------------------- missing packages
+# ------------------------------------------------------------------------------------- missing packages
 @pytest.mark.parametrize(
     ("missing", "config", "purpose", "extra"),
     [
@@ -124,9 +129,14 @@ def test_the_factory_names_a_missing_package_and_its_extra_before_starting_anyth
         monkeypatch.delitem(sys.modules, name, raising=False)  # an adapter import would show up here
     with pytest.raises(DataPlaneUnavailable) as caught:
         build_data_plane_client(config)
-    assert str(caught.value) == f"{purpose} needs {missing!r}, which is not installed: pip install 'kvplane[{extra}]'"
+    assert (
+        str(caught.value)
+        == f"{purpose} needs {missing!r}, which is not installed: pip install 'kvplane[{extra}]'"
+    )
     assert isinstance(caught.value.__cause__, ModuleNotFoundError) and caught.value.__cause__.name == missing
-    assert "kvplane.adapters.transfer_queue" not in sys.modules and "kvplane.adapters.memory" not in sys.modules
+    assert (
+        "kvplane.adapters.transfer_queue" not in sys.modules and "kvplane.adapters.memory" not in sys.modules
+    )
 
 
 def test_a_missing_dependency_of_the_transfer_queue_adapter_itself_is_translated(monkeypatch):
