@@ -46,16 +46,16 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="data plane YAML or example name (e.g. transfer_queue); default: the embedded backend",
     )
     parser.add_argument(
-        "--steps", type=integer(minimum=1, maximum=10_000), default=12, help="training steps (default 12)"
+        "--steps", type=integer(minimum=1, maximum=10_000), default=12, help="training steps, 1 to 10000 (default 12)"
     )
     parser.add_argument(
-        "--dp-world", type=integer(minimum=1, maximum=256), default=4, help="data-parallel ranks (default 4)"
+        "--dp-world", type=integer(minimum=1, maximum=256), default=4, help="data-parallel ranks, 1 to 256 (default 4)"
     )
     parser.add_argument(
         "--batch-size",
         type=integer(minimum=1, maximum=65_536),
         default=64,
-        help="samples per step, all ranks; a multiple of --dp-world (default 64)",
+        help="samples per step, all ranks; a multiple of --dp-world, at most 65536 (default 64)",
     )
     parser.add_argument(
         "--group-size",
