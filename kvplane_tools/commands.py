@@ -46,10 +46,16 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="data plane YAML or example name (e.g. transfer_queue); default: the embedded backend",
     )
     parser.add_argument(
-        "--steps", type=integer(minimum=1, maximum=10_000), default=12, help="training steps, 1 to 10000 (default 12)"
+        "--steps",
+        type=integer(minimum=1, maximum=10_000),
+        default=12,
+        help="training steps, 1 to 10000 (default 12)",
     )
     parser.add_argument(
-        "--dp-world", type=integer(minimum=1, maximum=256), default=4, help="data-parallel ranks, 1 to 256 (default 4)"
+        "--dp-world",
+        type=integer(minimum=1, maximum=256),
+        default=4,
+        help="data-parallel ranks, 1 to 256 (default 4)",
     )
     parser.add_argument(
         "--batch-size",
