@@ -20,11 +20,11 @@ Public names are loaded on first use from the module that defines them (the tabl
 
 from __future__ import annotations
 
-import importlib
-import logging
-from typing import Any
+import importlib as _importlib
+import logging as _logging
+from typing import Any as _Any
 
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 _HOMES: dict[str, str] = {
     # facade
@@ -77,18 +77,22 @@ _HOMES: dict[str, str] = {
     "shard_meta_for_dp": "kvplane.balancing",
 }
 
+#: Public submodules (importable as ``kvplane.<name>``); every other module is private (``_name``).
+_SUBMODULES = ("adapters", "balancing", "codec", "replay", "testing")
+
 __all__ = sorted(_HOMES)
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'kvplane' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
+    value = getattr(_importlib.import_module(home), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    """Only the public API: the names of ``__all__``, the public submodules and ``__version__``."""
+    return sorted({*_HOMES, *_SUBMODULES, "__version__"})

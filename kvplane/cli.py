@@ -8,20 +8,26 @@ Core commands (here):
   (``--prometheus``: the same as Prometheus text exposition).
 - ``kvplane ping [--timeout S]``: ``PONG`` or exit 1 with ``unavailable: ...``.
 
-``ls``, ``stats`` and ``ping`` take ``--config FILE`` (a data plane YAML) and ``--json``. With a
+``ls``, ``stats`` and ``ping`` take ``--config FILE`` (a data plane YAML, or the name of a packaged
+example such as ``transfer_queue``, see :mod:`kvplane.examples`) and ``--json``. With a
 TransferQueue config they *attach* to the running deployment (``bootstrap=False``): they never start
 or tear one down, and the config's observability settings are ignored. Without ``--config`` they
-inspect a fresh embedded backend, which is empty (the embedded backend lives inside one process);
-to inspect a live client in-process, call ``main([...], client=client)``.
+inspect a fresh embedded store, which is empty (the embedded backend lives inside one process), and
+say so on stderr; to inspect a live client in-process, call ``main([...], client=client)``.
 
 More commands are plugged in as :class:`Command` objects: by default the ones installed distributions
 declare in the entry point group ``kvplane.commands`` (this distribution's tools add ``demo`` and
 ``bench``), or exactly the ``commands`` passed to :func:`main`. kvplane itself never imports them.
 
-A kvplane error ends the command with exit code 1 and one line on stderr (``kvplane: <kind>:
-<message>``); usage errors exit 2. ``--log-level`` (or ``KVPLANE_LOG_LEVEL``) attaches a stderr
-handler to the ``kvplane`` logger for the duration of the command; the library itself never
-configures logging.
+Exit codes: 0 success; 2 a usage error, found before any work is done: an unknown option, a value
+out of range (the options use the types of :mod:`kvplane.cli_args`), an output file that could not
+be written, a ``--config`` that is missing or invalid, or options that do not go together (a
+command's :attr:`Command.check`); 1 a failure while working (a kvplane error, a backend that does
+not answer, a missing optional package). Either way stderr gets one line: ``kvplane <command>:
+error: <message>`` for usage errors, ``kvplane: <kind>: <message>`` otherwise (``missing
+dependency`` lines end with the ``pip install 'kvplane[...]'`` that fixes them). ``--log-level`` (or
+``KVPLANE_LOG_LEVEL``) attaches a stderr handler to the ``kvplane`` logger for the duration of the
+command; the library itself never configures logging.
 
 Examples:
     >>> import torch
@@ -56,6 +62,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from kvplane._deps import install_hint, is_missing_dependency, require
+from kvplane.cli_args import config_source, non_empty, number
 from kvplane.client import DataPlaneClient
 from kvplane.errors import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, DataPlaneUnavailable
 
@@ -76,14 +84,31 @@ class Command:
         help: One line for ``kvplane --help``.
         run: Runs the command with the parsed arguments; returns the exit code (``None``: 0). A
             :class:`~kvplane.DataPlaneError` it raises exits 1 with one line on stderr.
-        add_arguments: Adds the command's options to its parser (``None``: it has none).
+        add_arguments: Adds the command's options to its parser (``None``: it has none). Give each
+            option a ``type=`` from :mod:`kvplane.cli_args` so that a bad value is a usage error.
         description: The command's own ``--help`` text (default: ``help``).
+        check: Checks the parsed options together before ``run`` (e.g. one must divide another);
+            a :class:`~kvplane.DataPlaneBadRequest` it raises is a usage error (exit 2).
     """
 
     help: str
     run: Callable[[argparse.Namespace], int | None]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     description: str | None = None
+    check: Callable[[argparse.Namespace], None] | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``<prog>: error: ...``), exit 2."""
+
+    def error(self, message: str) -> Any:  # noqa: D102 - argparse's hook
+        self.exit(_usage_error(self.prog, message))
+
+
+def _usage_error(prog: str, message: str) -> int:
+    """Print a usage error as one line and return its exit code, 2."""
+    print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+    return 2
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -105,10 +130,19 @@ def main(
     parser = build_parser(installed_commands() if commands is None else commands)
     try:
         args, unknown = parser.parse_known_args(argv)
-        if unknown and not getattr(args, "lenient", False):
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # --help, --version and usage errors: return, never exit the caller
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    prog = f"{parser.prog} {args.command}"
+    if unknown and not getattr(args, "lenient", False):
+        return _usage_error(prog, f"unrecognized arguments: {' '.join(unknown)}")
+    if args.log_level not in _LOG_LEVELS:  # from $KVPLANE_LOG_LEVEL: argparse checks only given values
+        levels = ", ".join(_LOG_LEVELS)
+        return _usage_error(parser.prog, f"KVPLANE_LOG_LEVEL={args.log_level!r} is not one of {levels}")
+    if args.check is not None:
+        try:
+            args.check(args)
+        except DataPlaneBadRequest as exc:
+            return _usage_error(prog, str(exc))
     args.injected_client = client
     with _cli_logging(args.log_level):
         try:
@@ -116,10 +150,11 @@ def main(
         except DataPlaneError as exc:
             print(f"kvplane: {_error_kind(exc)}: {exc}", file=sys.stderr)
             return 1
-        except ModuleNotFoundError as exc:
-            if "pip install" not in str(exc):
-                raise
-            print(f"kvplane: missing dependency: {exc}", file=sys.stderr)
+        except ModuleNotFoundError as exc:  # a plugged-in command imported an optional package
+            if not is_missing_dependency(exc):
+                raise  # not an optional package: a broken install or a bug, keep the traceback
+            print(f"kvplane: missing dependency: {exc.name} is not installed: {install_hint(exc.name or '')}",
+                  file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("kvplane: interrupted", file=sys.stderr)
@@ -170,7 +205,7 @@ def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
     clash = sorted(set(commands) & set(CORE_COMMANDS))
     if clash:
         raise DataPlaneBadRequest(f"plugged-in commands {clash} would replace core kvplane commands")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kvplane", description="kvplane: the data plane for RL post-training (inspect, demo, benchmark)."
     )
     parser.add_argument("--version", action="version", version=f"kvplane {__version__}")
@@ -186,7 +221,7 @@ def build_parser(commands: Mapping[str, Command]) -> argparse.ArgumentParser:
         child = sub.add_parser(name, help=command.help, description=command.description or command.help)
         if command.add_arguments is not None:
             command.add_arguments(child)
-        child.set_defaults(handler=command.run)
+        child.set_defaults(handler=command.run, check=command.check)
     return parser
 
 
@@ -208,11 +243,20 @@ def _cli_logging(level: str) -> Iterator[None]:
 
 
 def _error_kind(exc: DataPlaneError) -> str:
+    if is_missing_dependency(exc):
+        return "missing dependency"
     if isinstance(exc, (DataPlaneUnavailable, DataPlaneTimeout)):
         return "unavailable"
     if isinstance(exc, DataPlaneBadRequest):
         return "bad request"
     return "error"
+
+
+_NO_CONFIG_NOTE = (
+    "kvplane: note: no --config: this looks at a new, empty embedded store inside this command's own "
+    "process (an embedded store is not shared between processes); to inspect a deployment, pass "
+    "--config FILE (a data plane YAML, or an example name such as --config transfer_queue)"
+)
 
 
 @contextmanager
@@ -226,10 +270,12 @@ def _inspection_client(args: argparse.Namespace) -> Iterator[tuple[DataPlaneClie
     from kvplane.config import DataPlaneConfig, ObservabilityConfig
     from kvplane.factory import build_data_plane_client
 
-    cfg = DataPlaneConfig.load(args.config)
+    if args.config is None:
+        print(_NO_CONFIG_NOTE, file=sys.stderr)
+    cfg = DataPlaneConfig.load(args.config)  # --config was loaded (validated) while parsing
     # Inspection attaches and observes nothing: no exporter port, no callbacks from the YAML.
     cfg = dataclasses.replace(cfg, observability=ObservabilityConfig())
-    label = cfg.impl if cfg.backend is None else f"{cfg.impl}/{cfg.backend}"
+    label = cfg.display_name
     client = build_data_plane_client(cfg, bootstrap=False)
     try:
         yield client, label
@@ -302,7 +348,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(summary)
             elif not summary:
-                print("(no partitions)")
+                print(_NOTHING)
             else:
                 rows = [[p, s["keys"], s["groups"], s["depth"]] for p, s in summary.items()]
                 print(table(["PARTITION", "KEYS", "GROUPS", "DEPTH"], rows))
@@ -316,6 +362,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             doc = {p: sorted(listing.get(p, {})) for p in partitions}
     if args.json:
         _print_json(doc)
+        return 0
+    if not doc:
+        print(_NOTHING)
         return 0
     for i, (partition, items) in enumerate(doc.items()):
         if len(doc) > 1:
@@ -340,6 +389,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+_NOTHING = "(no partitions)"
+
+
 def _partition_summary(client: DataPlaneClient, partition: str, n_keys: int) -> dict[str, int]:
     groups = client.list_metadata(partition)
     return {"keys": n_keys, "groups": len(groups), "depth": client.depth(partition)}
@@ -358,6 +410,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
     exporter = None
     if args.prometheus:
+        require("prometheus_client", purpose="kvplane stats --prometheus")
         from kvplane.prometheus import PrometheusExporter
 
         exporter = PrometheusExporter()
@@ -402,8 +455,6 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- ping
 def _cmd_ping(args: argparse.Namespace) -> int:
-    if args.timeout <= 0:
-        raise DataPlaneBadRequest(f"--timeout must be positive, got {args.timeout}")
     try:
         with _inspection_client(args) as (client, label):
             start = time.perf_counter()
@@ -425,28 +476,45 @@ def _cmd_ping(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- registry
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", metavar="FILE", help="a data plane YAML (default: a fresh embedded backend)"
+        "--config",
+        metavar="FILE",
+        type=config_source,
+        help="a data plane YAML or an example name (e.g. transfer_queue); default: a new, empty "
+        "embedded store in this process",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _ls_arguments(parser: argparse.ArgumentParser) -> None:
     _inspect_arguments(parser)
-    parser.add_argument("partition", nargs="?", help="list this partition's keys (default: list partitions)")
-    parser.add_argument("--tags", action="store_true", help="show each key's tags")
-    parser.add_argument("--groups", action="store_true", help="show rollout groups instead of keys")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "partition", nargs="?", type=non_empty, help="list this partition's keys (default: list partitions)"
+    )
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--tags", action="store_true", help="show each key's tags")
+    shown.add_argument("--groups", action="store_true", help="show rollout groups instead of keys")
 
 
 def _stats_arguments(parser: argparse.ArgumentParser) -> None:
     _inspect_arguments(parser)
-    parser.add_argument("--prometheus", action="store_true", help="print Prometheus text exposition")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output.add_argument("--prometheus", action="store_true", help="print Prometheus text exposition")
 
 
 def _ping_arguments(parser: argparse.ArgumentParser) -> None:
     _inspect_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a line")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, metavar="S", help="deadline in seconds (default 5)"
+        "--timeout",
+        type=number(minimum=0, maximum=_MAX_TIMEOUT_S, include_minimum=False),
+        default=5.0,
+        metavar="S",
+        help=f"deadline in seconds, > 0 and <= {_MAX_TIMEOUT_S:g} (default 5)",
     )
+
+
+_MAX_TIMEOUT_S = 86400.0  # a day: beyond any sensible ping, far below threading.TIMEOUT_MAX
 
 
 #: kvplane's own commands (plugged-in commands cannot replace them).

@@ -1,8 +1,13 @@
 """``DataPlaneConfig``: which backend to build and how, validated when it is loaded.
 
-A config comes from a dict, a YAML file, or ``None`` (the embedded memory backend). Every error names
-the offending key. ``impl: memory`` needs nothing else; ``impl: transfer_queue`` needs the
-TransferQueue keys, and ``backend: mooncake_cpu`` also the Mooncake sizes.
+A config comes from a dict, a YAML file, an example's name, or ``None`` (the embedded backend). Every
+error names the offending key. ``impl: embedded`` (the default; ``memory`` is an accepted alias, read
+as ``embedded``) needs nothing else; ``impl: transfer_queue`` needs the TransferQueue keys, and
+``backend: mooncake_cpu`` also the Mooncake sizes.
+
+A string that is not an existing file and has neither a path separator nor a ``.yaml``/``.yml``
+suffix names a packaged example (:func:`resolve_config_path`, :mod:`kvplane.examples`), so
+``DataPlaneConfig.load("transfer_queue")`` works from any directory.
 
 Keys beyond NeMo-RL's set (decisions written down here): ``ray_address`` joins an existing Ray
 cluster; ``ray_num_cpus`` sizes a local one (default: enough for the controller and every storage
@@ -23,8 +28,10 @@ validated but have no effect (kvplane uses TransferQueue's own Mooncake client);
 
 Examples:
     >>> from kvplane import DataPlaneConfig
-    >>> DataPlaneConfig.load(None).impl
-    'memory'
+    >>> DataPlaneConfig.load(None).impl, DataPlaneConfig.load({"impl": "memory"}).impl
+    ('embedded', 'embedded')
+    >>> DataPlaneConfig.load("transfer_queue").backend      # the packaged example, from any directory
+    'simple'
     >>> cfg = DataPlaneConfig.load({"impl": "transfer_queue", "backend": "simple", "storage_capacity": None,
     ...                             "num_storage_units": 1, "claim_meta_poll_interval_s": 0.01})
     >>> cfg.backend, cfg.num_storage_units
@@ -34,7 +41,7 @@ Examples:
     >>> cfg = DataPlaneConfig.load(nemo_rl)
     >>> cfg.storage_capacity, cfg.num_storage_units, cfg.ray_address, cfg.request_timeout_s
     (1000000, 2, 'auto', 30.0)
-    >>> DataPlaneConfig.load({"impl": "memory", "storage_capacty": 3})
+    >>> DataPlaneConfig.load({"impl": "embedded", "storage_capacty": 3})
     Traceback (most recent call last):
     ...
     kvplane.errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key ...
@@ -51,10 +58,16 @@ from typing import Any
 import yaml
 
 from kvplane.errors import DataPlaneBadRequest
+from kvplane.examples import names as example_names
+from kvplane.examples import path as example_path
 
-__all__ = ["DataPlaneConfig", "ObservabilityConfig", "check_buildable"]
+__all__ = ["DEFAULT_IMPL", "DataPlaneConfig", "ObservabilityConfig", "check_buildable", "resolve_config_path"]
 
-_IMPLS = ("memory", "transfer_queue")
+#: The default backend's one name (a store inside this process).
+DEFAULT_IMPL = "embedded"
+_IMPLS = (DEFAULT_IMPL, "transfer_queue")
+#: Accepted spellings of an impl and the name they mean (``memory``: kvplane's earlier name).
+_IMPL_ALIASES = {"memory": DEFAULT_IMPL}
 _BACKENDS = ("simple", "mooncake_cpu")
 _TQ_REQUIRED = ("backend", "storage_capacity", "num_storage_units", "claim_meta_poll_interval_s")
 _MOONCAKE_REQUIRED = ("global_segment_size", "local_buffer_size")
@@ -118,9 +131,13 @@ class ObservabilityConfig:
 
 @dataclass(frozen=True)
 class DataPlaneConfig:
-    """A validated data plane configuration. Build it with :meth:`load`."""
+    """A validated data plane configuration. Build it with :meth:`load`.
 
-    impl: str = "memory"
+    ``impl`` is always the canonical name (``"embedded"`` or ``"transfer_queue"``); an alias given to
+    the constructor is replaced by the name it means.
+    """
+
+    impl: str = DEFAULT_IMPL
     enabled: bool = True
     backend: str | None = None
     storage_capacity: int | None = None
@@ -135,11 +152,26 @@ class DataPlaneConfig:
     seq_len_tag: str = "seq_len"
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
+    def __post_init__(self) -> None:
+        if self.impl in _IMPL_ALIASES:
+            object.__setattr__(self, "impl", _IMPL_ALIASES[self.impl])
+
+    @property
+    def display_name(self) -> str:
+        """The backend in one word for people: ``embedded``, ``transfer_queue/simple``, ...
+
+        Examples:
+            >>> DataPlaneConfig().display_name, DataPlaneConfig.load("mooncake").display_name
+            ('embedded', 'transfer_queue/mooncake_cpu')
+        """
+        return self.impl if self.backend is None else f"{self.impl}/{self.backend}"
+
     @classmethod
     def load(
         cls, source: DataPlaneConfig | Mapping[str, Any] | str | os.PathLike[str] | None
     ) -> DataPlaneConfig:
-        """Build a config from ``None`` (memory backend), a mapping, a YAML path, or a config.
+        """Build a config from ``None`` (embedded backend), a mapping, a YAML path, an example's name
+        (:func:`resolve_config_path`), or a config.
 
         A YAML file may hold the keys at top level or under a ``data_plane:`` section.
 
@@ -160,9 +192,9 @@ class DataPlaneConfig:
             if key not in known and key not in _NEMO_RL_KEYS:
                 raise _bad(str(key), f"is an unknown key (known keys: {', '.join([*known, *_NEMO_RL_KEYS])})")
         raw = _from_nemo_rl_spelling(raw)
-        impl = raw.get("impl", "memory")
+        impl = _canonical_impl(raw.get("impl", DEFAULT_IMPL))
         if impl not in _IMPLS:
-            raise _bad("impl", f"must be one of {list(_IMPLS)}, got {impl!r}")
+            raise _bad("impl", f"must be one of {list(_IMPLS)} ({_ALIAS_NOTE}), got {impl!r}")
         values: dict[str, Any] = {"impl": impl}
         values["enabled"] = _check_bool(raw, "enabled", True)
         if impl == "transfer_queue":
@@ -226,7 +258,7 @@ def _from_nemo_rl_spelling(raw: Mapping[str, Any]) -> dict[str, Any]:
     if address is not None:
         if not isinstance(address, str) or not address:
             raise _bad("controller_address", f"must be a non-empty string or null, got {address!r}")
-        if out.get("impl", "memory") != "transfer_queue":
+        if _canonical_impl(out.get("impl", DEFAULT_IMPL)) != "transfer_queue":
             raise _bad("controller_address", "applies only to impl: transfer_queue")
         put("ray_address", address, "controller_address")
     if "ack_timeout_ms" in out:
@@ -260,14 +292,58 @@ def _from_nemo_rl_spelling(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_ALIAS_NOTE = ", ".join(f"{alias!r} means {name!r}" for alias, name in _IMPL_ALIASES.items())
+
+
+def _canonical_impl(impl: Any) -> Any:
+    """The impl an accepted spelling names (anything else is returned for the caller to reject)."""
+    return _IMPL_ALIASES.get(impl, impl) if isinstance(impl, str) else impl
+
+
+def resolve_config_path(source: str | os.PathLike[str]) -> Path:
+    """The YAML file a config source names: an existing file, else a packaged example's name.
+
+    The rule: a path to an existing file is that file. Otherwise a *string* without a path
+    separator and without a ``.yaml``/``.yml`` suffix is the name of an example in
+    :mod:`kvplane.examples` (``"transfer_queue"`` → ``kvplane/examples/transfer_queue.yaml``), so it
+    resolves the same from any directory. Anything else is a missing file.
+
+    Raises:
+        DataPlaneBadRequest: No such file, or no example of that name (the message lists them).
+
+    Examples:
+        >>> resolve_config_path("mooncake").name
+        'mooncake.yaml'
+        >>> resolve_config_path("configs/missing.yaml")
+        Traceback (most recent call last):
+        ...
+        kvplane.errors.DataPlaneBadRequest: data plane config: no such file 'configs/missing.yaml'
+    """
+    path = Path(source)
+    if path.is_file():
+        return path
+    if isinstance(source, str) and _is_example_name(source):
+        if source in example_names():
+            return example_path(source)
+        raise DataPlaneBadRequest(
+            f"data plane config: {source!r} is neither a file nor an example config name "
+            f"(examples: {', '.join(example_names())})"
+        )
+    raise DataPlaneBadRequest(f"data plane config: no such file {str(path)!r}")
+
+
+def _is_example_name(source: str) -> bool:
+    separators = {"/", os.sep, os.altsep} - {None}
+    has_separator = any(sep in source for sep in separators)
+    return bool(source) and not has_separator and not source.endswith((".yaml", ".yml"))
+
+
 def _read(source: Any) -> Any:
     """The raw mapping a config source holds (a config or ``None`` pass through)."""
     if source is None or isinstance(source, DataPlaneConfig):
         return source
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise DataPlaneBadRequest(f"data plane config: no such file {str(path)!r}")
+        path = resolve_config_path(source)
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
@@ -293,16 +369,18 @@ def check_buildable(source: DataPlaneConfig | Mapping[str, Any] | str | os.PathL
     """
     raw = _read(source)
     if not isinstance(raw, (Mapping, DataPlaneConfig)):
-        return  # None builds the memory backend; anything else is load()'s to report
+        return  # None builds the embedded backend; anything else is load()'s to report
     enabled = raw.enabled if isinstance(raw, DataPlaneConfig) else raw.get("enabled", True)
     if enabled is False:
         raise DataPlaneBadRequest(
             "build_data_plane_client called with data_plane disabled ('enabled': false); "
             "keep the legacy path that never engages the data plane, or set enabled: true"
         )
-    impl = raw.impl if isinstance(raw, DataPlaneConfig) else raw.get("impl", "memory")
-    if impl not in _IMPLS:
-        raise DataPlaneBadRequest(f"unknown data_plane impl: {impl!r} (known: {', '.join(_IMPLS)})")
+    impl = raw.impl if isinstance(raw, DataPlaneConfig) else raw.get("impl", DEFAULT_IMPL)
+    if _canonical_impl(impl) not in _IMPLS:
+        raise DataPlaneBadRequest(
+            f"unknown data_plane impl: {impl!r} (known: {', '.join(_IMPLS)}; {_ALIAS_NOTE})"
+        )
 
 
 def _check_bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:

@@ -1,15 +1,19 @@
 """``build_data_plane_client``: turn a config into a ready client, observability included.
 
-Adapters are imported lazily, so the memory backend never imports Ray or TransferQueue. The
+Adapters are imported lazily, so the embedded backend never imports Ray or TransferQueue; a backend
+whose optional packages are missing fails up front with :class:`~kvplane.DataPlaneUnavailable` naming
+the package and the ``pip install 'kvplane[...]'`` line, before anything starts. The
 observability wiring lives here too (:func:`wrap_with_observability`): the factory sits above both
 the middleware (:mod:`kvplane.observability`) and its exporter (:mod:`kvplane.prometheus`), so neither
 of those imports the other's wiring.
 
 Examples:
     >>> from kvplane import build_data_plane_client
-    >>> client = build_data_plane_client({"impl": "memory"})
+    >>> client = build_data_plane_client({"impl": "embedded"})
     >>> type(client).__name__
     'MemoryDataPlaneClient'
+    >>> client.close()
+    >>> client = build_data_plane_client("embedded")   # a packaged example, by name
     >>> client.close()
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from kvplane._deps import missing, require
 from kvplane.client import DataPlaneClient
 from kvplane.config import DataPlaneConfig, ObservabilityConfig, check_buildable
 
@@ -35,7 +40,8 @@ def build_data_plane_client(
     """Build the client ``cfg`` describes (see :class:`~kvplane.DataPlaneConfig`).
 
     Args:
-        cfg: A config, a mapping, a YAML path, or ``None`` for the embedded memory backend.
+        cfg: A config, a mapping, a YAML path, an example's name (``"transfer_queue"``, see
+            :mod:`kvplane.examples`), or ``None`` for the embedded backend.
         bootstrap: For TransferQueue: start the deployment (driver) when True; attach to a running
             one (worker) when False. Only the bootstrapping process tears it down on ``close()``.
 
@@ -43,21 +49,36 @@ def build_data_plane_client(
         DataPlaneBadRequest: The config is disabled ("disabled" in the message; checked before
             anything else), names an unknown impl ("unknown data_plane impl: ..."), or is invalid
             (the message names the key).
+        DataPlaneUnavailable: An optional package the config needs is not installed (the message
+            names it and the ``pip install`` line; checked before anything is started).
     """
     check_buildable(cfg)  # 'enabled' first, then 'impl', worded as NeMo-RL's factory
     config = DataPlaneConfig.load(cfg)
+    _require_packages(config)
     client: DataPlaneClient
-    if config.impl == "memory":
+    if config.impl == "transfer_queue":
+        try:
+            from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
+        except ModuleNotFoundError as exc:  # a dependency of TransferQueue's own (zmq, psutil, ...)
+            raise missing(exc.name or "transfer_queue", "impl: transfer_queue", exc) from exc
+        client = TransferQueueDataPlaneClient(config, bootstrap=bootstrap)
+    else:
         from kvplane.adapters.memory import MemoryDataPlaneClient
 
         client = MemoryDataPlaneClient(seq_len_tag=config.seq_len_tag)
-    else:
-        from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
-
-        client = TransferQueueDataPlaneClient(config, bootstrap=bootstrap)
     if config.observability.enabled:
         client = wrap_with_observability(client, config.observability)
     return client
+
+
+def _require_packages(config: DataPlaneConfig) -> None:
+    """Fail before anything starts when a package ``config`` needs is not installed."""
+    if config.impl == "transfer_queue":
+        require("transfer_queue", "ray", purpose="impl: transfer_queue")
+        if config.backend == "mooncake_cpu":
+            require("mooncake", purpose="backend: mooncake_cpu")
+    if config.observability.enabled and config.observability.prometheus_port is not None:
+        require("prometheus_client", purpose="observability.prometheus_port")
 
 
 def wrap_with_observability(client: DataPlaneClient, obs_cfg: ObservabilityConfig) -> MetricsDataPlaneClient:
@@ -68,7 +89,8 @@ def wrap_with_observability(client: DataPlaneClient, obs_cfg: ObservabilityConfi
     ``wrapped.prometheus.port``) and stops when the client is closed.
 
     Raises:
-        ModuleNotFoundError: ``prometheus_port`` is set but ``prometheus-client`` is not installed.
+        DataPlaneUnavailable: ``prometheus_port`` is set but ``prometheus-client`` is not installed
+            (the message says ``pip install 'kvplane[metrics]'``).
 
     Examples:
         >>> from kvplane.config import ObservabilityConfig
@@ -85,6 +107,7 @@ def wrap_with_observability(client: DataPlaneClient, obs_cfg: ObservabilityConfi
     if obs_cfg.log_events:
         wrapped.add_sink(log_event)
     if obs_cfg.prometheus_port is not None:
+        require("prometheus_client", purpose="observability.prometheus_port")
         from kvplane.prometheus import PrometheusExporter
 
         exporter = PrometheusExporter()

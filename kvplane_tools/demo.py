@@ -1,7 +1,7 @@
 """``kvplane demo``: a small but real GRPO-style data flow through kvplane.
 
 What runs (threads in one process; the data plane is the embedded backend, or TransferQueue with
-``--config kvplane/examples/transfer_queue.yaml``):
+``--config transfer_queue``, the packaged example):
 
 1. **Producers** (rollout workers) write rollout groups — one prompt, ``--group-size`` responses of
    lognormal length — with :func:`kvplane.replay.write_group`: data first, tagged with the group's
@@ -19,8 +19,8 @@ What runs (threads in one process; the data plane is the embedded backend, or Tr
 The report: trained samples per second, per-step rank imbalance (most-loaded rank / mean) next to
 what NeMo-RL's default contiguous split would have given on the same samples, bytes outstanding and
 their peak (from :class:`kvplane.MetricsDataPlaneClient`), admissions and evictions. ``--plot
-FILE.png`` draws per-rank token load per step. The options are
-:mod:`kvplane_tools.commands`' ``demo`` command's.
+FILE.png`` draws per-rank token load per step. The options, and the checks that run before any
+thread starts, are :mod:`kvplane_tools.commands`' ``demo`` command's.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ import torch
 from tqdm.auto import tqdm
 
 from kvplane import (
-    DataPlaneBadRequest,
+    DataPlaneConfig,
     KVBatchMeta,
     MetricsDataPlaneClient,
     build_data_plane_client,
     shard_meta_for_dp,
 )
+from kvplane._deps import require
 from kvplane.replay import keys_of, select_groups, write_group
 from loaders import StreamingDataLoader, StreamingDataset
 
@@ -77,8 +78,8 @@ class _Flow:
     def guarded(self, fn: Any, *args: Any) -> None:
         try:
             fn(self, *args)
-        except BaseException as exc:  # surfaced by run() after the threads stop
-            logger.exception("demo thread failed")
+        except BaseException as exc:  # surfaced by run() after the threads stop (one line or a traceback)
+            logger.debug("demo thread failed", exc_info=True)
             self.errors.append(exc)
             self.stop.set()
 
@@ -209,7 +210,7 @@ def _report(flow: _Flow, wall_s: float) -> dict[str, Any]:
     default = [p["nemo_default_imbalance"] for p in per_step]
     stats = flow.client.snapshot()
     return {
-        "backend": args.config or "embedded",
+        "backend": DataPlaneConfig.load(args.config).display_name,
         "steps": len(steps),
         "dp_world": args.dp_world,
         "batch_size": args.batch_size,
@@ -297,12 +298,13 @@ def _plot(report: dict[str, Any], path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; print the report (and draw it with ``--plot``). Returns 0 on success."""
-    for name in ("steps", "dp_world", "batch_size", "group_size"):
-        if getattr(args, name) < 1:
-            raise DataPlaneBadRequest(f"demo: --{name.replace('_', '-')} must be >= 1")
-    if args.batch_size % args.dp_world:
-        raise DataPlaneBadRequest("demo: --batch-size must be a multiple of --dp-world")
+    """Run the demo; print the report (and draw it with ``--plot``). Returns 0 on success.
+
+    ``args`` were checked when they were parsed; what needs the environment is checked here, before
+    any thread starts: ``--plot`` needs matplotlib, a config its backend's packages (the factory).
+    """
+    if args.plot:
+        require("matplotlib", purpose="kvplane demo --plot")
     client = MetricsDataPlaneClient(build_data_plane_client(args.config))
     flow = _Flow(args, client, partition=f"demo-{uuid.uuid4().hex[:8]}")
     client.register_partition(flow.partition, _FIELDS, num_samples=None, consumer_tasks=[_TASK])

@@ -78,7 +78,7 @@ class ClientSource:
         """
         if num_workers < 1:
             return
-        if self._config is None or self._config.impl == "memory":
+        if self._config is None or self._config.impl == "embedded":
             raise DataPlaneBadRequest(
                 f"num_workers={num_workers} needs a backend that DataLoader worker processes can reach: "
                 "the embedded memory backend lives in one process (a worker would see an empty store), "
@@ -94,7 +94,7 @@ class ClientSource:
         assert self._config is not None
         with self._lock:
             if self._built is None or self._built_pid != os.getpid():
-                if self._config.impl == "memory":
+                if self._config.impl == "embedded":
                     self._built = kvplane.init(self._config)
                 else:
                     self._built = kvplane.build_data_plane_client(self._config, bootstrap=False)

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kvplane
-from kvplane import DataPlaneBadRequest
+from kvplane import DataPlaneBadRequest, DataPlaneError
 from kvplane.cli import json_default, table
 from kvplane_tools.bench import SUITES
 
@@ -108,14 +108,19 @@ def run(args: argparse.Namespace) -> int:
         "suites": suites,
     }
     text = json.dumps(doc, indent=2, default=json_default)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    else:
-        print(text)
     print(_bench_table(suites), file=sys.stderr)
     if args.output:
+        try:  # --output was checked before the suites ran; this catches what changed meanwhile
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+        except OSError as exc:
+            print(text)
+            raise DataPlaneError(
+                f"could not write {args.output}: {exc.strerror or exc}; the report is on stdout"
+            ) from exc
         print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text)
     return 0 if all(s["status"] == "ok" for s in suites.values()) else 1
 
 

@@ -88,10 +88,33 @@ def test_ls_of_an_unknown_partition_says_it_is_empty(capsys, populated):
     assert code == 0 and out.strip() == "(partition 'nope' has no keys)"
 
 
+@pytest.mark.parametrize("command", ["ls", "stats", "ping"])
+def test_without_config_the_inspection_says_it_looked_at_an_empty_embedded_store(capsys, command):
+    code, _, err = _run(capsys, [command])
+    assert code == 0
+    [note] = err.splitlines()
+    assert note.startswith("kvplane: note: no --config: ") and "empty embedded store" in note
+    assert "--config FILE" in note and "--config transfer_queue" in note
+
+
+def test_an_injected_client_or_a_config_gets_no_note(capsys, client, tmp_path):
+    assert _run(capsys, ["ls"], client=client)[2] == ""
+    assert _run(capsys, ["ls", "--config", "embedded"])[2] == ""
+
+
 def test_ls_on_the_default_embedded_backend_is_empty(capsys):
-    assert _run(capsys, ["ls"]) == (0, "(no partitions)\n", "")
+    code, out, _ = _run(capsys, ["ls"])
+    assert (code, out) == (0, "(no partitions)\n")
     code, out, _ = _run(capsys, ["ls", "--json"])
     assert (code, json.loads(out)) == (0, {})
+
+
+@pytest.mark.parametrize("flag", ["--groups", "--tags"])
+def test_ls_groups_or_tags_with_nothing_stored_says_so(capsys, client, flag):
+    assert _run(capsys, ["ls", flag], client=client)[:2] == (0, "(no partitions)\n")
+    code, out, _ = _run(capsys, ["ls", "train", flag], client=client)
+    kind = "groups" if flag == "--groups" else "keys"
+    assert (code, out) == (0, f"(partition 'train' has no {kind})\n")
 
 
 def test_inspection_attaches_to_a_transfer_queue_config_and_observes_nothing(capsys, tmp_path, monkeypatch):
@@ -157,7 +180,7 @@ def test_ping_answers_pong(capsys, client):
     assert code == 0 and out.startswith("PONG (MemoryDataPlaneClient, ")
     code, out, _ = _run(capsys, ["ping", "--json"])
     doc = json.loads(out)
-    assert code == 0 and doc["ok"] is True and doc["backend"] == "memory" and doc["ms"] >= 0
+    assert code == 0 and doc["ok"] is True and doc["backend"] == "embedded" and doc["ms"] >= 0
 
 
 def test_ping_of_an_unavailable_backend_exits_1(capsys, client):
@@ -169,38 +192,89 @@ def test_ping_of_an_unavailable_backend_exits_1(capsys, client):
     assert code == 1 and json.loads(out)["ok"] is False
 
 
-def test_ping_rejects_a_non_positive_timeout(capsys):
-    code, _, err = _run(capsys, ["ping", "--timeout", "0"])
-    assert code == 1 and "--timeout must be positive" in err
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e10", "soon"])
+def test_ping_rejects_a_bad_timeout_as_a_usage_error(capsys, timeout):
+    code, out, err = _run(capsys, ["ping", "--timeout", timeout])
+    assert (code, out) == (2, "")
+    assert err == (
+        f"kvplane ping: error: argument --timeout: must be a number > 0 and <= 86400, got {timeout!r} "
+        "(see kvplane ping --help)\n"
+    )
+
+
+def test_stats_names_the_backend_embedded(capsys):
+    code, out, _ = _run(capsys, ["stats", "--json"])
+    assert code == 0 and json.loads(out)["backend"] == "embedded"
+    code, out, _ = _run(capsys, ["stats", "--config", "embedded"])
+    assert code == 0 and ["backend", "embedded"] in [line.split() for line in out.splitlines()]
 
 
 # ---------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("command", ["ls", "stats", "ping"])
-def test_a_bad_config_exits_1_with_one_line(capsys, tmp_path, command):
+def test_a_bad_config_is_a_usage_error_with_one_line(capsys, tmp_path, command, monkeypatch):
+    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("impl: memory\nstorage_capacty: 3\n")
+    cfg.write_text("impl: embedded\nstorage_capacty: 3\n")
     code, out, err = _run(capsys, [command, "--config", str(cfg)])
-    assert (code, out) == (1, "")
-    assert err.startswith("kvplane: bad request: data plane config: 'storage_capacty' is an unknown key")
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        f"kvplane {command}: error: argument --config: data plane config: 'storage_capacty' is an unknown key"
+    )
     assert err.count("\n") == 1
 
 
-def test_a_missing_config_file_is_named(capsys, tmp_path):
+def test_a_missing_or_unparsable_config_file_is_named(capsys, tmp_path):
     code, _, err = _run(capsys, ["ls", "--config", str(tmp_path / "nope.yaml")])
-    assert code == 1 and "no such file" in err and "nope.yaml" in err
+    assert code == 2 and "no such file" in err and "nope.yaml" in err and err.count("\n") == 1
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("impl: [unclosed\n")
+    code, _, err = _run(capsys, ["ls", "--config", str(broken)])
+    assert code == 2 and "is not valid YAML" in err
+    assert err.startswith("kvplane ls: error: argument --config:")
 
 
-def test_config_and_an_explicit_client_conflict(capsys, client, tmp_path):
-    code, _, err = _run(capsys, ["ls", "--config", str(tmp_path / "x.yaml")], client=client)
+def test_an_unknown_example_name_lists_the_examples(capsys):
+    code, _, err = _run(capsys, ["stats", "--config", "trasnfer_queue"])
+    assert code == 2
+    assert "'trasnfer_queue' is neither a file nor an example config name" in err
+    assert "(examples: embedded, mooncake, transfer_queue)" in err
+
+
+def test_config_and_an_explicit_client_conflict(capsys, client):
+    code, _, err = _run(capsys, ["ls", "--config", "embedded"], client=client)
     assert code == 1 and "--config cannot be combined" in err
 
 
 def test_usage_errors_return_2_without_exiting(capsys):
     assert main([]) == 2
+    assert "required: COMMAND" in capsys.readouterr().err
     assert main(["ls", "--bogus"]) == 2
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == "kvplane ls: error: unrecognized arguments: --bogus (see kvplane ls --help)\n"
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("kvplane ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ls", ""], "argument partition: must not be empty"),
+        (["ls", "--tags", "--groups"], "argument --groups: not allowed with argument --tags"),
+        (["stats", "--json", "--prometheus"], "argument --prometheus: not allowed with argument --json"),
+    ],
+)
+def test_inspection_options_are_checked_before_any_work(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
+    code, out, err = _run(capsys, argv)
+    assert (code, out) == (2, "")
+    assert err == f"kvplane {argv[0]}: error: {message} (see kvplane {argv[0]} --help)\n"
+
+
+def test_a_bad_log_level_in_the_environment_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.setenv("KVPLANE_LOG_LEVEL", "verbose")
+    code, out, err = _run(capsys, ["ping"])
+    assert (code, out) == (2, "")
+    assert err.startswith("kvplane: error: KVPLANE_LOG_LEVEL='VERBOSE' is not one of DEBUG, INFO")
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -292,11 +366,65 @@ def test_bench_fails_when_part_of_a_suite_failed_and_keeps_the_rest(capsys, fake
     assert outcome["result"]["ratio"] == 1.0
 
 
-def test_bench_unknown_suite_is_a_one_line_error(capsys, fake_suites):
-    code, out, err = _tools(capsys, ["bench", "--suite", "nope"])
-    assert (code, out) == (1, "")
-    assert err.startswith("kvplane: bad request: unknown bench suite(s) ['nope']") and "clitest_tiny" in err
-    assert err.count("\n") == 1
+def test_bench_unknown_suite_is_a_one_line_usage_error(capsys, fake_suites):
+    code, out, err = _tools(capsys, ["bench", "--suite", "clitest_tiny,nope"])
+    assert (code, out) == (2, "")
+    assert err.startswith("kvplane bench: error: argument --suite: unknown bench suite(s) ['nope']")
+    assert "clitest_tiny" in err and err.count("\n") == 1
+
+
+@pytest.fixture
+def no_suite_runs(monkeypatch):
+    """Fail the test if a bench suite starts: the checks must come before any work."""
+    import kvplane_tools.bench.runner as runner
+
+    monkeypatch.setattr(runner, "run_suite", lambda *a, **k: pytest.fail("a suite ran"))
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("/nonexistent/x.json", "directory '/nonexistent' does not exist (for '/nonexistent/x.json')"),
+        ("{tmp}", "'{tmp}' is a directory, not a file"),
+        ("{tmp}/result.txt", "must end in .json, got '{tmp}/result.txt'"),
+    ],
+)
+def test_bench_output_is_checked_before_any_suite_runs(capsys, no_suite_runs, tmp_path, target, message):
+    target, message = (s.format(tmp=tmp_path) for s in (target, message))
+    code, out, err = _tools(capsys, ["bench", "--output", target])
+    assert (code, out) == (2, "")
+    assert err == f"kvplane bench: error: argument --output: {message} (see kvplane bench --help)\n"
+
+
+def test_bench_output_in_a_read_only_place_is_refused(capsys, no_suite_runs, tmp_path, monkeypatch):
+    import kvplane.cli_args
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(kvplane.cli_args.tempfile, "NamedTemporaryFile", refuse)
+    code, _, err = _tools(capsys, ["bench", "--output", str(tmp_path / "r.json")])
+    assert code == 2 and f"cannot write in '{tmp_path}': Permission denied" in err
+
+
+def test_a_failed_final_write_still_prints_the_report(capsys, fake_suites, tmp_path, monkeypatch):
+    target = tmp_path / "gone" / "r.json"
+    target.parent.mkdir()
+    import kvplane_tools.bench.runner as runner
+
+    real_run_suite = runner.run_suite
+
+    def run_then_lose_the_directory(*args, **kwargs):  # the directory was there when it was checked
+        outcome = real_run_suite(*args, **kwargs)
+        target.parent.rmdir()
+        return outcome
+
+    monkeypatch.setattr(runner, "run_suite", run_then_lose_the_directory)
+    code, out, err = _tools(capsys, ["bench", "--suite", "clitest_tiny", "--output", str(target)])
+    assert code == 1
+    assert json.loads(out)["suites"]["clitest_tiny"]["status"] == "ok"  # the work is not lost
+    assert err.splitlines()[-1].startswith(f"kvplane: error: could not write {target}: ")
+    assert "the report is on stdout" in err
 
 
 def test_bench_list(capsys, fake_suites):
@@ -382,10 +510,10 @@ def test_python_dash_m_kvplane_exit_codes(tmp_path):
         text=True,
         timeout=120,
     )
-    assert failed.returncode == 1
-    assert (
-        failed.stderr.strip() == "kvplane: bad request: data plane config: 'impl' must be one of "
-        "['memory', 'transfer_queue'], got 'nosuch'"
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == (
+        "kvplane ls: error: argument --config: data plane config: 'impl' must be one of "
+        "['embedded', 'transfer_queue'] ('memory' means 'embedded'), got 'nosuch' (see kvplane ls --help)"
     )
 
 

@@ -53,9 +53,28 @@ def test_public_surface_resolves():
         kvplane.no_such_name  # noqa: B018
 
 
-def test_config_defaults_to_memory():
+def test_config_defaults_to_embedded_and_memory_is_an_alias():
     assert DataPlaneConfig.load(None) == DataPlaneConfig()
-    assert DataPlaneConfig.load({}).impl == "memory"
+    assert DataPlaneConfig.load({}).impl == "embedded"
+    assert DataPlaneConfig.load({"impl": "memory"}) == DataPlaneConfig.load({"impl": "embedded"})
+    assert DataPlaneConfig.load({"impl": "memory"}) == DataPlaneConfig()
+    assert DataPlaneConfig(impl="memory").impl == "embedded"  # built directly, too
+    assert DataPlaneConfig().display_name == "embedded"
+    for impl in ("memory", "embedded"):
+        client = build_data_plane_client({"impl": impl})
+        assert type(client).__name__ == "MemoryDataPlaneClient"
+        client.close()
+
+
+def test_an_unknown_impl_names_the_canonical_impls_and_the_alias():
+    with pytest.raises(DataPlaneBadRequest) as caught:
+        DataPlaneConfig.load({"impl": "mem"})
+    assert str(caught.value) == (
+        "data plane config: 'impl' must be one of ['embedded', 'transfer_queue'] "
+        "('memory' means 'embedded'), got 'mem'"
+    )
+    with pytest.raises(DataPlaneBadRequest, match=r"^unknown data_plane impl: 'mem' \(known: embedded, "):
+        build_data_plane_client({"impl": "mem"})
 
 
 @pytest.mark.parametrize(
