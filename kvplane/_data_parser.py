@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 
 __all__ = ["parse_batch"]
 

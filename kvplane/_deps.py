@@ -13,14 +13,14 @@ Examples:
     >>> require("no_such_module_kvplane", purpose="this example")
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneUnavailable: this example needs 'no_such_module_kvplane', which is not installed
+    kvplane._errors.DataPlaneUnavailable: this example needs 'no_such_module_kvplane', which is not installed
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-from kvplane.errors import DataPlaneUnavailable
+from kvplane._errors import DataPlaneUnavailable
 
 __all__ = ["EXTRAS", "install_hint", "is_missing_dependency", "missing", "require"]
 

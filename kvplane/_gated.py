@@ -6,7 +6,7 @@ partitions from ``list_keys(None)``) and then calls the backend's protected impl
 (``_put_samples``, ``_claim_meta``, ...) with checked, normalised arguments. A backend therefore
 cannot forget a check, and every backend rejects the same input with the same error.
 :meth:`GatedDataPlaneClient._meta` builds every returned meta, so ``sequence_lengths`` follows one
-rule (:func:`kvplane.groups.sequence_lengths`).
+rule (:func:`kvplane._groups.sequence_lengths`).
 
 Examples:
     >>> from kvplane.adapters.memory import MemoryDataPlaneClient
@@ -14,7 +14,7 @@ Examples:
     >>> client.get_samples(["a"], "p", 5)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: select_fields must be a list of strings, got int
+    kvplane._errors.DataPlaneBadRequest: select_fields must be a list of strings, got int
     >>> client.put_samples([], "p", None).sample_ids   # answered by the gate
     []
     >>> client.close()
@@ -27,6 +27,10 @@ from typing import Any
 
 from tensordict import TensorDict
 
+from kvplane._client import DataPlaneClient, FieldsLike, TagsLike
+from kvplane._errors import DataPlaneBadRequest
+from kvplane._groups import sequence_lengths
+from kvplane._meta import KVBatchMeta
 from kvplane._validation import (
     Declaration,
     check_claim,
@@ -38,10 +42,6 @@ from kvplane._validation import (
     check_write,
     is_internal_partition,
 )
-from kvplane.client import DataPlaneClient, FieldsLike, TagsLike
-from kvplane.errors import DataPlaneBadRequest
-from kvplane.groups import sequence_lengths
-from kvplane.meta import KVBatchMeta
 
 __all__ = ["GatedDataPlaneClient"]
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDictBase
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 
 __all__ = ["OBJECT_KIND", "densify", "field_kind", "make_object_column", "stack_rows", "td_nbytes"]
 

@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase, is_non_tensor
 
+from kvplane._errors import DataPlaneBadRequest
 from kvplane._tensors import make_object_column, stack_rows
-from kvplane.errors import DataPlaneBadRequest
 
 __all__ = [
     "BACKEND_OWNER",

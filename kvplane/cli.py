@@ -20,7 +20,7 @@ declare in the entry point group ``kvplane.commands`` (this distribution's tools
 ``bench``), or exactly the ``commands`` passed to :func:`main`. kvplane itself never imports them.
 
 Exit codes: 0 success; 2 a usage error, found before any work is done: an unknown option, a value
-out of range (the options use the types of :mod:`kvplane.cli_args`), an output file that could not
+out of range (the options use the types of :mod:`kvplane._cli_args`), an output file that could not
 be written, a ``--config`` that is missing or invalid, or options that do not go together (a
 command's :attr:`Command.check`); 1 a failure while working (a kvplane error, a backend that does
 not answer, a missing optional package). Either way stderr gets one line: ``kvplane <command>:
@@ -62,12 +62,25 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from kvplane._cli_args import config_source, integer, non_empty, number, output_file
+from kvplane._client import DataPlaneClient
 from kvplane._deps import install_hint, is_missing_dependency, require
-from kvplane.cli_args import config_source, non_empty, number
-from kvplane.client import DataPlaneClient
-from kvplane.errors import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, DataPlaneUnavailable
+from kvplane._errors import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, DataPlaneUnavailable
 
-__all__ = ["COMMANDS_GROUP", "Command", "build_parser", "installed_commands", "json_default", "main", "table"]
+__all__ = [
+    "COMMANDS_GROUP",
+    "Command",
+    "build_parser",
+    "config_source",
+    "installed_commands",
+    "integer",
+    "json_default",
+    "main",
+    "non_empty",
+    "number",
+    "output_file",
+    "table",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +98,7 @@ class Command:
         run: Runs the command with the parsed arguments; returns the exit code (``None``: 0). A
             :class:`~kvplane.DataPlaneError` it raises exits 1 with one line on stderr.
         add_arguments: Adds the command's options to its parser (``None``: it has none). Give each
-            option a ``type=`` from :mod:`kvplane.cli_args` so that a bad value is a usage error.
+            option a ``type=`` from :mod:`kvplane._cli_args` so that a bad value is a usage error.
         description: The command's own ``--help`` text (default: ``help``).
         check: Checks the parsed options together before ``run`` (e.g. one must divide another);
             a :class:`~kvplane.DataPlaneBadRequest` it raises is a usage error (exit 2).
@@ -267,8 +280,8 @@ def _inspection_client(args: argparse.Namespace) -> Iterator[tuple[DataPlaneClie
             raise DataPlaneBadRequest("--config cannot be combined with an explicit client")
         yield args.injected_client, type(args.injected_client).__name__
         return
-    from kvplane.config import DataPlaneConfig, ObservabilityConfig
-    from kvplane.factory import build_data_plane_client
+    from kvplane._config import DataPlaneConfig, ObservabilityConfig
+    from kvplane._factory import build_data_plane_client
 
     if args.config is None:
         print(_NO_CONFIG_NOTE, file=sys.stderr)
@@ -406,12 +419,12 @@ def _group_record(group: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- stats
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from kvplane.observability import MetricsDataPlaneClient
+    from kvplane._observability import MetricsDataPlaneClient
 
     exporter = None
     if args.prometheus:
         require("prometheus_client", purpose="kvplane stats --prometheus")
-        from kvplane.prometheus import PrometheusExporter
+        from kvplane._prometheus import PrometheusExporter
 
         exporter = PrometheusExporter()
     with _inspection_client(args) as (inner, label):

@@ -13,7 +13,7 @@ stored or moved; a reader pads them back only when it needs rectangles.
 - :func:`response_from_nested` cuts the response slice (shifted left by one token) out of
   prompt+response rows.
 
-Dtypes are preserved (bf16 included); bad shapes raise :class:`~kvplane.errors.DataPlaneBadRequest`
+Dtypes are preserved (bf16 included); bad shapes raise :class:`~kvplane._errors.DataPlaneBadRequest`
 (a ``ValueError``). Differences from NeMo-RL: ``materialize`` returns a plain ``dict`` (NeMo-RL's
 ``BatchedDataDict`` is a dict subclass), and inputs NeMo-RL would slice silently into garbage
 (negative or too-long lengths, a response longer than its row) are rejected.
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 
 __all__ = [
     "SEQLEN_PAD_EXEMPT_FIELDS",

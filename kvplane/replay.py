@@ -8,7 +8,7 @@ helpers use only ``put_samples``, ``list_metadata``, ``list_sample_ids``, ``evic
 ``group_id``, ``weight_version``, ``created_at``, ``expected_num_keys``, ``size_bytes`` (the whole
 group's tensor bytes; object columns count 0) and ``committed=False``; only after that write has
 returned for every key does it commit, with a tag-only put of ``committed=True`` on every key. A
-group counts as committed only when *all* its keys say so (see :mod:`kvplane.groups`) and as
+group counts as committed only when *all* its keys say so (see :mod:`kvplane._groups`) and as
 complete only when all ``expected_num_keys`` keys exist, so a reader never sees a committed group
 with a key missing or unwritten, even on a backend whose batch put or commit lands key by key
 (TransferQueue). A producer that dies before committing leaves an uncommitted group: visible in
@@ -68,11 +68,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from kvplane._client import DataPlaneClient, FieldsLike
+from kvplane._errors import DataPlaneBadRequest
+from kvplane._meta import DataPlaneGroupMeta, KVBatchMeta
 from kvplane._tensors import td_nbytes
 from kvplane._validation import check_ids, check_partition, check_tags, to_batch
-from kvplane.client import DataPlaneClient, FieldsLike
-from kvplane.errors import DataPlaneBadRequest
-from kvplane.meta import DataPlaneGroupMeta, KVBatchMeta
 
 __all__ = [
     "GROUP_TAG_NAMES",

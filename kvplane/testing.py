@@ -15,14 +15,14 @@ Examples:
     >>> transfer_queue_config("simple", storage_capacty=3)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key ...
+    kvplane._errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key ...
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kvplane.config import DataPlaneConfig
+from kvplane._config import DataPlaneConfig
 
 __all__ = ["transfer_queue_config"]
 

@@ -3,7 +3,7 @@
 :data:`COMMANDS` is what ``python -m kvplane_tools`` registers; ``pyproject.toml`` declares the same
 two objects as ``kvplane.commands`` entry points for the installed ``kvplane`` script. This module
 only defines options: each command imports its implementation (the loaders, the suites) when it runs.
-Every option is checked while the command line is parsed (types from :mod:`kvplane.cli_args`, and
+Every option is checked while the command line is parsed (types from :mod:`kvplane._cli_args`, and
 each command's ``check`` for options that must agree), so a bad value is a usage error (exit 2)
 before the demo starts a thread or the bench runs a suite.
 
@@ -28,8 +28,7 @@ from __future__ import annotations
 import argparse
 
 from kvplane import DataPlaneBadRequest
-from kvplane.cli import Command
-from kvplane.cli_args import config_source, integer, number, output_file
+from kvplane.cli import Command, config_source, integer, number, output_file
 
 __all__ = ["BENCH", "COMMANDS", "DEMO"]
 

@@ -6,16 +6,16 @@ with ``batch_size=None`` and an identity collate) turn ``claim_meta`` plus
 exactly once across ranks, processes and DataLoader workers, and resumable with
 ``state_dict()``/``load_state_dict()``.
 
-Modules: :mod:`~loaders.dataset`, :mod:`~loaders.dataloader` (the two public classes);
-:mod:`~loaders.plan` (how a step is split), :mod:`~loaders.control` (the plan log in the data
-plane), :mod:`~loaders.steps` (claiming or reading plans and fetching, in a prefetch thread),
-:mod:`~loaders.stream` (start position, delivery, acknowledgements, state),
-:mod:`~loaders.source` (clients per process), :mod:`~loaders.ranks` (DP rank and world).
+Modules: :mod:`~loaders._dataset`, :mod:`~loaders._dataloader` (the two public classes);
+:mod:`~loaders._plan` (how a step is split), :mod:`~loaders._control` (the plan log in the data
+plane), :mod:`~loaders._steps` (claiming or reading plans and fetching, in a prefetch thread),
+:mod:`~loaders._stream` (start position, delivery, acknowledgements, state),
+:mod:`~loaders._source` (clients per process), :mod:`~loaders._ranks` (DP rank and world).
 
 This package imports only kvplane's public API; kvplane never imports it.
 """
 
-from loaders.dataloader import StreamingDataLoader
-from loaders.dataset import StreamingDataset
+from loaders._dataloader import StreamingDataLoader
+from loaders._dataset import StreamingDataset
 
 __all__ = ["StreamingDataLoader", "StreamingDataset"]

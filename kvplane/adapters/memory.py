@@ -20,7 +20,7 @@ Examples:
     >>> client.get_samples(["a", "zz"], "p", ["x"])
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneKeyError: partition 'p' has no key 'zz'
+    kvplane._errors.DataPlaneKeyError: partition 'p' has no key 'zz'
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from typing import Any
 import torch
 from tensordict import TensorDict, is_non_tensor
 
+from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
 from kvplane._gated import GatedDataPlaneClient
+from kvplane._meta import DataPlaneCapabilities, KVBatchMeta
 from kvplane._tensors import field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
-from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
-from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
 
 __all__ = ["MemoryDataPlaneClient"]
 

@@ -35,7 +35,7 @@ number of micro-batches per global batch:
 
 The second return value is the forward permutation (rank-order concatenation → original index), or
 ``None`` when no row moved (NeMo-RL's convention: its contiguous mode always gives ``None``). Tags travel with their rows. Bad arguments raise
-:class:`~kvplane.errors.DataPlaneBadRequest`.
+:class:`~kvplane._errors.DataPlaneBadRequest`.
 
 Examples:
     >>> from kvplane import KVBatchMeta, shard_meta_for_dp
@@ -57,6 +57,6 @@ Examples:
     ([3, 7, 1, 5, 4, 2, 0, 6], [[3576]])
 """
 
-from kvplane.balancing.shard import shard_meta_for_dp
+from kvplane.balancing._shard import shard_meta_for_dp
 
 __all__ = ["shard_meta_for_dp"]

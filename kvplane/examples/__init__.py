@@ -3,7 +3,7 @@
 ``embedded`` (the default backend), ``transfer_queue`` (TransferQueue on Ray, SimpleStorage) and
 ``mooncake`` (TransferQueue with MooncakeStore over TCP). Anything that takes a config accepts the
 bare name (``kvplane.init("transfer_queue")``, ``kvplane ls --config transfer_queue``); the rule
-that tells a name from a path is :func:`kvplane.config.resolve_config_path`'s.
+that tells a name from a path is :func:`kvplane._config.resolve_config_path`'s.
 
 Examples:
     >>> import kvplane.examples
@@ -14,14 +14,14 @@ Examples:
     >>> kvplane.examples.path("nope")
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: no example config named 'nope' (examples: embedded, ...)
+    kvplane._errors.DataPlaneBadRequest: no example config named 'nope' (examples: embedded, ...)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 
 __all__ = ["names", "path"]
 

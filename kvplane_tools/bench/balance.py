@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from kvplane import KVBatchMeta, shard_meta_for_dp
-from kvplane.balancing.packers import PACKING_ALGORITHMS
-from kvplane.balancing.partition import contiguous, karmarkar_karp, lpt, rank_loads, sort_and_stride
+from kvplane.balancing._packers import PACKING_ALGORITHMS
+from kvplane.balancing._partition import contiguous, karmarkar_karp, lpt, rank_loads, sort_and_stride
 from kvplane_tools.bench.stats import measure
 
 __all__ = ["bimodal_lengths", "lognormal_lengths", "run"]

@@ -81,7 +81,7 @@ def test_a_read_that_keeps_racing_a_clear_raises_storage_key_not_found(
     """TransferQueue's storage says a listed key is gone on every look: TransferQueue's error name."""
     from transfer_queue import StorageKeyNotFoundError as TQStorageKeyNotFoundError
 
-    from kvplane.adapters.transfer_queue import client as adapter
+    from kvplane.adapters.transfer_queue import _client as adapter
 
     kvplane.kv_batch_put(["a"], pid, {"x": torch.ones(1, 2)})
 
@@ -100,7 +100,7 @@ def test_a_read_that_keeps_racing_a_clear_raises_storage_key_not_found(
 def test_transfer_queue_storage_key_not_found_translates_to_kvplanes():
     from transfer_queue import StorageKeyNotFoundError as TQStorageKeyNotFoundError
 
-    from kvplane.adapters.transfer_queue.calls import translate
+    from kvplane.adapters.transfer_queue._calls import translate
 
     raced = translate("get_data", TQStorageKeyNotFoundError("key 3 not found"), kvplane.DataPlaneReadError)
     assert type(raced) is kvplane.StorageKeyNotFoundError and "key 3 not found" in str(raced)

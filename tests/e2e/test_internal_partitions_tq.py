@@ -17,7 +17,7 @@ import torch
 import kvplane
 from kvplane import DataPlaneBadRequest, internal_partition, is_internal_partition
 from loaders import StreamingDataset
-from loaders.control import plan_partition_id
+from loaders._control import plan_partition_id
 
 from .conftest import Deployment
 

@@ -370,7 +370,7 @@ def _failing_fetch(
 def test_a_fetch_failing_because_a_clear_raced_it_names_the_key_missing(
     client: TransferQueueDataPlaneClient, pid: str, monkeypatch: pytest.MonkeyPatch, cleared: bool
 ):
-    from kvplane.adapters.transfer_queue import client as adapter
+    from kvplane.adapters.transfer_queue import _client as adapter
 
     client.put_samples(["a", "b"], pid, {"x": torch.ones(2, 3)})
     fetch = _failing_fetch(client, pid, ["a"] if cleared else [])

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvplane import DataPlaneBadRequest
-from kvplane.balancing.packers import PACKING_ALGORITHMS, adjust_bin_count, pack
-from kvplane.balancing.partition import (
+from kvplane.balancing._packers import PACKING_ALGORITHMS, adjust_bin_count, pack
+from kvplane.balancing._partition import (
     best_assignment,
     candidate_assignments,
     improve_by_swaps,

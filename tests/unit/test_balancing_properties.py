@@ -7,9 +7,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kvplane import DataPlaneBadRequest, KVBatchMeta, shard_meta_for_dp
-from kvplane.balancing.packers import PACKING_ALGORITHMS
-from kvplane.balancing.partition import karmarkar_karp, rank_loads, sort_and_stride
-from kvplane.balancing.request import DEFAULT_FLOPS_COEFF
+from kvplane.balancing._packers import PACKING_ALGORITHMS
+from kvplane.balancing._partition import karmarkar_karp, rank_loads, sort_and_stride
+from kvplane.balancing._request import DEFAULT_FLOPS_COEFF
 
 
 @st.composite

@@ -15,12 +15,12 @@ import pytest
 import tomllib
 import torch
 
+import kvplane._factory
 import kvplane.cli
-import kvplane.factory
 from kvplane import DataPlaneBadRequest
+from kvplane._prometheus import PrometheusExporter
 from kvplane.adapters.memory import MemoryDataPlaneClient
 from kvplane.cli import Command, main
-from kvplane.prometheus import PrometheusExporter
 from kvplane_tools.bench import SUITES
 from kvplane_tools.commands import COMMANDS
 
@@ -130,7 +130,7 @@ def test_inspection_attaches_to_a_transfer_queue_config_and_observes_nothing(cap
         built.append((config, bootstrap, client))
         return client
 
-    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", fake_build)
+    monkeypatch.setattr(kvplane._factory, "build_data_plane_client", fake_build)
     code, out, _ = _run(capsys, ["ls", "--config", str(cfg)])
     assert (code, out) == (0, "(no partitions)\n")
     [(config, bootstrap, client)] = built
@@ -212,7 +212,7 @@ def test_stats_names_the_backend_embedded(capsys):
 # ---------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("command", ["ls", "stats", "ping"])
 def test_a_bad_config_is_a_usage_error_with_one_line(capsys, tmp_path, command, monkeypatch):
-    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr(kvplane._factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("impl: embedded\nstorage_capacty: 3\n")
     code, out, err = _run(capsys, [command, "--config", str(cfg)])
@@ -264,7 +264,7 @@ def test_usage_errors_return_2_without_exiting(capsys):
     ],
 )
 def test_inspection_options_are_checked_before_any_work(capsys, monkeypatch, argv, message):
-    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr(kvplane._factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
     code, out, err = _run(capsys, argv)
     assert (code, out) == (2, "")
     assert err == f"kvplane {argv[0]}: error: {message} (see kvplane {argv[0]} --help)\n"
@@ -283,14 +283,14 @@ def test_log_level_configures_the_kvplane_logger_for_the_command_only(capsys, cl
     handlers, level = list(package_logger.handlers), package_logger.level
 
     def chatty(event):
-        logging.getLogger("kvplane.observability").debug("saw %s", event["op"])
+        logging.getLogger("kvplane._observability").debug("saw %s", event["op"])
 
-    from kvplane.observability import MetricsDataPlaneClient
+    from kvplane._observability import MetricsDataPlaneClient
 
     code, _, err = _run(
         capsys, ["--log-level", "debug", "ping"], client=MetricsDataPlaneClient(client, chatty)
     )
-    assert code == 0 and "DEBUG kvplane.observability: saw ping" in err
+    assert code == 0 and "DEBUG kvplane._observability: saw ping" in err
     assert (package_logger.handlers, package_logger.level) == (handlers, level)
     code, _, err = _run(capsys, ["ping"], client=MetricsDataPlaneClient(client, chatty))
     assert "saw ping" not in err  # default WARNING
@@ -397,12 +397,12 @@ def test_bench_output_is_checked_before_any_suite_runs(capsys, no_suite_runs, tm
 
 
 def test_bench_output_in_a_read_only_place_is_refused(capsys, no_suite_runs, tmp_path, monkeypatch):
-    import kvplane.cli_args
+    import kvplane._cli_args
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(kvplane.cli_args.tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(kvplane._cli_args.tempfile, "NamedTemporaryFile", refuse)
     code, _, err = _tools(capsys, ["bench", "--output", str(tmp_path / "r.json")])
     assert code == 2 and f"cannot write in '{tmp_path}': Permission denied" in err
 

@@ -29,7 +29,7 @@ from kvplane import (
 )
 from kvplane._tensors import make_object_column
 from loaders import StreamingDataset
-from loaders.control import plan_partition_id
+from loaders._control import plan_partition_id
 from tests.snapshots import store_snapshot
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import kvplane.factory
+import kvplane._factory
 from kvplane.cli import main
 from kvplane_tools.commands import COMMANDS
 
@@ -72,7 +72,7 @@ def test_demo_with_no_staleness_allowed_still_trains(capsys):
 @pytest.fixture
 def nothing_is_built(monkeypatch):
     """Fail the test if the demo builds a client: the checks must come before any work."""
-    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr(kvplane._factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
     import kvplane_tools.demo
 
     monkeypatch.setattr(kvplane_tools.demo, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
@@ -124,7 +124,7 @@ def test_bad_demo_options_are_usage_errors_before_any_work(capsys, nothing_is_bu
 
 def test_demo_plot_without_matplotlib_is_one_line_with_the_install_hint(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
-    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr(kvplane._factory, "build_data_plane_client", lambda *a, **k: pytest.fail("built"))
     code = main(["demo", "--plot", str(tmp_path / "load.png")], commands=COMMANDS)
     out, err = capsys.readouterr()
     assert (code, out) == (1, "")

@@ -18,7 +18,7 @@ from kvplane import (
     DataPlaneWriteError,
     build_data_plane_client,
 )
-from kvplane.groups import as_bool, as_float, as_int, groups_from_tags
+from kvplane._groups import as_bool, as_float, as_int, groups_from_tags
 
 
 @pytest.mark.parametrize(

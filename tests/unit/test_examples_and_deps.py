@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 import kvplane
+import kvplane._factory
 import kvplane.examples
-import kvplane.factory
 from kvplane import DataPlaneBadRequest, DataPlaneConfig, DataPlaneUnavailable, build_data_plane_client
+from kvplane._config import resolve_config_path
 from kvplane.adapters.memory import MemoryDataPlaneClient
 from kvplane.cli import Command, main
-from kvplane.config import resolve_config_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +99,7 @@ def test_the_cli_takes_an_example_name_for_config_from_any_directory(elsewhere, 
         built.append((config, bootstrap))
         return MemoryDataPlaneClient()
 
-    monkeypatch.setattr(kvplane.factory, "build_data_plane_client", fake_build)
+    monkeypatch.setattr(kvplane._factory, "build_data_plane_client", fake_build)
     assert main(["ping", "--json", "--config", "transfer_queue"], commands={}) == 0
     [(config, bootstrap)] = built
     assert config.display_name == "transfer_queue/simple" and bootstrap is False

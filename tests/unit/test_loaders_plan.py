@@ -9,8 +9,8 @@ import time
 import pytest
 
 from kvplane import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, KVBatchMeta
-from loaders.control import PlanLog, plan_partition_id
-from loaders.plan import ShardOptions, StepPlan, even_bounds, plan_step
+from loaders._control import PlanLog, plan_partition_id
+from loaders._plan import ShardOptions, StepPlan, even_bounds, plan_step
 
 PACKING = {"algorithm": "modified_first_fit_decreasing", "max_tokens_per_microbatch": 1024}
 DYNAMIC = {"max_tokens_per_microbatch": 1024, "sequence_length_round": 64}

@@ -13,8 +13,8 @@ import kvplane
 from kvplane import DataPlaneBadRequest, DataPlaneUnavailable
 from kvplane.adapters.memory import MemoryDataPlaneClient
 from loaders import StreamingDataLoader
-from loaders.control import GC_EVERY_STEPS, PlanLog
-from loaders.steps import StepProducer
+from loaders._control import GC_EVERY_STEPS, PlanLog
+from loaders._steps import StepProducer
 from tests.unit.test_loaders import (
     TASK,
     by_step,

@@ -230,7 +230,7 @@ def test_chunk_splits_like_transfer_queue(caplog):
     assert chunks[1].tags == [{"i": 4}, {"i": 5}, {"i": 6}]
     chunks[0].extra_info["t"] = "changed"
     assert meta.extra_info == {"t": "v"}
-    with caplog.at_level("WARNING", logger="kvplane.meta"):
+    with caplog.at_level("WARNING", logger="kvplane._meta"):
         small = _tq(2).chunk(5)
     assert [len(c) for c in small] == [1, 1, 0, 0, 0] and "empty" in caplog.text
     nemo = KVBatchMeta("p", "t", ["a", "b", "c"], sequence_lengths=[1, 2, 3])
@@ -245,7 +245,7 @@ def test_class_concat_joins_chunks_like_transfer_queue(caplog):
     joined = KVBatchMeta.concat(meta.chunk(7))  # empty chunks included
     assert joined == meta and joined is not meta
     assert KVBatchMeta.concat([KVBatchMeta(), _tq(1), None, KVBatchMeta()]).keys == ["k0"]
-    with caplog.at_level("WARNING", logger="kvplane.meta"):
+    with caplog.at_level("WARNING", logger="kvplane._meta"):
         assert KVBatchMeta.concat([]) == KVBatchMeta()
         assert KVBatchMeta.concat([KVBatchMeta(partition_id="q")]).partition_id is None
     # fields compare as sets; a chunk without fields is not checked; the first chunk's order wins

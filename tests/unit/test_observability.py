@@ -14,13 +14,13 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from tensordict import TensorDict
 
-import kvplane.prometheus
+import kvplane._prometheus
 from kvplane import DataPlaneKeyError, DataPlaneTimeout, build_data_plane_client
+from kvplane._config import ObservabilityConfig
+from kvplane._factory import wrap_with_observability
+from kvplane._observability import MetricsDataPlaneClient
+from kvplane._prometheus import PrometheusExporter
 from kvplane.adapters.memory import MemoryDataPlaneClient
-from kvplane.config import ObservabilityConfig
-from kvplane.factory import wrap_with_observability
-from kvplane.observability import MetricsDataPlaneClient
-from kvplane.prometheus import PrometheusExporter
 
 EVENT_KEYS = {"op", "partition_id", "n_keys", "n_bytes", "wall_ms", "status"}
 
@@ -177,7 +177,7 @@ def test_a_failing_sink_never_breaks_an_operation(client, caplog):
 
     metrics = MetricsDataPlaneClient(client, on_event=broken)
     metrics.add_sink(received.append)
-    with caplog.at_level(logging.ERROR, logger="kvplane.observability"):
+    with caplog.at_level(logging.ERROR, logger="kvplane._observability"):
         meta = metrics.put_samples(["a"], "p", _x(1))
     assert meta.sample_ids == ["a"]
     assert metrics.get_samples(["a"], "p", ["x"])["x"].shape == (1, 4)
@@ -314,9 +314,9 @@ def test_close_hooks_run_once_after_the_inner_client_closed(client, events):
 
 def test_log_events_logs_each_event_at_debug(client, caplog):
     metrics = wrap_with_observability(client, ObservabilityConfig(enabled=True, log_events=True))
-    with caplog.at_level(logging.DEBUG, logger="kvplane.observability"):
+    with caplog.at_level(logging.DEBUG, logger="kvplane._observability"):
         metrics.ping()
-    records = [r for r in caplog.records if r.name == "kvplane.observability"]
+    records = [r for r in caplog.records if r.name == "kvplane._observability"]
     assert len(records) == 1 and records[0].levelno == logging.DEBUG
     assert "'op': 'ping'" in records[0].getMessage()
 
@@ -348,7 +348,7 @@ def _samples(exporter: PrometheusExporter) -> dict[tuple[str, tuple], float]:
 
 
 def test_exposition_contains_every_documented_metric():
-    documented = set(re.findall(r"``(kvplane_[a-z_]+)``", kvplane.prometheus.__doc__))
+    documented = set(re.findall(r"``(kvplane_[a-z_]+)``", kvplane._prometheus.__doc__))
     assert {"kvplane_op_duration_seconds", "kvplane_ops_total", "kvplane_bytes_outstanding"} <= documented
     exporter = PrometheusExporter()
     metrics = MetricsDataPlaneClient(MemoryDataPlaneClient())

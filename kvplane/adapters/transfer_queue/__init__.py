@@ -15,6 +15,6 @@ import psutil
 
 os.environ.setdefault("TQ_NUM_THREADS", str(psutil.cpu_count(logical=False) or 1))
 
-from .client import TransferQueueDataPlaneClient  # noqa: E402
+from ._client import TransferQueueDataPlaneClient  # noqa: E402
 
 __all__ = ["TransferQueueDataPlaneClient"]

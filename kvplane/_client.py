@@ -51,8 +51,8 @@ from typing import Any
 
 from tensordict import TensorDict
 
-from kvplane.errors import DataPlaneError
-from kvplane.meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
+from kvplane._errors import DataPlaneError
+from kvplane._meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 
 __all__ = ["DataPlaneClient", "FieldsLike", "TagsLike"]
 
@@ -127,7 +127,7 @@ class DataPlaneClient(ABC):
 
         Returns:
             A meta with ``task_name``, ``fields=required_fields``, the samples' tags, and
-            ``sequence_lengths`` from the tags (:func:`kvplane.groups.sequence_lengths`: NeMo-RL's
+            ``sequence_lengths`` from the tags (:func:`kvplane._groups.sequence_lengths`: NeMo-RL's
             ``input_lengths`` when present, else the ``seq_len`` tag when every sample carries it).
 
         Raises:
@@ -247,9 +247,9 @@ class DataPlaneClient(ABC):
     def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
         """The partition's rollout groups, derived from per-key tags (non-consuming).
 
-        See :func:`kvplane.groups.groups_from_tags` for the derivation.
+        See :func:`kvplane._groups.groups_from_tags` for the derivation.
         """
-        from kvplane.groups import groups_from_tags
+        from kvplane._groups import groups_from_tags
 
         return groups_from_tags(partition_id, self.list_keys(partition_id).get(partition_id, {}))
 

@@ -9,7 +9,7 @@ client's event loop, so other requests and deadlines keep running meanwhile).
 
 Examples:
     >>> import torch
-    >>> from kvplane.adapters.transfer_queue.kvstore import is_empty_row
+    >>> from kvplane.adapters.transfer_queue._kvstore import is_empty_row
     >>> is_empty_row(torch.empty(0)), is_empty_row(torch.zeros(2, 0)), is_empty_row(torch.zeros(1))
     (True, True, False)
     >>> is_empty_row("an object")

@@ -25,7 +25,7 @@ Examples:
     >>> StreamingDataLoader(ds, num_workers=2)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: num_workers=2 needs a backend that DataLoader worker processes ...
+    kvplane._errors.DataPlaneBadRequest: num_workers=2 needs a backend that DataLoader worker processes ...
     >>> client.close()
 """
 
@@ -38,7 +38,7 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
 from kvplane import DataPlaneBadRequest, KVBatchMeta
-from loaders.dataset import StreamingDataset
+from loaders._dataset import StreamingDataset
 
 __all__ = ["StreamingDataLoader"]
 
@@ -52,7 +52,7 @@ class StreamingDataLoader(DataLoader):
     """A ``DataLoader`` (``batch_size=None``, identity collate) over a :class:`StreamingDataset`.
 
     ``state_dict()``/``load_state_dict()`` are the dataset's: the next micro-batch to yield, valid
-    in any process (see :mod:`loaders.stream`).
+    in any process (see :mod:`loaders._stream`).
 
     Args:
         dataset: The rank's dataset.

@@ -8,11 +8,11 @@ DataLoader workers). It
   resumes after the last step the rank finished, so steps a previous loader claimed and prefetched
   but never yielded are delivered, not lost; a rank new to the stream starts at the GC floor, 0 for
   a new stream);
-- cuts each :class:`~loaders.steps.StepBatch` into its micro-batches (views of the fetched rows),
+- cuts each :class:`~loaders._steps.StepBatch` into its micro-batches (views of the fetched rows),
   tracking the position of the next micro-batch (the checkpoint state);
 - acknowledges each finished step (``progress``: when the trainer asks for more after its last
   micro-batch, or when the iteration is closed after it) and each checkpoint, and collects the plans
-  every rank is done with (see :mod:`loaders.control`).
+  every rank is done with (see :mod:`loaders._control`).
 
 The state (``state_dict()``) is ``{"format", "partition_id", "task_name", "dp_rank", "dp_world",
 "step", "micro_batch"}``: the next micro-batch to yield. ``step`` is ``None`` before the first
@@ -21,7 +21,7 @@ with that micro-batch: plans that exist for it and later steps are re-read and t
 re-fetched by key, never claimed again.
 
 Examples:
-    >>> from loaders.stream import Position, check_state
+    >>> from loaders._stream import Position, check_state
     >>> state = {"format": 1, "partition_id": "p", "task_name": "t", "dp_rank": 0, "dp_world": 2,
     ...          "step": 4, "micro_batch": 1}
     >>> check_state(state, partition_id="p", task_name="t", dp_rank=0, dp_world=2)
@@ -29,7 +29,7 @@ Examples:
     >>> check_state({**state, "dp_rank": 1}, partition_id="p", task_name="t", dp_rank=0, dp_world=2)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: Invalid state_dict: it was saved by dp_rank=1 of dp_world=2; ...
+    kvplane._errors.DataPlaneBadRequest: Invalid state_dict: it was saved by dp_rank=1 of dp_world=2; ...
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from typing import Any
 from tensordict import TensorDict
 
 from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, KVBatchMeta
-from loaders.control import GC_EVERY_STEPS, PlanLog
-from loaders.steps import STOP_JOIN_S, StepBatch, StreamSpec
+from loaders._control import GC_EVERY_STEPS, PlanLog
+from loaders._steps import STOP_JOIN_S, StepBatch, StreamSpec
 
 __all__ = ["STATE_FORMAT", "Position", "RankStream", "check_state"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kvplane.balancing import split
-from kvplane.balancing.request import parse_request
-from kvplane.meta import KVBatchMeta
+from kvplane._meta import KVBatchMeta
+from kvplane.balancing import _split as split
+from kvplane.balancing._request import parse_request
 
 __all__ = ["PLAN_KEYS", "shard_meta_for_dp"]
 
@@ -49,7 +49,7 @@ def shard_meta_for_dp(
         equal_count: Balanced mode keeps the same number of samples on every rank.
         group_tag: Balanced mode keeps the rows sharing this tag's value on one rank.
         flops_coeff: ``a`` for ``balance="flops"`` (default
-            :data:`~kvplane.balancing.request.DEFAULT_FLOPS_COEFF`).
+            :data:`~kvplane.balancing._request.DEFAULT_FLOPS_COEFF`).
 
     Returns:
         ``(metas, permutation)``: ``dp_world`` metas, and the forward permutation ``flat`` with

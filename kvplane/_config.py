@@ -44,7 +44,7 @@ Examples:
     >>> DataPlaneConfig.load({"impl": "embedded", "storage_capacty": 3})
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key ...
+    kvplane._errors.DataPlaneBadRequest: data plane config: 'storage_capacty' is an unknown key ...
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 from kvplane.examples import names as example_names
 from kvplane.examples import path as example_path
 
@@ -85,7 +85,7 @@ class ObservabilityConfig:
         enabled: Wrap the client in ``MetricsDataPlaneClient``.
         callback: Called with every event (set programmatically; callables do not come from YAML).
         prometheus_port: Serve Prometheus metrics on this port (0 picks a free one); ``None`` = off.
-        log_events: Log every event at DEBUG level through ``kvplane.observability``.
+        log_events: Log every event at DEBUG level through ``kvplane._observability``.
     """
 
     enabled: bool = False
@@ -317,7 +317,7 @@ def resolve_config_path(source: str | os.PathLike[str]) -> Path:
         >>> resolve_config_path("configs/missing.yaml")
         Traceback (most recent call last):
         ...
-        kvplane.errors.DataPlaneBadRequest: data plane config: no such file 'configs/missing.yaml'
+        kvplane._errors.DataPlaneBadRequest: data plane config: no such file 'configs/missing.yaml'
     """
     path = Path(source)
     if path.is_file():

@@ -31,8 +31,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from kvplane.config import DataPlaneConfig
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._config import DataPlaneConfig
+from kvplane._errors import DataPlaneBadRequest
 
 __all__ = ["config_source", "integer", "non_empty", "number", "output_file"]
 
@@ -103,7 +103,7 @@ def non_empty(value: str) -> str:
 def config_source(value: str) -> DataPlaneConfig:
     """An argument type for ``--config``: a YAML path or an example's name, loaded and validated.
 
-    The rule for names is :func:`kvplane.config.resolve_config_path`'s.
+    The rule for names is :func:`kvplane._config.resolve_config_path`'s.
     """
     try:
         return DataPlaneConfig.load(value)

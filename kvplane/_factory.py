@@ -4,7 +4,7 @@ Adapters are imported lazily, so the embedded backend never imports Ray or Trans
 whose optional packages are missing fails up front with :class:`~kvplane.DataPlaneUnavailable` naming
 the package and the ``pip install 'kvplane[...]'`` line, before anything starts. The
 observability wiring lives here too (:func:`wrap_with_observability`): the factory sits above both
-the middleware (:mod:`kvplane.observability`) and its exporter (:mod:`kvplane.prometheus`), so neither
+the middleware (:mod:`kvplane._observability`) and its exporter (:mod:`kvplane._prometheus`), so neither
 of those imports the other's wiring.
 
 Examples:
@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from kvplane._client import DataPlaneClient
+from kvplane._config import DataPlaneConfig, ObservabilityConfig, check_buildable
 from kvplane._deps import missing, require
-from kvplane.client import DataPlaneClient
-from kvplane.config import DataPlaneConfig, ObservabilityConfig, check_buildable
 
 if TYPE_CHECKING:
-    from kvplane.observability import MetricsDataPlaneClient
+    from kvplane._observability import MetricsDataPlaneClient
 
 __all__ = ["build_data_plane_client", "wrap_with_observability"]
 
@@ -93,7 +93,7 @@ def wrap_with_observability(client: DataPlaneClient, obs_cfg: ObservabilityConfi
             (the message says ``pip install 'kvplane[metrics]'``).
 
     Examples:
-        >>> from kvplane.config import ObservabilityConfig
+        >>> from kvplane._config import ObservabilityConfig
         >>> seen = []
         >>> inner = build_data_plane_client(None)
         >>> client = wrap_with_observability(inner, ObservabilityConfig(callback=seen.append))
@@ -101,14 +101,14 @@ def wrap_with_observability(client: DataPlaneClient, obs_cfg: ObservabilityConfi
         ('ping', 'ok')
         >>> client.close()
     """
-    from kvplane.observability import MetricsDataPlaneClient, log_event
+    from kvplane._observability import MetricsDataPlaneClient, log_event
 
     wrapped = MetricsDataPlaneClient(client, on_event=obs_cfg.callback)
     if obs_cfg.log_events:
         wrapped.add_sink(log_event)
     if obs_cfg.prometheus_port is not None:
         require("prometheus_client", purpose="observability.prometheus_port")
-        from kvplane.prometheus import PrometheusExporter
+        from kvplane._prometheus import PrometheusExporter
 
         exporter = PrometheusExporter()
         exporter.track(wrapped)

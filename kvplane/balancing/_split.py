@@ -7,7 +7,7 @@ NeMo-RL modes (``balance=None``, ``reference/nemo_rl_data_plane.md`` §7.3): :fu
 :func:`nemo_dynamic`, :func:`nemo_packed`. Balanced modes: :func:`balanced_plain`,
 :func:`balanced_dynamic`, :func:`balanced_packed`; they pick the partition with the lightest
 most-loaded rank among Karmarkar–Karp, LPT and their equal-count variants, polished by swaps (see
-:mod:`kvplane.balancing.partition`), over rows or, with ``group_tag``, over whole groups.
+:mod:`kvplane.balancing._partition`), over rows or, with ``group_tag``, over whole groups.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvplane.balancing.packers import adjust_bin_count, pack
-from kvplane.balancing.partition import karmarkar_karp, lpt, rank_loads, ranked_assignments
-from kvplane.balancing.plans import bin_plan, dynamic_plan
-from kvplane.balancing.request import DynamicBatching, SequencePacking, ShardRequest
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
+from kvplane.balancing._packers import adjust_bin_count, pack
+from kvplane.balancing._partition import karmarkar_karp, lpt, rank_loads, ranked_assignments
+from kvplane.balancing._plans import bin_plan, dynamic_plan
+from kvplane.balancing._request import DynamicBatching, SequencePacking, ShardRequest
 
 __all__ = [
     "ChunkSplit",

@@ -9,7 +9,7 @@ One deliberate difference: ``first_fit_shuffle`` shuffles with a seeded generato
 global ``random`` state), so every process computing the same split gets the same bins.
 
 Examples:
-    >>> from kvplane.balancing.packers import pack, adjust_bin_count
+    >>> from kvplane.balancing._packers import pack, adjust_bin_count
     >>> pack([4, 1, 3, 2, 1, 3, 4, 5], 5, "concatenative")
     [[0, 1], [2, 3], [4, 5], [6], [7]]
     >>> pack([4, 1, 3, 2, 1, 3, 4, 5], 8, "first_fit_decreasing")
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 
 __all__ = ["PACKING_ALGORITHMS", "adjust_bin_count", "pack"]
 

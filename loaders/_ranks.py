@@ -6,7 +6,7 @@ otherwise. With tensor or pipeline parallelism the data-parallel group is smalle
 pass ``dp_rank``/``dp_world`` explicitly then.
 
 Examples:
-    >>> from loaders.ranks import resolve_dp
+    >>> from loaders._ranks import resolve_dp
     >>> resolve_dp(1, 2)
     (1, 2)
     >>> resolve_dp(None, None)          # no process group: a single rank
@@ -14,7 +14,7 @@ Examples:
     >>> resolve_dp(2, 2)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: Invalid rank 2, rank should be in the interval [0, 1]
+    kvplane._errors.DataPlaneBadRequest: Invalid rank 2, rank should be in the interval [0, 1]
 """
 
 from __future__ import annotations

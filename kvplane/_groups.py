@@ -11,7 +11,7 @@ the group's first (smallest) key, coerced leniently (``"4"`` → 4, ``"12.5"`` �
 True; an unparsable value → ``None``); ``committed`` needs every key of the group committed.
 
 Examples:
-    >>> from kvplane.groups import groups_from_tags
+    >>> from kvplane._groups import groups_from_tags
     >>> tags = {"a": {"group_id": "g1", "committed": True, "expected_num_keys": "2", "weight_version": 3},
     ...         "b": {"group_id": "g1", "committed": "true"},
     ...         "c": {"group_id": "g2", "committed": False}}
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvplane.meta import DataPlaneGroupMeta
+from kvplane._meta import DataPlaneGroupMeta
 
 __all__ = ["INPUT_LENGTHS_TAG", "as_bool", "as_float", "as_int", "groups_from_tags", "sequence_lengths"]
 

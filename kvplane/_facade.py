@@ -44,14 +44,14 @@ from typing import Any, ParamSpec, TypeVar
 import torch
 from tensordict import TensorDict, TensorDictBase, is_non_tensor
 
+from kvplane._client import DataPlaneClient
+from kvplane._config import DataPlaneConfig
 from kvplane._data_parser import parse_batch
+from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError
+from kvplane._factory import build_data_plane_client
+from kvplane._meta import KVBatchMeta
 from kvplane._tensors import make_object_column
 from kvplane._validation import check_write
-from kvplane.client import DataPlaneClient
-from kvplane.config import DataPlaneConfig
-from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError
-from kvplane.factory import build_data_plane_client
-from kvplane.meta import KVBatchMeta
 
 __all__ = [
     "async_kv_batch_get",

@@ -23,7 +23,7 @@ driver); any number of processes attach to it (``bootstrap=False``, workers). De
 
 Examples:
     >>> from kvplane import DataPlaneConfig
-    >>> from kvplane.adapters.transfer_queue.deployment import default_num_cpus, required_cpus, tq_conf
+    >>> from kvplane.adapters.transfer_queue._deployment import default_num_cpus, required_cpus, tq_conf
     >>> cfg = DataPlaneConfig.load({"impl": "transfer_queue", "backend": "simple", "storage_capacity": 1000,
     ...                             "num_storage_units": 2, "claim_meta_poll_interval_s": 0.05})
     >>> default_num_cpus(cfg), required_cpus(cfg)
@@ -52,10 +52,10 @@ import transfer_queue as tq
 from transfer_queue import TransferQueueClient
 from transfer_queue import interface as tq_interface
 
-from kvplane.config import DataPlaneConfig
-from kvplane.errors import DataPlaneBadRequest, DataPlaneError, DataPlaneUnavailable
+from kvplane._config import DataPlaneConfig
+from kvplane._errors import DataPlaneBadRequest, DataPlaneError, DataPlaneUnavailable
 
-from .calls import run_bounded, translate
+from ._calls import run_bounded, translate
 
 __all__ = ["Deployment", "default_num_cpus", "open_deployment", "required_cpus", "tq_conf"]
 

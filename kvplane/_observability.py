@@ -41,7 +41,7 @@ the accounting. ``peak_bytes_outstanding`` is the high-water mark.
 Examples:
     >>> import torch
     >>> from kvplane import build_data_plane_client
-    >>> from kvplane.observability import MetricsDataPlaneClient
+    >>> from kvplane._observability import MetricsDataPlaneClient
     >>> events = []
     >>> client = MetricsDataPlaneClient(build_data_plane_client({"impl": "memory"}), on_event=events.append)
     >>> _ = client.put_samples(["a", "b"], "p", {"x": torch.zeros(2, 4)})
@@ -69,9 +69,9 @@ from typing import Any, Literal, TypedDict, TypeVar
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from kvplane._client import DataPlaneClient, FieldsLike, TagsLike
+from kvplane._meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 from kvplane._tensors import td_nbytes
-from kvplane.client import DataPlaneClient, FieldsLike, TagsLike
-from kvplane.meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 
 __all__ = [
     "DataPlaneEvent",
@@ -173,7 +173,7 @@ class MetricsDataPlaneClient(DataPlaneClient):
         stats: The live :class:`DataPlaneStats` (read it under no lock at your own risk; use
             :meth:`snapshot` for a consistent copy).
         prometheus: The exporter that tracks this client, if any (set by
-            :meth:`kvplane.prometheus.PrometheusExporter.track`, which also has it closed with the client).
+            :meth:`kvplane._prometheus.PrometheusExporter.track`, which also has it closed with the client).
     """
 
     def __init__(self, inner: DataPlaneClient, on_event: EventSink | None = None) -> None:

@@ -8,7 +8,7 @@ raises reaches the caller as a kvplane error with the original chained as ``__ca
 :func:`set_tags` is TransferQueue's tag write without the client's per-call deep copies.
 
 Examples:
-    >>> from kvplane.adapters.transfer_queue.calls import translate
+    >>> from kvplane.adapters.transfer_queue._calls import translate
     >>> from kvplane import DataPlaneWriteError
     >>> type(translate("put", ValueError("bad batch"), DataPlaneWriteError)).__name__
     'DataPlaneBadRequest'
@@ -22,7 +22,7 @@ Examples:
     >>> run_bounded("a nap", lambda: __import__("time").sleep(5), timeout_s=0.05)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneTimeout: a nap did not finish within 0.05s
+    kvplane._errors.DataPlaneTimeout: a nap did not finish within 0.05s
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ from transfer_queue import StorageKeyNotFoundError, TransferQueueClient
 from transfer_queue.client import with_controller_socket
 from transfer_queue.utils.zmq_utils import ZMQRequestType
 
-from kvplane.errors import (
+from kvplane._errors import (
     DataPlaneBadRequest,
     DataPlaneError,
     DataPlaneKeyError,
     DataPlaneTimeout,
     DataPlaneUnavailable,
 )
-from kvplane.errors import StorageKeyNotFoundError as RacedClearError
+from kvplane._errors import StorageKeyNotFoundError as RacedClearError
 
 __all__ = ["LoopRunner", "run_bounded", "set_tags", "translate"]
 

@@ -43,7 +43,7 @@ Examples:
     ...                               "storage_capacity": None, "claim_meta_poll_interval_s": 0.01})
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: data plane config: 'num_storage_units' must be an integer >= 1, got 0
+    kvplane._errors.DataPlaneBadRequest: data plane config: 'num_storage_units' must be an integer >= 1, got 0
 """
 
 from __future__ import annotations
@@ -61,10 +61,8 @@ import numpy as np
 from tensordict import TensorDict
 from transfer_queue import BatchMeta, StorageKeyNotFoundError
 
-from kvplane._gated import GatedDataPlaneClient
-from kvplane._validation import Declaration
-from kvplane.config import DataPlaneConfig
-from kvplane.errors import (
+from kvplane._config import DataPlaneConfig
+from kvplane._errors import (
     DataPlaneBadRequest,
     DataPlaneClearError,
     DataPlaneKeyError,
@@ -73,14 +71,16 @@ from kvplane.errors import (
     DataPlaneUnavailable,
     DataPlaneWriteError,
 )
-from kvplane.errors import StorageKeyNotFoundError as RacedClearError
-from kvplane.meta import DataPlaneCapabilities, KVBatchMeta
+from kvplane._errors import StorageKeyNotFoundError as RacedClearError
+from kvplane._gated import GatedDataPlaneClient
+from kvplane._meta import DataPlaneCapabilities, KVBatchMeta
+from kvplane._validation import Declaration
 
-from .calls import LoopRunner, set_tags
-from .control import ControlPlane, ControlState, FieldSpec, Registration, user_partition
-from .deployment import open_deployment
-from .kvstore import get_rows, put_rows
-from .wire import prepare_batch, read_dense, shape_column
+from ._calls import LoopRunner, set_tags
+from ._control import ControlPlane, ControlState, FieldSpec, Registration, user_partition
+from ._deployment import open_deployment
+from ._kvstore import get_rows, put_rows
+from ._wire import prepare_batch, read_dense, shape_column
 
 __all__ = ["TransferQueueDataPlaneClient"]
 
@@ -583,10 +583,10 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         """
         import ray
 
-        from kvplane.errors import DataPlaneError
+        from kvplane._errors import DataPlaneError
 
-        from .calls import run_bounded, translate
-        from .deployment import CONTROLLER_NAME, NAMESPACE, _running_config
+        from ._calls import run_bounded, translate
+        from ._deployment import CONTROLLER_NAME, NAMESPACE, _running_config
 
         what, timeout_s = "finding TransferQueue's controller", self._cfg.bootstrap_timeout_s
         try:

@@ -26,12 +26,12 @@ from tensordict import TensorDict
 from torch.utils.data import IterableDataset, get_worker_info
 
 from kvplane import DataPlaneBadRequest, KVBatchMeta
-from loaders.control import plan_partition_id
-from loaders.plan import ShardOptions
-from loaders.ranks import resolve_dp
-from loaders.source import ClientSource
-from loaders.steps import StepBatch, StepProducer, StreamSpec
-from loaders.stream import STATE_FORMAT, Position, RankStream, check_state
+from loaders._control import plan_partition_id
+from loaders._plan import ShardOptions
+from loaders._ranks import resolve_dp
+from loaders._source import ClientSource
+from loaders._steps import StepBatch, StepProducer, StreamSpec
+from loaders._stream import STATE_FORMAT, Position, RankStream, check_state
 
 __all__ = ["StreamingDataset"]
 
@@ -49,14 +49,14 @@ class StreamingDataset(IterableDataset):
 
     One *step* is one global batch of ``batch_size`` samples, claimed once for all DP ranks by the
     leader (``dp_rank`` 0) with ``claim_meta``, split with :func:`kvplane.shard_meta_for_dp`, and
-    published as a plan in the data plane (:mod:`loaders.control`); every rank reads the plan and
+    published as a plan in the data plane (:mod:`loaders._control`); every rank reads the plan and
     fetches only its own rows, with one read per step. Ranks may be threads (memory backend) or
     processes (TransferQueue); they need no channel of their own.
 
     Each yielded meta's ``extra_info`` holds ``step``, ``micro_batch_index``, ``num_micro_batches``,
     ``dp_rank``, ``dp_world`` and, with packing, the shard's ``micro_batch_indices`` /
     ``micro_batch_lengths`` (/ ``elem_counts_per_gb``). Every rank yields the same number of
-    micro-batches per step (see :mod:`loaders.plan` for the splitting rules, including the short
+    micro-batches per step (see :mod:`loaders._plan` for the splitting rules, including the short
     last step of a finite partition, where a rank may get empty micro-batches).
 
     Finite or streaming comes from the partition's registration: with a known ``num_samples`` the
@@ -71,7 +71,7 @@ class StreamingDataset(IterableDataset):
     Args:
         source: A :class:`~kvplane.DataPlaneClient` (used in this process only), or a config (dict,
             YAML path, :class:`~kvplane.DataPlaneConfig`) from which each process builds its own
-            client (see :mod:`loaders.source`).
+            client (see :mod:`loaders._source`).
 
     Keyword Args:
         partition_id: The data partition.
@@ -168,7 +168,7 @@ class StreamingDataset(IterableDataset):
 
     @staticmethod
     def plan_partition_id(partition_id: str, task_name: str) -> str:
-        """The control partition holding the plans of a stream (see :mod:`loaders.control`).
+        """The control partition holding the plans of a stream (see :mod:`loaders._control`).
 
         Clear it (``client.clear_samples(None, name)``) to forget the stream's plans and progress.
         """
@@ -220,7 +220,7 @@ class StreamingDataset(IterableDataset):
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """The next micro-batch this rank will yield (see :mod:`loaders.stream`).
+        """The next micro-batch this rank will yield (see :mod:`loaders._stream`).
 
         Taking it also tells the plan log to keep the plans from that step on, so the state stays
         resumable (a rank keeps the plans of its two latest states).

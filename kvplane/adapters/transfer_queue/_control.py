@@ -20,7 +20,7 @@ call naming ``__kvplane__/backend/...`` is rejected, and listings hide kvplane's
 
 Examples:
     >>> import torch
-    >>> from kvplane.adapters.transfer_queue.control import FieldSpec, ControlState, control_partition
+    >>> from kvplane.adapters.transfer_queue._control import FieldSpec, ControlState, control_partition
     >>> control_partition("rollouts")
     '__kvplane__/backend/rollouts'
     >>> FieldSpec.of(torch.zeros(4, 3)), FieldSpec.of(torch.zeros(4))

@@ -1,6 +1,6 @@
 """Validation of :func:`~kvplane.balancing.shard_meta_for_dp`'s arguments into one checked request.
 
-Every bad argument raises :class:`~kvplane.errors.DataPlaneBadRequest` naming it, before any work is
+Every bad argument raises :class:`~kvplane._errors.DataPlaneBadRequest` naming it, before any work is
 done (NeMo-RL raises ``AssertionError``/``ZeroDivisionError`` for several of these).
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from kvplane.balancing.packers import PACKING_ALGORITHMS
-from kvplane.errors import DataPlaneBadRequest
-from kvplane.meta import KVBatchMeta
+from kvplane._errors import DataPlaneBadRequest
+from kvplane._meta import KVBatchMeta
+from kvplane.balancing._packers import PACKING_ALGORITHMS
 
 __all__ = ["DEFAULT_FLOPS_COEFF", "DynamicBatching", "SequencePacking", "ShardRequest", "parse_request"]
 

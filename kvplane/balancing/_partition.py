@@ -18,7 +18,7 @@ results never leave a rank empty when ``n >= k``.
 
 Examples:
     >>> import numpy as np
-    >>> from kvplane.balancing.partition import karmarkar_karp, lpt, rank_loads
+    >>> from kvplane.balancing._partition import karmarkar_karp, lpt, rank_loads
     >>> w = np.array([8.0, 7, 6, 5, 4])
     >>> karmarkar_karp(w, 2).tolist(), rank_loads(karmarkar_karp(w, 2), w, 2).tolist()
     ([0, 1, 0, 1, 1], [14.0, 16.0])
@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 
 __all__ = [
     "best_assignment",

@@ -15,14 +15,14 @@ refused with :class:`~kvplane.DataPlaneBadRequest` instead of silently reading a
 
 Examples:
     >>> import kvplane
-    >>> from loaders.source import ClientSource
+    >>> from loaders._source import ClientSource
     >>> src = ClientSource({"impl": "memory", "claim_meta_poll_interval_s": 0.005})
     >>> src.get() is kvplane.get_client(), src.poll_interval_s
     (True, 0.005)
     >>> src.check_workers(2)
     Traceback (most recent call last):
     ...
-    kvplane.errors.DataPlaneBadRequest: num_workers=2 needs a backend that DataLoader worker processes ...
+    kvplane._errors.DataPlaneBadRequest: num_workers=2 needs a backend that DataLoader worker processes ...
     >>> kvplane.close()
 """
 

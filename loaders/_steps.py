@@ -22,8 +22,8 @@ its plan is being written, but hands them out only once the plan is stored.
 Examples:
     >>> import torch
     >>> from kvplane import build_data_plane_client
-    >>> from loaders.plan import ShardOptions
-    >>> from loaders.steps import StepProducer, StreamSpec
+    >>> from loaders._plan import ShardOptions
+    >>> from loaders._steps import StepProducer, StreamSpec
     >>> client = build_data_plane_client(None)
     >>> client.register_partition("p", ["x"], num_samples=3, consumer_tasks=["t"])
     >>> _ = client.put_samples(["a", "b", "c"], "p", {"x": torch.arange(3)})
@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from tensordict import TensorDict
 
 from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, DataPlaneTimeout, KVBatchMeta
-from loaders.control import PlanLog
-from loaders.plan import ShardOptions, StepPlan, plan_step
+from loaders._control import PlanLog
+from loaders._plan import ShardOptions, StepPlan, plan_step
 
 __all__ = ["StepBatch", "StepProducer", "StreamSpec"]
 

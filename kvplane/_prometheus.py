@@ -1,4 +1,4 @@
-"""Optional Prometheus export of :class:`~kvplane.observability.MetricsDataPlaneClient` events.
+"""Optional Prometheus export of :class:`~kvplane._observability.MetricsDataPlaneClient` events.
 
 Needs the ``metrics`` extra (``pip install 'kvplane[metrics]'``); ``prometheus_client`` is imported
 only when an exporter is built. Each exporter owns a private ``CollectorRegistry``, so several
@@ -23,15 +23,15 @@ metric                                    type      labels        meaning
                                                                   (same source)
 ========================================= ========= ============= =========================================
 
-``op`` takes the event names of :mod:`kvplane.observability` (``put``, ``get``, ``claim_meta``, ...);
+``op`` takes the event names of :mod:`kvplane._observability` (``put``, ``get``, ``claim_meta``, ...);
 there are never per-key labels. The outstanding gauges are read from the tracked client at scrape
 time.
 
 Examples:
     >>> import torch
     >>> from kvplane import build_data_plane_client
-    >>> from kvplane.observability import MetricsDataPlaneClient
-    >>> from kvplane.prometheus import PrometheusExporter
+    >>> from kvplane._observability import MetricsDataPlaneClient
+    >>> from kvplane._prometheus import PrometheusExporter
     >>> client = MetricsDataPlaneClient(build_data_plane_client(None))
     >>> exporter = PrometheusExporter()
     >>> exporter.track(client)
@@ -50,10 +50,10 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
 
 if TYPE_CHECKING:
-    from kvplane.observability import DataPlaneEvent, MetricsDataPlaneClient
+    from kvplane._observability import DataPlaneEvent, MetricsDataPlaneClient
 
 __all__ = ["DURATION_BUCKETS_S", "PrometheusExporter", "import_prometheus_client"]
 
@@ -98,7 +98,7 @@ def import_prometheus_client() -> ModuleType:
 
 
 class PrometheusExporter:
-    """Prometheus metrics for one or more :class:`~kvplane.observability.MetricsDataPlaneClient`.
+    """Prometheus metrics for one or more :class:`~kvplane._observability.MetricsDataPlaneClient`.
 
     Args:
         buckets: Histogram buckets in seconds for ``kvplane_op_duration_seconds``.

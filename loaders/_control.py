@@ -6,7 +6,7 @@ claim cursor; :func:`kvplane.internal_partition` marks it as kvplane's own, so `
 out, and ``kv_list(name)`` shows it for inspection). It holds three kinds of keys:
 
 - ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (bytes, see
-  :class:`loaders.plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
+  :class:`loaders._plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
   leader, right after its claim; never rewritten. Readers poll the (small) tags and then read the
   body; a put need not be atomic (TransferQueue publishes the tags before the data), so a listed
   plan whose body is not readable yet is simply polled again.
@@ -31,8 +31,8 @@ is being saved still leaves the previous one resumable.
 
 Examples:
     >>> from kvplane import build_data_plane_client
-    >>> from loaders.control import PlanLog
-    >>> from loaders.plan import StepPlan
+    >>> from loaders._control import PlanLog
+    >>> from loaders._plan import StepPlan
     >>> log = PlanLog(build_data_plane_client(None), "rollouts", "train")
     >>> log.partition_id
     '__kvplane__/plans/rollouts:train'
@@ -59,7 +59,7 @@ from kvplane import (
     DataPlaneTimeout,
     internal_partition,
 )
-from loaders.plan import StepPlan
+from loaders._plan import StepPlan
 
 __all__ = ["GC_EVERY_STEPS", "LogSnapshot", "PlanLog", "plan_partition_id"]
 

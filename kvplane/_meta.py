@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError
+from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError
 
 __all__ = ["DataPlaneCapabilities", "DataPlaneGroupMeta", "KVBatchMeta"]
 
@@ -116,7 +116,7 @@ class KVBatchMeta:
         >>> KVBatchMeta(keys=["a", "a"], tags=[{}, {}])
         Traceback (most recent call last):
         ...
-        kvplane.errors.DataPlaneBadRequest: Got duplicated keys.
+        kvplane._errors.DataPlaneBadRequest: Got duplicated keys.
         >>> KVBatchMeta("p", None, ["a", "a"]).size    # NeMo-RL's form counts repeats
         2
     """

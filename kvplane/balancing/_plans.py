@@ -7,7 +7,7 @@
 
 Examples:
     >>> import numpy as np
-    >>> from kvplane.balancing.plans import bin_plan, dynamic_plan
+    >>> from kvplane.balancing._plans import bin_plan, dynamic_plan
     >>> bin_plan([[2, 0], [1]], np.array([10, 20, 30]))
     ([[0, 2], [2, 3]], [40, 20])
     >>> dynamic_plan(np.array([[361, 499, 876, 1204], [487, 678, 927, 1445]]), max_tokens=4096, round_to=64)

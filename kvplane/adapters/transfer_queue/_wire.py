@@ -9,7 +9,7 @@ On SimpleStorage, :func:`read_dense` fetches uniform columns dense in the first 
 
 Examples:
     >>> import torch
-    >>> from kvplane.adapters.transfer_queue.wire import shape_column
+    >>> from kvplane.adapters.transfer_queue._wire import shape_column
     >>> nt = torch.nested.nested_tensor([torch.arange(3), torch.arange(3)], layout=torch.jagged)
     >>> shape_column("ids", nt, rank=1).shape
     torch.Size([2, 3])
@@ -28,8 +28,8 @@ import torch
 from tensordict import NonTensorStack, TensorDict, is_non_tensor
 from transfer_queue import BatchMeta
 
+from kvplane._errors import DataPlaneBadRequest
 from kvplane._tensors import densify, make_object_column
-from kvplane.errors import DataPlaneBadRequest
 
 __all__ = ["prepare_batch", "read_dense", "shape_column"]
 

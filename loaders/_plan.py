@@ -1,7 +1,7 @@
 """Step plans: how one claimed global batch is split over the DP ranks and into micro-batches.
 
 The leader (DP rank 0) claims a global batch, turns it into a :class:`StepPlan` with
-:func:`plan_step`, and publishes it (see :mod:`loaders.control`); every rank reads the same plan, so
+:func:`plan_step`, and publishes it (see :mod:`loaders._control`); every rank reads the same plan, so
 the ranks agree on the split without any side channel. A plan is pure metadata (ids, lengths, tags).
 
 Splitting rules (decisions where DESIGN.md is silent):
@@ -24,7 +24,7 @@ Splitting rules (decisions where DESIGN.md is silent):
 
 Examples:
     >>> from kvplane import KVBatchMeta
-    >>> from loaders.plan import ShardOptions, StepPlan, plan_step
+    >>> from loaders._plan import ShardOptions, StepPlan, plan_step
     >>> meta = KVBatchMeta("rollouts", "train", [f"s{i}" for i in range(10)], fields=["x"])
     >>> plan = plan_step(3, meta, 4, ShardOptions(micro_batch_size=2))
     >>> [s.sample_ids for s in plan.shards]
