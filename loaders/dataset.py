@@ -77,8 +77,8 @@ class StreamingDataset(IterableDataset):
 
     **Empty micro-batches keep their schema**: on the short last step a rank may get no rows; its
     micro-batches still hold every field, with 0 rows and the field's dtype and trailing shape (a
-    jagged field: a jagged nested tensor of 0 rows), so a DDP rank runs forward and backward on it
-    like the others and no all-reduce hangs.
+    variable-length field: a one-row read of it sliced to 0 rows, see :mod:`loaders.steps`), so a
+    DDP rank runs forward and backward on it like the others and no all-reduce hangs.
 
     **TransferQueue's arguments** (``transfer_queue.StreamingDataset`` 0.1.11) are accepted:
     ``config=`` is ``source``; ``data_fields=`` is ``fields`` *and* selects TransferQueue's

@@ -21,8 +21,10 @@ are never lost: a later iteration re-reads the plan. The fetcher may read a clai
 its plan is being written, but hands them out only once the plan is stored.
 
 A rank whose shard of a step is empty still gets every field, with 0 rows and the field's dtype and
-trailing shape (a jagged field: a jagged nested tensor of 0 rows): the fetcher reads one row of
-another rank's shard and keeps none of it, so a DDP rank can run forward and backward on it.
+trailing shape: the fetcher reads one row of another rank's shard of the step and keeps a 0-row
+slice of it, so a DDP rank can run forward and backward on it. A variable-length field is what a
+one-row read of it returns, sliced to 0 rows (dense ``(0, L)`` for that row's length ``L``, as any
+one-row micro-batch of it reads).
 
 Examples:
     >>> import torch
