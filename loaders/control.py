@@ -17,6 +17,11 @@ claim cursor; the ``__kvplane`` prefix marks it as kvplane's own, so ``kv_list()
   and ``previous_checkpoint`` (the steps of its two latest ``state_dict()``s or of the state it
   resumed from; ``None`` when it holds none). Every replica keeps its own record.
 - ``gc``: tag ``below``, the step under which plans have been garbage-collected.
+- ``seat-{k}`` (field ``seat``): replica seats, for streams whose replicas are not numbered by the
+  trainer (TransferQueue's arguments without ``replica_rank``): a process takes the first free seat
+  with an atomic ``claim_meta`` (task ``__seats__``), adding a seat when none is free; seat 0 leads.
+  A seat is held for the life of the dataset object, so a leader that is restarted in a new process
+  does not lead again: pass ``replica_rank``/``replica_world`` for restartable jobs.
 
 Garbage collection (decision): a plan is needed until every rank has yielded it *and* no rank may
 resume before it. So the collector deletes the plans below the *horizon*, the minimum over ranks
@@ -60,6 +65,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneKeyError, DataPlaneTimeout
 from loaders.plan import StepPlan
 
@@ -72,6 +79,8 @@ GC_EVERY_STEPS = 8
 
 _PLAN_FIELD = "plan"
 _GC_KEY = "gc"
+_SEAT_TASK = "__seats__"
+_SEAT_FIELD = "seat"
 _ACK_KEYS = ("progress", "checkpoint", "previous_checkpoint")
 
 
@@ -104,6 +113,7 @@ class LogSnapshot:
     plans: dict[int, bool] = field(default_factory=dict)  # step -> final
     acks: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (rank, replica) -> tags
     gc_below: int = 0
+    seats: int = 0
 
     def keep_from(self, rank: int, replica: int = 0) -> int | None:
         """The oldest step a replica of a rank may still need (``None`` if it has not acknowledged)."""
@@ -147,6 +157,8 @@ class PlanLog:
                 snap.acks[_parse_rank_key(key)] = dict(tags)
             elif key == _GC_KEY:
                 snap.gc_below = int(tags.get("below", 0))
+            elif key.startswith("seat-"):
+                snap.seats += 1
         return snap
 
     def _plan_tags(self, step: int) -> dict[str, Any] | None:
@@ -246,11 +258,26 @@ class PlanLog:
         key = _GC_KEY if rank == _GC_KEY else _rank_key(int(rank), replica)
         self.client.put_samples([key], self.partition_id, None, tags=[values])
 
-    def collect_garbage(self, dp_world: int, replica_world: int = 1) -> int:
+    def take_seat(self, deadline: float) -> int:
+        """Take the first free replica seat (adding one if none is free); returns its number.
+
+        Raises:
+            DataPlaneTimeout: No seat by ``deadline`` (``time.monotonic()`` seconds).
+        """
+        while time.monotonic() < deadline:
+            meta = self.client.claim_meta(self.partition_id, _SEAT_TASK, [_SEAT_FIELD], 1, blocking=False)
+            if meta.size:
+                return int(meta.sample_ids[0][5:])
+            seat = f"seat-{self.snapshot().seats:04d}"  # concurrent adders write the same key
+            self.client.put_samples([seat], self.partition_id, {_SEAT_FIELD: torch.zeros(1)})
+        raise DataPlaneTimeout(f"no replica seat in {self.partition_id!r} before the deadline")
+
+    def collect_garbage(self, dp_world: int, replica_world: int | None = 1) -> int:
         """Delete the plans every rank and replica is done with (see the module docstring); returns
-        the GC floor."""
+        the GC floor. ``replica_world=None``: the replicas are the seats taken."""
         snap = self.snapshot()
-        keep = [snap.keep_from(r, k) for r in range(dp_world) for k in range(replica_world)]
+        replicas = snap.seats if replica_world is None else replica_world
+        keep = [snap.keep_from(r, k) for r in range(dp_world) for k in range(replicas)]
         if any(k is None for k in keep):
             return snap.gc_below
         horizon = min(k for k in keep if k is not None)

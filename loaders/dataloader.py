@@ -70,7 +70,8 @@ class StreamingDataLoader(DataLoader):
     Keyword Args:
         multiprocessing_context: As for ``DataLoader`` (e.g. ``"spawn"``; ignored without workers,
             so one call site can serve both).
-        prefetch_factor: Steps each worker keeps in flight (DataLoader's default 2).
+        prefetch_factor: Steps each worker keeps in flight (DataLoader's default 2; ignored without
+            workers, as ``multiprocessing_context`` is).
         worker_init_fn: As for ``DataLoader``.
         collate_fn: Applied to each ``(TensorDict, KVBatchMeta)`` micro-batch (default: none).
         pin_memory: Pin each micro-batch's TensorDict (``TensorDict.pin_memory()``).
@@ -114,7 +115,7 @@ class StreamingDataLoader(DataLoader):
             collate_fn=_identity,
             num_workers=num_workers,
             multiprocessing_context=multiprocessing_context if num_workers else None,
-            prefetch_factor=prefetch_factor,
+            prefetch_factor=prefetch_factor if num_workers else None,
             worker_init_fn=worker_init_fn,
         )
 

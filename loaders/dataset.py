@@ -19,7 +19,9 @@ Examples:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from tensordict import TensorDict
@@ -237,6 +239,7 @@ class StreamingDataset(IterableDataset):
         options.check(batch_size, self.spec.plan_world)
         self._receiver = broadcast and topo.replica_rank != 0
         self._received: Position | None = None  # a broadcast receiver's position
+        self._seat: int | None = None  # with replica seats: the one this dataset holds
         self._resume: Position | None = None
         self._stream: RankStream | None = None
         self._worker_start: int | None = None  # set by StreamingDataLoader for its worker processes
@@ -287,6 +290,9 @@ class StreamingDataset(IterableDataset):
 
     def open_stream(self) -> tuple[RankStream, Position]:
         """Start an iteration in this process: decide where it starts (used by the loader)."""
+        if self.spec.replica_world is None and self._seat is None:  # replicas take seats: first leads
+            self._seat = self.spec.plan_log(self.source.get()).take_seat(time.monotonic() + self.spec.timeout_s)
+            self.spec = replace(self.spec, replica_rank=self._seat)
         stream = RankStream(self.source.get(), self.spec)
         start = stream.open(self._resume)
         self._resume, self._stream = None, stream

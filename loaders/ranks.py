@@ -9,7 +9,10 @@ Two numbers place a process (names next to TransferQueue's):
   ``dp_rank`` (tensor/pipeline-parallel peers). TransferQueue has no such argument: its
   ``RankAwareSampler`` serves whoever asks first. kvplane needs the count so that plans are kept
   until every replica has read them, and so that exactly one process (``dp_rank`` 0,
-  ``replica_rank`` 0) claims and writes each step's plan.
+  ``replica_rank`` 0) claims and writes each step's plan. With TransferQueue's arguments
+  (``data_fields=``) and none of the replica arguments, replicas take *seats* instead (see
+  :mod:`loaders.control`): the first process of a ``dp_rank`` to start leads, as with
+  ``RankAwareSampler``.
 
 Defaults mirror :class:`torch.utils.data.DistributedSampler`: a ``dp_group`` (a ``torch.distributed``
 process group of the data-parallel peers of this process) gives ``dp_rank``/``dp_world``; a
@@ -31,8 +34,8 @@ Examples:
     kvplane.errors.DataPlaneBadRequest: Invalid rank 2, rank should be in the interval [0, 1]
     >>> resolve_topology(1, 2, replica_rank=1, replica_world=2)
     Topology(dp_rank=1, dp_world=2, replica_rank=1, replica_world=2, replica_group=None)
-    >>> resolve_topology(3, None, per_rank=True).dp_world is None    # TransferQueue's way: no dp_world
-    True
+    >>> resolve_topology(3, None, per_rank=True)    # TransferQueue's way: no dp_world, seats
+    Topology(dp_rank=3, dp_world=None, replica_rank=0, replica_world=None, replica_group=None)
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ class Topology:
     dp_rank: int
     dp_world: int | None
     replica_rank: int = 0
-    replica_world: int = 1
+    replica_world: int | None = 1  # None: seats, taken in order of arrival
     replica_group: Any = None
 
 
@@ -121,6 +124,7 @@ def resolve_topology(
         DataPlaneBadRequest: A value out of range, a group this process is not in, an explicit value
             that disagrees with its group, or replicas under ``torch.distributed`` without a DP rank.
     """
+    seats = per_rank and replica_rank is None and replica_world is None and replica_group is None
     replica_rank, replica_world = _from_group(replica_group, replica_rank, replica_world, "replica")
     replica_world = 1 if replica_world is None else replica_world
     replica_rank = 0 if replica_rank is None else replica_rank
@@ -141,7 +145,7 @@ def resolve_topology(
         dp_rank = (dist.get_rank() if _distributed() and replica_world == 1 else 0) if dp_rank is None else dp_rank
         if not _is_int(dp_rank) or dp_rank < 0:
             raise DataPlaneBadRequest(f"dp_rank {dp_rank!r} must be an integer >= 0")
-        return Topology(dp_rank, None, replica_rank, replica_world, replica_group)
+        return Topology(dp_rank, None, replica_rank, None if seats else replica_world, replica_group)
     if replica_world > 1 and _distributed() and (dp_rank is None or dp_world is None):
         raise DataPlaneBadRequest(
             "with replicas (replica_world > 1) under torch.distributed, pass dp_rank and dp_world "

@@ -94,7 +94,8 @@ class StreamSpec:
         timeout_s: The longest wait for one step: the leader's claim, a follower's plan.
         poll_interval_s: The longest pause between a follower's polls for a plan.
         replica_rank: This process among those sharing ``dp_rank`` (see :mod:`loaders.ranks`).
-        replica_world: The number of processes sharing ``dp_rank``.
+        replica_world: The number of processes sharing ``dp_rank`` (``None``: seats, see
+            :mod:`loaders.control`; ``replica_rank`` is then the seat taken).
         per_rank: TransferQueue's ``RankAwareSampler`` semantics: each ``dp_rank`` claims its own
             ``batch_size`` samples into its own plan log (``dp_world`` is then ``None``).
         end_when_consumed: Also end the stream when a claim finds too few samples and
@@ -114,7 +115,7 @@ class StreamSpec:
     timeout_s: float = 60.0
     poll_interval_s: float = 0.01
     replica_rank: int = 0
-    replica_world: int = 1
+    replica_world: int | None = 1
     per_rank: bool = False
     end_when_consumed: bool = False
 

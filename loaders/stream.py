@@ -142,6 +142,13 @@ class RankStream:
             start = resume
         else:
             progress = (snap.acks.get((spec.shard, spec.replica_rank)) or {}).get("progress")
+            if progress is None and spec.replica_world is None and spec.replica_rank > 0 and snap.gc_below:
+                raise DataPlaneBadRequest(
+                    f"this replica took seat {spec.replica_rank} of {self.log.partition_id!r} after the plans "
+                    f"below step {snap.gc_below} were collected, so it cannot see what its peers saw; start "
+                    "the replicas of a dp_rank together, or pass replica_rank/replica_world so that plans "
+                    "are kept for every replica"
+                )
             start = Position(snap.gc_below if progress is None else int(progress))
         self._marked = start.step if resume is not None else None
         self._ack(progress=start.step, checkpoint=self._marked, previous_checkpoint=None)

@@ -229,3 +229,18 @@ def test_a_replica_group_broadcasts_from_its_rank_0():
     assert source[0] == receiver[0] == [(0, [0, 1]), (0, [2, 3]), (1, [4, 5]), (1, [6, 7]), (2, [8, 9])]
     assert source[1]["step"] == 4 and receiver[1]["step"] == 3  # the receiver never sees the final plan
     assert (source[2], receiver[2]) == (10, 0)
+
+
+def test_unnumbered_transfer_queue_replicas_take_seats_and_the_first_leads(client):
+    register(client, "p", 48)  # 12 steps of 4: past a garbage collection
+    fill(client, "p", range(48))
+    first = tq_dataset(client, "p", 1, batch_size=4)
+    head = consume(first, 4)  # two whole steps
+    second = tq_dataset(client, "p", 1, batch_size=4)  # joins while the first's plans are all kept
+    whole, rest = run_all([lambda: consume(second), lambda: consume(first)])
+    assert trace(head + rest) == trace(whole) and len(whole) == 24
+    snap = PlanLog(client, "p", TASK, group=1).snapshot()
+    assert (first._seat, second._seat, snap.seats, sorted(snap.acks)) == (0, 1, 2, [(0, 0), (0, 1)])
+    assert consume(first) == []  # it keeps its seat: the stream has ended
+    with pytest.raises(DataPlaneBadRequest, match="took seat 2 .* after the plans below step 13"):
+        consume(tq_dataset(client, "p", 1, batch_size=4))  # too late to see what its peers saw
