@@ -154,10 +154,11 @@ def test_transfer_queue_batches_are_per_dp_rank_and_shared_by_its_replicas(clien
         (lambda r=r, k=i % 2: consume(tq_dataset(client, "p", r, replica_rank=k, replica_world=2, batch_size=4)))
         for i, r in enumerate(topology)
     ])
-    assert got[0] and all(trace(got[i]) == trace(got[i + 1]) for i in (0, 2, 4))
+    # dp_ranks claim independently (a fast one may take every batch); replicas see the same ones
+    assert all(trace(got[i]) == trace(got[i + 1]) for i in (0, 2, 4))
     assert all(len(xs) == 2 for items in got for xs, _ in items)  # batch_size 4 per dp_rank, micro 2
     assert sorted(x for i in (0, 2, 4) for xs, _ in got[i] for x in xs) == list(range(24))
-    assert {m.extra_info["dp_rank"] for _, m in got[4]} == {2}
+    assert all(m.extra_info["dp_rank"] == topology[i] for i in range(6) for _, m in got[i])
 
 
 def test_should_check_consumption_status_ends_an_unregistered_partition(client):
