@@ -1,4 +1,4 @@
-"""The loaders on TransferQueue: DP ranks in separate processes, DataLoader workers, restarts.
+"""The loaders on TransferQueue: DP ranks in separate processes, DataLoader workers, restarts, replicas.
 
 Ranks run in spawned processes (each attaches with ``bootstrap=False`` from the deployment's worker
 config), a producer writes from a third, and the test checks what every rank received: every
@@ -8,12 +8,18 @@ on every rank, no duplicates with two DataLoader workers, and an exact resume in
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 
@@ -182,3 +188,113 @@ def test_a_checkpoint_resumes_exactly_in_new_processes(
     for r in range(2):  # what the crashed run trained after its checkpoint comes first again
         lost = [item["ids"] for item in crashed[r]["items"][5:]]
         assert [item["ids"] for item in resumed[r]["items"][: len(lost)]] == lost
+
+
+# ------------------------------------------------------------ replica groups: dp_rank = [0, 0, 1, 1]
+TOPOLOGY = [0, 0, 1, 1]  # the dp_rank of each process, TransferQueue tutorial 06's
+
+
+@pytest.fixture(scope="module")
+def pool4() -> Iterator[ProcessPoolExecutor]:
+    """Five spawned processes: four consumers and a producer."""
+    with _spawn_pool(5) as executor:
+        yield executor
+
+
+def run_replica(cfg: dict[str, Any], pid: str, dp_rank: int, replica_rank: int) -> list[Any]:
+    """One of two replicas of a dp_rank (dp_world 2): ``(step, micro, ids)`` of each micro-batch."""
+    from loaders import StreamingDataLoader, StreamingDataset
+
+    dataset = StreamingDataset(
+        cfg, partition_id=pid, task_name=TASK, fields=FIELDS, batch_size=8, micro_batch_size=2,
+        dp_rank=dp_rank, dp_world=2, replica_rank=replica_rank, replica_world=2, timeout_s=120.0,
+    )
+    out = []
+    for td, meta in StreamingDataLoader(dataset):
+        check_rows(meta.sample_ids, td)
+        out.append((meta.extra_info["step"], meta.extra_info["micro_batch_index"], meta.sample_ids))
+    return out
+
+
+def test_replicas_of_a_dp_rank_in_four_processes_get_identical_micro_batches(
+    deployment: Deployment, client: TransferQueueDataPlaneClient, pid: str, pool4: ProcessPoolExecutor
+):
+    n = 38  # 4 full steps of 8, a short last one of 6
+    client.register_partition(pid, FIELDS, num_samples=n, consumer_tasks=[TASK])
+    cfg = deployment.worker_config
+    ranks = [pool4.submit(run_replica, cfg, pid, r, i % 2) for i, r in enumerate(TOPOLOGY)]
+    producer = pool4.submit(produce, cfg, pid, n, 8, 0.05)
+
+    producer.result(timeout=TIMEOUT_S)
+    got = [r.result(timeout=TIMEOUT_S) for r in ranks]
+
+    assert got[0] == got[1] and got[2] == got[3]  # identical micro-batches, in the same order
+    assert len(got[0]) == len(got[2])  # equal micro-batch counts across DP ranks
+    delivered = sorted(k for i in (0, 2) for _, _, ids in got[i] for k in ids)
+    assert delivered == [key_of(i) for i in range(n)]  # exactly once per DP group
+    assert client.check_consumption_status(pid, [TASK])
+
+
+def run_tutorial_06_worker(cfg: dict[str, Any], pid: str, dp_rank: int, max_steps: int = 5) -> list[int]:
+    """Tutorial 06's ``update_worker`` with TransferQueue's arguments, ``num_workers=2`` included."""
+    from loaders import StreamingDataLoader, StreamingDataset
+
+    dataset = StreamingDataset(
+        config=cfg, batch_size=2, micro_batch_size=2, data_fields=["x"], partition_id=pid, task_name=TASK,
+        dp_rank=dp_rank, should_check_consumption_status=False,
+    )
+    dataloader = StreamingDataLoader(dataset=dataset, num_workers=2, prefetch_factor=2,
+                                     multiprocessing_context="spawn")
+    consumed, step = [], 0
+    for batch, _meta in dataloader:
+        consumed.extend(batch["x"].view(-1).tolist())
+        step += 1
+        if step >= max_steps:
+            break
+    del dataloader
+    return consumed
+
+
+def test_tutorial_06_replicas_with_two_dataloader_workers_see_identical_data(
+    deployment: Deployment, pid: str, pool4: ProcessPoolExecutor
+):
+    cfg = deployment.worker_config
+    producer = pool4.submit(produce, cfg, pid, 40, 4, 0.02)  # more than 5 steps x 2 samples x 2 dp_ranks
+    workers = [pool4.submit(run_tutorial_06_worker, cfg, pid, r) for r in TOPOLOGY]
+
+    producer.result(timeout=TIMEOUT_S)
+    got = [w.result(timeout=TIMEOUT_S) for w in workers]
+
+    assert all(len(g) == 10 for g in got)
+    assert got[0] == got[1] and got[2] == got[3]
+    assert not set(got[0]) & set(got[2])
+
+
+EXIT_SCRIPT = """
+import json, logging, sys
+from loaders import StreamingDataLoader, StreamingDataset
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(name)s %(message)s")
+if __name__ == "__main__":  # spawned DataLoader workers import this module; ``it`` is still a global
+    cfg, pid = json.loads(sys.argv[1]), sys.argv[2]
+    ds = StreamingDataset(cfg, partition_id=pid, task_name="train", fields=["x"], batch_size=4, timeout_s=600)
+    it = iter(StreamingDataLoader(ds, num_workers=2, multiprocessing_context="spawn"))
+    print(next(it)[0]["x"].tolist(), flush=True)
+    raise RuntimeError("training failed")
+"""
+
+
+def test_an_open_iterator_with_two_workers_does_not_hang_the_exit(
+    deployment: Deployment, client: TransferQueueDataPlaneClient, pid: str, tmp_path
+):
+    client.register_partition(pid, ["x"], num_samples=None, consumer_tasks=[TASK])
+    client.put_samples([f"s{i}" for i in range(12)], pid, {"x": torch.arange(12)})
+    script = tmp_path / "train.py"
+    script.write_text(EXIT_SCRIPT)
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(deployment.worker_config), pid],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "RuntimeError: training failed" in done.stderr
+    assert "interpreter exit" in done.stderr, done.stderr[-3000:]
