@@ -9,9 +9,10 @@ claim cursor; the ``__kvplane`` prefix marks it as kvplane's own, so ``kv_list()
   :class:`loaders.plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
   leader, right after its claim; never rewritten: the plan's tags name its writer, and a write
   that finds a plan already there, or reads back another writer's tags, raises
-  :class:`~kvplane.DataPlaneBadRequest` (two leaders on one stream), never overwrites silently. Readers poll the (small) tags and then read the
-  body; a put need not be atomic (TransferQueue publishes the tags before the data), so a listed
-  plan whose body is not readable yet is simply polled again.
+  :class:`~kvplane.DataPlaneBadRequest` (two leaders on one stream), never overwrites silently.
+  Readers poll the (small) tags and then read the body; a put need not be atomic (TransferQueue
+  publishes the tags before the data), so a listed plan whose body is not readable yet is simply
+  polled again.
 - ``rank-{r}`` (replica 0) and ``rank-{r}.{k}`` (replica ``k``): the acknowledgements of replica ``k``
   of rank ``r``, as tags: ``progress`` (the first step it has not finished yielding), ``checkpoint``
   and ``previous_checkpoint`` (the steps of its two latest ``state_dict()``s or of the state it
@@ -25,8 +26,9 @@ claim cursor; the ``__kvplane`` prefix marks it as kvplane's own, so ``kv_list()
 
 Garbage collection (decision): a plan is needed until every rank has yielded it *and* no rank may
 resume before it. So the collector deletes the plans below the *horizon*, the minimum over ranks
-``0..dp_world-1`` and their replicas ``0..replica_world-1`` of each one's ``progress``, ``checkpoint`` and ``previous_checkpoint``; while any
-rank or replica has not acknowledged yet, nothing is collected. It raises ``gc.below`` before deleting, so a
+``0..dp_world-1`` and their replicas ``0..replica_world-1`` of each one's ``progress``,
+``checkpoint`` and ``previous_checkpoint``; while any rank or replica has not acknowledged yet,
+nothing is collected. It raises ``gc.below`` before deleting, so a
 resume from a collected step fails loudly instead of claiming afresh. A final plan that is the
 latest plan is kept (it is tiny), so that a DataLoader worker that looks late still learns that the
 stream ended instead of claiming again; it goes once the stream continues (a refilled partition).
@@ -144,7 +146,9 @@ class PlanLog:
         self, client: DataPlaneClient, partition_id: str, task_name: str, group: int | None = None
     ) -> None:
         self.client = client
-        self.partition_id = plan_partition_id(partition_id, task_name) + ("" if group is None else f":dp{group}")
+        self.partition_id = plan_partition_id(partition_id, task_name) + (
+            "" if group is None else f":dp{group}"
+        )
         self.writer = uuid.uuid4().hex  # names this log's plans, to tell a second leader's apart
 
     def snapshot(self) -> LogSnapshot:

@@ -28,9 +28,9 @@ from tensordict import TensorDict
 from torch.utils.data import IterableDataset, get_worker_info
 
 from kvplane import DataPlaneBadRequest, KVBatchMeta
+from loaders import _broadcast
 from loaders.control import plan_partition_id
 from loaders.plan import ShardOptions
-from loaders import _broadcast
 from loaders.ranks import resolve_topology
 from loaders.source import ClientSource
 from loaders.steps import StepBatch, StepProducer, StreamSpec
@@ -174,10 +174,14 @@ class StreamingDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if (source is None) == (config is None):
-            raise DataPlaneBadRequest("give the data plane as source (kvplane) or config= (TransferQueue), once")
+            raise DataPlaneBadRequest(
+                "give the data plane as source (kvplane) or config= (TransferQueue), once"
+            )
         self.source = ClientSource(config if source is None else source)
         if (fields is None) == (data_fields is None):
-            raise DataPlaneBadRequest("give the fields as fields= (kvplane) or data_fields= (TransferQueue), once")
+            raise DataPlaneBadRequest(
+                "give the fields as fields= (kvplane) or data_fields= (TransferQueue), once"
+            )
         for name, fn in (("fetch_batch_fn", fetch_batch_fn), ("process_batch_fn", process_batch_fn)):
             if fn is not None:
                 raise DataPlaneBadRequest(
@@ -291,7 +295,9 @@ class StreamingDataset(IterableDataset):
     def open_stream(self) -> tuple[RankStream, Position]:
         """Start an iteration in this process: decide where it starts (used by the loader)."""
         if self.spec.replica_world is None and self._seat is None:  # replicas take seats: first leads
-            self._seat = self.spec.plan_log(self.source.get()).take_seat(time.monotonic() + self.spec.timeout_s)
+            self._seat = self.spec.plan_log(self.source.get()).take_seat(
+                time.monotonic() + self.spec.timeout_s
+            )
             self.spec = replace(self.spec, replica_rank=self._seat)
         stream = RankStream(self.source.get(), self.spec)
         start = stream.open(self._resume)

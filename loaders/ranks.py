@@ -142,7 +142,9 @@ def resolve_topology(
                 "dp_rank claims batch_size samples of its own; use fields= for one global batch split "
                 "over dp_world ranks"
             )
-        dp_rank = (dist.get_rank() if _distributed() and replica_world == 1 else 0) if dp_rank is None else dp_rank
+        dp_rank = (
+            (dist.get_rank() if _distributed() and replica_world == 1 else 0) if dp_rank is None else dp_rank
+        )
         if not _is_int(dp_rank) or dp_rank < 0:
             raise DataPlaneBadRequest(f"dp_rank {dp_rank!r} must be an integer >= 0")
         return Topology(dp_rank, None, replica_rank, None if seats else replica_world, replica_group)

@@ -142,12 +142,13 @@ class RankStream:
             start = resume
         else:
             progress = (snap.acks.get((spec.shard, spec.replica_rank)) or {}).get("progress")
-            if progress is None and spec.replica_world is None and spec.replica_rank > 0 and snap.gc_below:
+            late_seat = spec.replica_world is None and spec.replica_rank > 0
+            if progress is None and late_seat and snap.gc_below:
                 raise DataPlaneBadRequest(
-                    f"this replica took seat {spec.replica_rank} of {self.log.partition_id!r} after the plans "
-                    f"below step {snap.gc_below} were collected, so it cannot see what its peers saw; start "
-                    "the replicas of a dp_rank together, or pass replica_rank/replica_world so that plans "
-                    "are kept for every replica"
+                    f"this replica took seat {spec.replica_rank} of {self.log.partition_id!r} after the "
+                    f"plans below step {snap.gc_below} were collected, so it cannot see what its peers saw; "
+                    "start the replicas of a dp_rank together, or pass replica_rank/replica_world so that "
+                    "plans are kept for every replica"
                 )
             start = Position(snap.gc_below if progress is None else int(progress))
         self._marked = start.step if resume is not None else None
@@ -209,7 +210,9 @@ class RankStream:
                 if exiting():  # the data plane may need a thread that cannot start now: do not hang
                     logger.debug(
                         "interpreter exit: rank %d skips acknowledging step %d (it is delivered again "
-                        "to the rank's next iteration)", spec.dp_rank, self.position.step - 1
+                        "to the rank's next iteration)",
+                        spec.dp_rank,
+                        self.position.step - 1,
                     )
                 else:
                     self._ack_quietly(progress=self.position.step)

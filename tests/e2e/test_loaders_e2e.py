@@ -206,8 +206,17 @@ def run_replica(cfg: dict[str, Any], pid: str, dp_rank: int, replica_rank: int) 
     from loaders import StreamingDataLoader, StreamingDataset
 
     dataset = StreamingDataset(
-        cfg, partition_id=pid, task_name=TASK, fields=FIELDS, batch_size=8, micro_batch_size=2,
-        dp_rank=dp_rank, dp_world=2, replica_rank=replica_rank, replica_world=2, timeout_s=120.0,
+        cfg,
+        partition_id=pid,
+        task_name=TASK,
+        fields=FIELDS,
+        batch_size=8,
+        micro_batch_size=2,
+        dp_rank=dp_rank,
+        dp_world=2,
+        replica_rank=replica_rank,
+        replica_world=2,
+        timeout_s=120.0,
     )
     out = []
     for td, meta in StreamingDataLoader(dataset):
@@ -240,11 +249,18 @@ def run_tutorial_06_worker(cfg: dict[str, Any], pid: str, dp_rank: int, max_step
     from loaders import StreamingDataLoader, StreamingDataset
 
     dataset = StreamingDataset(
-        config=cfg, batch_size=2, micro_batch_size=2, data_fields=["x"], partition_id=pid, task_name=TASK,
-        dp_rank=dp_rank, should_check_consumption_status=False,
+        config=cfg,
+        batch_size=2,
+        micro_batch_size=2,
+        data_fields=["x"],
+        partition_id=pid,
+        task_name=TASK,
+        dp_rank=dp_rank,
+        should_check_consumption_status=False,
     )
-    dataloader = StreamingDataLoader(dataset=dataset, num_workers=2, prefetch_factor=2,
-                                     multiprocessing_context="spawn")
+    dataloader = StreamingDataLoader(
+        dataset=dataset, num_workers=2, prefetch_factor=2, multiprocessing_context="spawn"
+    )
     consumed, step = [], 0
     for batch, _meta in dataloader:
         consumed.extend(batch["x"].view(-1).tolist())
@@ -293,7 +309,11 @@ def test_an_open_iterator_with_two_workers_does_not_hang_the_exit(
     root = str(Path(__file__).resolve().parents[2])
     done = subprocess.run(
         [sys.executable, str(script), json.dumps(deployment.worker_config), pid],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True, timeout=TIMEOUT_S,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "RuntimeError: training failed" in done.stderr
@@ -310,15 +330,29 @@ def run_ddp_rank(cfg: dict[str, Any], pid: str, rank: int, init_file: str, mode:
 
     from loaders import StreamingDataLoader, StreamingDataset
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=4,
-                            timeout=timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=4, timeout=timedelta(seconds=120)
+    )
     try:
         dp_groups = [dist.new_group([0, 2]), dist.new_group([1, 3])]  # same tp_rank: DDP peers
         tp_groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # same dp_rank: replicas
         dp_group, tp_group = dp_groups[rank % 2], tp_groups[rank // 2]
-        replicas = {"replica_group": tp_group} if mode == "broadcast" else {"replica_rank": rank % 2, "replica_world": 2}
-        dataset = StreamingDataset(cfg, partition_id=pid, task_name=TASK, fields=["x", "emb"], batch_size=8,
-                                   micro_batch_size=2, dp_group=dp_group, timeout_s=120.0, **replicas)
+        replicas = (
+            {"replica_group": tp_group}
+            if mode == "broadcast"
+            else {"replica_rank": rank % 2, "replica_world": 2}
+        )
+        dataset = StreamingDataset(
+            cfg,
+            partition_id=pid,
+            task_name=TASK,
+            fields=["x", "emb"],
+            batch_size=8,
+            micro_batch_size=2,
+            dp_group=dp_group,
+            timeout_s=120.0,
+            **replicas,
+        )
         torch.manual_seed(0)
         model = DistributedDataParallel(torch.nn.Linear(3, 1), process_group=dp_group)
         optim = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -337,8 +371,12 @@ def run_ddp_rank(cfg: dict[str, Any], pid: str, rank: int, init_file: str, mode:
 
 @pytest.mark.parametrize("mode", ["plan", "broadcast"])
 def test_ddp_with_tensor_parallel_replicas_trains_on_each_sample_once_per_dp_group(
-    deployment: Deployment, client: TransferQueueDataPlaneClient, pid: str, pool4: ProcessPoolExecutor,
-    tmp_path, mode: str
+    deployment: Deployment,
+    client: TransferQueueDataPlaneClient,
+    pid: str,
+    pool4: ProcessPoolExecutor,
+    tmp_path,
+    mode: str,
 ):
     n = 33  # 4 full steps of 8 and a short last one of 1: dp_rank 1 gets an empty micro-batch
     client.register_partition(pid, ["x", "emb"], num_samples=n, consumer_tasks=[TASK])

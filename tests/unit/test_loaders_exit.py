@@ -30,14 +30,16 @@ client.put_samples([f"s{i}" for i in range(8)], "p", {"x": torch.arange(8)})
 SCENARIOS = {
     # the step was handed out whole: its acknowledgement is what the exit path skips
     "after-a-whole-step": """
-        ds = StreamingDataset(client, partition_id="p", task_name="t", fields=["x"], batch_size=4, timeout_s=600)
+        ds = StreamingDataset(client, partition_id="p", task_name="t", fields=["x"], batch_size=4,
+                              timeout_s=600)
         it = iter(StreamingDataLoader(ds))
         print(next(it)[0]["x"].tolist(), flush=True)
         raise RuntimeError("training failed")
     """,
     # the leader's planner waits in a claim that only a 600 s timeout would end
     "leader-waiting-for-data": """
-        ds = StreamingDataset(client, partition_id="p", task_name="t", fields=["x"], batch_size=4, timeout_s=600)
+        ds = StreamingDataset(client, partition_id="p", task_name="t", fields=["x"], batch_size=4,
+                              timeout_s=600)
         it = iter(StreamingDataLoader(ds))
         print([next(it)[0]["x"].tolist() for _ in range(2)], flush=True)
         threading.Timer(0.5, lambda: None).start()
@@ -64,7 +66,11 @@ def test_an_open_iterator_does_not_hang_the_exit(scenario, tmp_path):
     script.write_text(PREAMBLE + textwrap.dedent(SCENARIOS[scenario]))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=EXIT_DEADLINE_S,
     )
     assert done.returncode == 1, done.stderr

@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
-import threading
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError
+from kvplane import DataPlaneBadRequest
 from loaders import StreamingDataLoader, StreamingDataset
 from loaders.control import PlanLog
 
@@ -26,12 +25,21 @@ from .test_loaders import TASK, consume, fill, register
 DEADLINE_S = 120
 
 
-def replica(client: Any, pid: str, rank: int, world: int, k: int, kw_world: int = 2, **kw: Any) -> StreamingDataset:
+def replica(
+    client: Any, pid: str, rank: int, world: int, k: int, kw_world: int = 2, **kw: Any
+) -> StreamingDataset:
     kw.setdefault("batch_size", 4)
     kw.setdefault("timeout_s", 10.0)
     return StreamingDataset(
-        client, partition_id=pid, task_name=TASK, fields=["x"], dp_rank=rank, dp_world=world,
-        replica_rank=k, replica_world=kw_world, **kw,
+        client,
+        partition_id=pid,
+        task_name=TASK,
+        fields=["x"],
+        dp_rank=rank,
+        dp_world=world,
+        replica_rank=k,
+        replica_world=kw_world,
+        **kw,
     )
 
 
@@ -49,10 +57,12 @@ def test_replicas_of_a_dp_rank_get_identical_micro_batches_and_each_sample_goes_
     register(client, "p", 38)  # 4 full steps of 8 and a short one of 6
     fill(client, "p", range(38))
     topology = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (dp_rank, replica_rank): TransferQueue's [0, 0, 1, 1]
-    got = run_all([
-        (lambda r=r, k=k: consume(replica(client, "p", r, 2, k, batch_size=8, micro_batch_size=2)))
-        for r, k in topology
-    ])
+    got = run_all(
+        [
+            (lambda r=r, k=k: consume(replica(client, "p", r, 2, k, batch_size=8, micro_batch_size=2)))
+            for r, k in topology
+        ]
+    )
     traces = [trace(items) for items in got]
     assert traces[0] == traces[1] and traces[2] == traces[3]  # identical, in the same order
     assert len(traces[0]) == len(traces[2])  # equal micro-batch counts across DP ranks
@@ -107,20 +117,32 @@ def test_replica_arguments_are_checked(client):
     with pytest.raises(DataPlaneBadRequest, match="replica_world must be a positive integer"):
         replica(client, "p", 0, 1, 0, kw_world=0)
     with pytest.raises(DataPlaneBadRequest, match="needs an initialised torch.distributed"):
-        StreamingDataset(client, partition_id="p", task_name=TASK, fields=["x"], batch_size=2, replica_group=object())
+        StreamingDataset(
+            client, partition_id="p", task_name=TASK, fields=["x"], batch_size=2, replica_group=object()
+        )
 
 
 # ------------------------------------------------------------ empty micro-batches
 def test_a_rank_with_no_rows_gets_every_field_with_zero_rows_and_its_schema(client):
     client.register_partition("p", ["x", "emb", "ids"], num_samples=3, consumer_tasks=[TASK])
     ids = torch.nested.nested_tensor([torch.arange(i + 1) for i in range(3)], layout=torch.jagged)
-    rows = TensorDict({"x": torch.arange(3), "emb": torch.ones(3, 2, 5, dtype=torch.bfloat16), "ids": ids}, [3])
+    rows = TensorDict(
+        {"x": torch.arange(3), "emb": torch.ones(3, 2, 5, dtype=torch.bfloat16), "ids": ids}, [3]
+    )
     client.put_samples(["s0", "s1", "s2"], "p", rows)
     fields = ["x", "emb", "ids"]
 
     def run(rank: int) -> list[TensorDict]:
-        ds = StreamingDataset(client, partition_id="p", task_name=TASK, fields=fields, batch_size=2,
-                              dp_rank=rank, dp_world=2, timeout_s=10.0)
+        ds = StreamingDataset(
+            client,
+            partition_id="p",
+            task_name=TASK,
+            fields=fields,
+            batch_size=2,
+            dp_rank=rank,
+            dp_world=2,
+            timeout_s=10.0,
+        )
         return [td for td, _ in ds]
 
     rank0, rank1 = run_all([lambda: run(0), lambda: run(1)])
@@ -142,18 +164,31 @@ def test_a_rank_with_no_rows_gets_every_field_with_zero_rows_and_its_schema(clie
 def tq_dataset(client: Any, pid: str, dp_rank: int, **kw: Any) -> StreamingDataset:
     kw.setdefault("batch_size", 2)
     kw.setdefault("micro_batch_size", 2)
-    return StreamingDataset(config=client, data_fields=["x"], partition_id=pid, task_name=TASK, dp_rank=dp_rank,
-                            timeout_s=10.0, **kw)
+    return StreamingDataset(
+        config=client,
+        data_fields=["x"],
+        partition_id=pid,
+        task_name=TASK,
+        dp_rank=dp_rank,
+        timeout_s=10.0,
+        **kw,
+    )
 
 
 def test_transfer_queue_batches_are_per_dp_rank_and_shared_by_its_replicas(client):
     register(client, "p", 24)
     fill(client, "p", range(24))
     topology = [0, 0, 1, 1, 2, 2]
-    got = run_all([
-        (lambda r=r, k=i % 2: consume(tq_dataset(client, "p", r, replica_rank=k, replica_world=2, batch_size=4)))
-        for i, r in enumerate(topology)
-    ])
+    got = run_all(
+        [
+            (
+                lambda r=r, k=i % 2: consume(
+                    tq_dataset(client, "p", r, replica_rank=k, replica_world=2, batch_size=4)
+                )
+            )
+            for i, r in enumerate(topology)
+        ]
+    )
     # dp_ranks claim independently (a fast one may take every batch); replicas see the same ones
     assert all(trace(got[i]) == trace(got[i + 1]) for i in (0, 2, 4))
     assert all(len(xs) == 2 for items in got for xs, _ in items)  # batch_size 4 per dp_rank, micro 2
@@ -180,14 +215,18 @@ def test_should_check_consumption_status_ends_an_unregistered_partition(client):
 def test_transfer_queue_arguments_are_checked(client, kw, match):
     kw = {"dp_rank": 0, **kw}
     with pytest.raises(DataPlaneBadRequest, match=match):
-        StreamingDataset(config=client, data_fields=["x"], partition_id="p", task_name=TASK, batch_size=2, **kw)
+        StreamingDataset(
+            config=client, data_fields=["x"], partition_id="p", task_name=TASK, batch_size=2, **kw
+        )
 
 
 def test_source_and_fields_are_given_once(client):
     with pytest.raises(DataPlaneBadRequest, match="source .* or config="):
         StreamingDataset(client, config=client, partition_id="p", task_name=TASK, fields=["x"], batch_size=2)
     with pytest.raises(DataPlaneBadRequest, match="fields= .* or data_fields="):
-        StreamingDataset(client, partition_id="p", task_name=TASK, fields=["x"], data_fields=["x"], batch_size=2)
+        StreamingDataset(
+            client, partition_id="p", task_name=TASK, fields=["x"], data_fields=["x"], batch_size=2
+        )
     with pytest.raises(DataPlaneBadRequest, match="persistent_workers"):
         StreamingDataLoader(tq_dataset(client, "p", 0), persistent_workers=True)
 
@@ -195,7 +234,9 @@ def test_source_and_fields_are_given_once(client):
 def test_the_loader_applies_collate_fn_to_each_micro_batch(client):
     register(client, "p", 4)
     fill(client, "p", range(4))
-    loader = StreamingDataLoader(tq_dataset(client, "p", 0), collate_fn=lambda item: item[0]["x"].sum().item())
+    loader = StreamingDataLoader(
+        tq_dataset(client, "p", 0), collate_fn=lambda item: item[0]["x"].sum().item()
+    )
     assert list(loader) == [1, 5]
 
 
@@ -211,8 +252,17 @@ def _broadcast_member(rank: int, init_file: str) -> list[Any]:
         if rank == 0:
             register(client, "p", 10)
             fill(client, "p", range(10))
-        ds = StreamingDataset(client, partition_id="p", task_name=TASK, fields=["x"], batch_size=4,
-                              micro_batch_size=2, dp_rank=0, dp_world=1, replica_group=dist.group.WORLD)
+        ds = StreamingDataset(
+            client,
+            partition_id="p",
+            task_name=TASK,
+            fields=["x"],
+            batch_size=4,
+            micro_batch_size=2,
+            dp_rank=0,
+            dp_world=1,
+            replica_group=dist.group.WORLD,
+        )
         loader = StreamingDataLoader(ds)
         seen = [(meta.extra_info["step"], td["x"].tolist()) for td, meta in loader]
         return [seen, loader.state_dict(), len(client.list_keys().get("p", {}))]

@@ -62,7 +62,7 @@ def update_worker(rank_id: int, dp_rank: int, max_steps: int = 5) -> dict:
     )
     consumed_ids = []
     step = 0
-    for batch, batch_meta in dataloader:
+    for batch, _batch_meta in dataloader:  # TQ: batch_meta
         ids = batch["meta_idx"].view(-1).tolist()
         consumed_ids.extend(ids)
         time.sleep(0.01)  # TQ: 5
