@@ -321,8 +321,22 @@ def test_an_open_iterator_with_two_workers_does_not_hang_the_exit(
 
 
 # ------------------------------------------------------------ DDP end to end: 2 DP x 2 TP replicas, gloo
-def run_ddp_rank(cfg: dict[str, Any], pid: str, rank: int, init_file: str, mode: str) -> dict[str, Any]:
-    """Global rank ``rank`` = 2·dp_rank + tp_rank: train a tiny model under DDP over its DP group."""
+def run_ddp_rank(
+    cfg: dict[str, Any],
+    pid: str,
+    rank: int,
+    init_file: str,
+    mode: str,
+    *,
+    checkpoint_after: int | None = None,
+    then: int = 0,
+    state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Global rank ``rank`` = 2·dp_rank + tp_rank: train a tiny model under DDP over its DP group.
+
+    With ``checkpoint_after``, save the loader's and the model's state after that many micro-batches,
+    train ``then`` more (work the crash loses) and stop; ``state`` resumes from such a checkpoint.
+    """
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -356,15 +370,23 @@ def run_ddp_rank(cfg: dict[str, Any], pid: str, rank: int, init_file: str, mode:
         torch.manual_seed(0)
         model = DistributedDataParallel(torch.nn.Linear(3, 1), process_group=dp_group)
         optim = torch.optim.SGD(model.parameters(), lr=0.01)
-        seen = []
-        for td, meta in StreamingDataLoader(dataset):
+        loader = StreamingDataLoader(dataset)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            loader.load_state_dict(state["loader"])
+        seen, saved = [], None
+        for td, meta in loader:
             loss = ((model(td["emb"].float()).squeeze(-1) - td["x"].float() / 40) ** 2).sum()
             optim.zero_grad()
             loss.backward()  # an empty micro-batch still takes part in the all-reduce
             optim.step()
             seen.append((meta.extra_info["step"], meta.extra_info["micro_batch_index"], meta.sample_ids))
+            if len(seen) == checkpoint_after:
+                saved = {"loader": loader.state_dict(), "model": dict(model.state_dict())}
+            if checkpoint_after is not None and len(seen) == checkpoint_after + then:
+                break  # the job dies: every rank of the collective stops here
         params = [p.detach().clone().view(-1).tolist() for p in model.parameters()]
-        return {"seen": seen, "params": params, "dp_rank": dataset.dp_rank}
+        return {"seen": seen, "params": params, "dp_rank": dataset.dp_rank, "state": saved}
     finally:
         dist.destroy_process_group()
 
@@ -394,3 +416,40 @@ def test_ddp_with_tensor_parallel_replicas_trains_on_each_sample_once_per_dp_gro
     delivered = sorted(k for i in (0, 2) for _, _, ids in got[i]["seen"] for k in ids)
     assert delivered == [key_of(i) for i in range(n)]  # exactly once per DP group
     assert got[0]["params"] == got[1]["params"] == got[2]["params"] == got[3]["params"]
+
+
+@pytest.mark.parametrize("mode", ["plan", "broadcast"])
+def test_ddp_with_replicas_resumes_every_process_exactly_from_its_state_dict(
+    deployment: Deployment,
+    client: TransferQueueDataPlaneClient,
+    pid: str,
+    pool4: ProcessPoolExecutor,
+    tmp_path,
+    mode: str,
+):
+    n, k = 33, 5  # checkpoint inside step 2 (micro-batches of 2 rows, 2 per rank per step)
+    client.register_partition(pid, ["x", "emb"], num_samples=n, consumer_tasks=[TASK])
+    cfg = deployment.worker_config
+    first = [
+        pool4.submit(run_ddp_rank, cfg, pid, r, str(tmp_path / "pg1"), mode, checkpoint_after=k, then=2)
+        for r in range(4)
+    ]
+    producer = pool4.submit(produce, cfg, pid, n, 8, 0.05)
+    producer.result(timeout=TIMEOUT_S)
+    crashed = [f.result(timeout=TIMEOUT_S) for f in first]
+
+    with _spawn_pool(4) as fresh:  # the restarted job: new processes, each from its own state
+        second = [
+            fresh.submit(run_ddp_rank, cfg, pid, r, str(tmp_path / "pg2"), mode, state=crashed[r]["state"])
+            for r in range(4)
+        ]
+        resumed = [f.result(timeout=TIMEOUT_S) for f in second]
+
+    runs = [crashed[r]["seen"][:k] + resumed[r]["seen"] for r in range(4)]
+    assert runs[0] == runs[1] and runs[2] == runs[3]  # identical per TP group across the restart
+    assert len(runs[0]) == len(runs[2])
+    delivered = sorted(key for i in (0, 2) for _, _, ids in runs[i] for key in ids)
+    assert delivered == [key_of(i) for i in range(n)]  # nothing lost or repeated per DP group
+    for r in range(4):  # what the crash lost comes first again
+        assert resumed[r]["seen"][:2] == crashed[r]["seen"][k:]
+    assert all(resumed[r]["params"] == resumed[0]["params"] for r in range(4))
