@@ -86,7 +86,9 @@ class StreamingDataset(IterableDataset):
     ``config=`` is ``source``; ``data_fields=`` is ``fields`` *and* selects TransferQueue's
     semantics: ``batch_size`` is per ``dp_rank``, each ``dp_rank`` claims its own batches
     (``RankAwareSampler``: processes with the same ``dp_rank`` see identical data; no ``dp_world``,
-    no balancing across ranks, ranks need not take the same number of steps); ``micro_batch_size``
+    no balancing across ranks, ranks need not take the same number of steps; processes that give no
+    replica argument take seats, the first of a ``dp_rank`` to start leading, see
+    :mod:`loaders.control`); ``micro_batch_size``
     and ``dp_rank`` mean what they mean there; ``should_check_consumption_status=True`` also ends
     the stream of a partition registered without ``num_samples`` once the task consumed it (a
     partition registered with ``num_samples`` ends when consumed either way; with ``False`` an
