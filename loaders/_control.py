@@ -7,18 +7,28 @@ out, and ``kv_list(name)`` shows it for inspection). It holds three kinds of key
 
 - ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (bytes, see
   :class:`loaders._plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
-  leader, right after its claim; never rewritten. Readers poll the (small) tags and then read the
-  body; a put need not be atomic (TransferQueue publishes the tags before the data), so a listed
-  plan whose body is not readable yet is simply polled again.
-- ``rank-{r}``: rank ``r``'s acknowledgements, as tags: ``progress`` (the first step it has not
-  finished yielding), ``checkpoint`` and ``previous_checkpoint`` (the steps of its two latest
-  ``state_dict()``s or of the state it resumed from; ``None`` when it holds none).
+  leader, right after its claim; never rewritten: the plan's tags name its writer, and a write
+  that finds a plan already there, or reads back another writer's tags, raises
+  :class:`~kvplane.DataPlaneBadRequest` (two leaders on one stream), never overwrites silently.
+  Readers poll the (small) tags and then read the body; a put need not be atomic (TransferQueue
+  publishes the tags before the data), so a listed plan whose body is not readable yet is simply
+  polled again.
+- ``rank-{r}`` (replica 0) and ``rank-{r}.{k}`` (replica ``k``): the acknowledgements of replica ``k``
+  of rank ``r``, as tags: ``progress`` (the first step it has not finished yielding), ``checkpoint``
+  and ``previous_checkpoint`` (the steps of its two latest ``state_dict()``s or of the state it
+  resumed from; ``None`` when it holds none). Every replica keeps its own record.
 - ``gc``: tag ``below``, the step under which plans have been garbage-collected.
+- ``seat-{k}`` (field ``seat``): replica seats, for streams whose replicas are not numbered by the
+  trainer (TransferQueue's arguments without ``replica_rank``): a process takes the first free seat
+  with an atomic ``claim_meta`` (task ``__seats__``), adding a seat when none is free; seat 0 leads.
+  A seat is held for the life of the dataset object, so a leader that is restarted in a new process
+  does not lead again: pass ``replica_rank``/``replica_world`` for restartable jobs.
 
 Garbage collection (decision): a plan is needed until every rank has yielded it *and* no rank may
 resume before it. So the collector deletes the plans below the *horizon*, the minimum over ranks
-``0..dp_world-1`` of each rank's ``progress``, ``checkpoint`` and ``previous_checkpoint``; while any
-rank has not acknowledged yet, nothing is collected. It raises ``gc.below`` before deleting, so a
+``0..dp_world-1`` and their replicas ``0..replica_world-1`` of each one's ``progress``,
+``checkpoint`` and ``previous_checkpoint``; while any rank or replica has not acknowledged yet,
+nothing is collected. It raises ``gc.below`` before deleting, so a
 resume from a collected step fails loudly instead of claiming afresh. A final plan that is the
 latest plan is kept (it is tiny), so that a DataLoader worker that looks late still learns that the
 stream ended instead of claiming again; it goes once the stream continues (a refilled partition).
@@ -39,6 +49,10 @@ Examples:
     >>> log.write(StepPlan(0, dp_world=2)); log.write(StepPlan.terminal(1, dp_world=2))
     >>> log.read(1).final, log.snapshot().plans
     (True, {0: False, 1: True})
+    >>> log.write(StepPlan(0, dp_world=2), writer="another leader")
+    Traceback (most recent call last):
+    ...
+    kvplane._errors.DataPlaneBadRequest: two leaders on one stream: the plan of step 0 in ...
     >>> log.ack(0, progress=2); log.ack(1, progress=2)
     >>> log.collect_garbage(dp_world=2), log.snapshot().plans     # the last, final plan stays
     (2, {1: True})
@@ -49,8 +63,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from kvplane import (
     DataPlaneBadRequest,
@@ -70,6 +87,8 @@ GC_EVERY_STEPS = 8
 
 _PLAN_FIELD = "plan"
 _GC_KEY = "gc"
+_SEAT_TASK = "__seats__"
+_SEAT_FIELD = "seat"
 _ACK_KEYS = ("progress", "checkpoint", "previous_checkpoint")
 
 
@@ -86,8 +105,13 @@ def _plan_key(step: int) -> str:
     return f"step-{step:012d}"
 
 
-def _rank_key(rank: int) -> str:
-    return f"rank-{rank}"
+def _rank_key(rank: int, replica: int = 0) -> str:
+    return f"rank-{rank}" if replica == 0 else f"rank-{rank}.{replica}"
+
+
+def _parse_rank_key(key: str) -> tuple[int, int]:
+    rank, _, replica = key[5:].partition(".")
+    return int(rank), int(replica or 0)
 
 
 @dataclass
@@ -95,12 +119,13 @@ class LogSnapshot:
     """What the control partition holds at one moment (tags only; no plan body is read)."""
 
     plans: dict[int, bool] = field(default_factory=dict)  # step -> final
-    acks: dict[int, dict[str, Any]] = field(default_factory=dict)  # rank -> ack tags
+    acks: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (rank, replica) -> tags
     gc_below: int = 0
+    seats: int = 0
 
-    def keep_from(self, rank: int) -> int | None:
-        """The oldest step rank ``rank`` may still need (``None`` if it has not acknowledged)."""
-        ack = self.acks.get(rank)
+    def keep_from(self, rank: int, replica: int = 0) -> int | None:
+        """The oldest step a replica of a rank may still need (``None`` if it has not acknowledged)."""
+        ack = self.acks.get((rank, replica))
         if ack is None:
             return None
         values = [ack[k] for k in _ACK_KEYS if ack.get(k) is not None]
@@ -119,11 +144,18 @@ class PlanLog:
         client: The data plane client of this process.
         partition_id: The data partition.
         task_name: The consumer task.
+        group: For TransferQueue-style streams, the ``dp_rank`` whose own plans these are
+            (partition ``...:dp{group}``); ``None``: one plan log for all ranks.
     """
 
-    def __init__(self, client: DataPlaneClient, partition_id: str, task_name: str) -> None:
+    def __init__(
+        self, client: DataPlaneClient, partition_id: str, task_name: str, group: int | None = None
+    ) -> None:
         self.client = client
-        self.partition_id = plan_partition_id(partition_id, task_name)
+        self.partition_id = plan_partition_id(partition_id, task_name) + (
+            "" if group is None else f":dp{group}"
+        )
+        self.writer = uuid.uuid4().hex  # names this log's plans, to tell a second leader's apart
 
     def snapshot(self) -> LogSnapshot:
         """The plans present (step → final), every rank's acknowledgements and the GC floor."""
@@ -132,18 +164,44 @@ class PlanLog:
             if key.startswith("step-"):
                 snap.plans[int(tags.get("step", key[5:]))] = bool(tags.get("final", False))
             elif key.startswith("rank-"):
-                snap.acks[int(key[5:])] = dict(tags)
+                snap.acks[_parse_rank_key(key)] = dict(tags)
             elif key == _GC_KEY:
                 snap.gc_below = int(tags.get("below", 0))
+            elif key.startswith("seat-"):
+                snap.seats += 1
         return snap
 
-    def write(self, plan: StepPlan) -> None:
-        """Publish ``plan`` (one put: the body and the ``step``/``final`` tags)."""
+    def _plan_tags(self, step: int) -> dict[str, Any] | None:
+        listed = self.client.list_keys(self.partition_id).get(self.partition_id, {})
+        return listed.get(_plan_key(step))
+
+    def write(self, plan: StepPlan, writer: str | None = None) -> None:
+        """Publish ``plan`` once (one put: the body and the ``step``/``final``/``writer`` tags).
+
+        ``writer`` names the leader (default: this log's id).
+
+        Raises:
+            DataPlaneBadRequest: The step already has a plan, or another writer's plan replaced this
+                one while it was written: two leaders on one stream (see :mod:`loaders._ranks`).
+        """
+        writer = self.writer if writer is None else writer
+        existing = self._plan_tags(plan.step)
+        if existing is not None and existing.get("writer") != writer:  # its own retry is no conflict
+            raise self._conflict(plan.step)
         self.client.put_samples(
             [_plan_key(plan.step)],
             self.partition_id,
             {_PLAN_FIELD: [plan.to_bytes()]},
-            tags=[{"step": plan.step, "final": plan.final}],
+            tags=[{"step": plan.step, "final": plan.final, "writer": writer}],
+        )
+        if (self._plan_tags(plan.step) or {}).get("writer") != writer:
+            raise self._conflict(plan.step)
+
+    def _conflict(self, step: int) -> DataPlaneBadRequest:
+        return DataPlaneBadRequest(
+            f"two leaders on one stream: the plan of step {step} in {self.partition_id!r} was written by "
+            "another process; exactly one process per stream may have dp_rank=0 and replica_rank=0 "
+            "(give the processes that share a dp_rank distinct replica_rank values and replica_world)"
         )
 
     def read(self, step: int) -> StepPlan:
@@ -204,15 +262,32 @@ class PlanLog:
             delay = min(delay * 2, poll_interval_s)
         return None
 
-    def ack(self, rank: int | str, **values: Any) -> None:
-        """Merge ``values`` into rank ``rank``'s acknowledgement tags (``"gc"`` for the GC floor)."""
-        key = _GC_KEY if rank == _GC_KEY else _rank_key(int(rank))
+    def ack(self, rank: int | str, replica: int = 0, **values: Any) -> None:
+        """Merge ``values`` into the acknowledgement tags of replica ``replica`` of rank ``rank``
+        (``"gc"`` for the GC floor)."""
+        key = _GC_KEY if rank == _GC_KEY else _rank_key(int(rank), replica)
         self.client.put_samples([key], self.partition_id, None, tags=[values])
 
-    def collect_garbage(self, dp_world: int) -> int:
-        """Delete the plans every rank is done with (see the module docstring); returns the GC floor."""
+    def take_seat(self, deadline: float) -> int:
+        """Take the first free replica seat (adding one if none is free); returns its number.
+
+        Raises:
+            DataPlaneTimeout: No seat by ``deadline`` (``time.monotonic()`` seconds).
+        """
+        while time.monotonic() < deadline:
+            meta = self.client.claim_meta(self.partition_id, _SEAT_TASK, [_SEAT_FIELD], 1, blocking=False)
+            if meta.size:
+                return int(meta.sample_ids[0][5:])
+            seat = f"seat-{self.snapshot().seats:04d}"  # concurrent adders write the same key
+            self.client.put_samples([seat], self.partition_id, {_SEAT_FIELD: torch.zeros(1)})
+        raise DataPlaneTimeout(f"no replica seat in {self.partition_id!r} before the deadline")
+
+    def collect_garbage(self, dp_world: int, replica_world: int | None = 1) -> int:
+        """Delete the plans every rank and replica is done with (see the module docstring); returns
+        the GC floor. ``replica_world=None``: the replicas are the seats taken."""
         snap = self.snapshot()
-        keep = [snap.keep_from(r) for r in range(dp_world)]
+        replicas = snap.seats if replica_world is None else replica_world
+        keep = [snap.keep_from(r, k) for r in range(dp_world) for k in range(replicas)]
         if any(k is None for k in keep):
             return snap.gc_below
         horizon = min(k for k in keep if k is not None)

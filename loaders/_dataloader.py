@@ -6,7 +6,15 @@ worker ``w`` of ``W`` handles steps ``start + w, start + w + W, ...`` (the leade
 step order), and the DataLoader's in-order delivery returns the steps in order; the main process
 cuts them into micro-batches, tracks the position and acknowledges progress. Every step is claimed
 once for all ranks, so nothing is duplicated (TransferQueue 0.1.11's loader delivers each batch
-twice with two workers) or lost; ranks may even use different ``num_workers``.
+twice with two workers) or lost; ranks may even use different ``num_workers``. A broadcast
+receiver (a ``replica_group`` member other than its rank 0) starts no workers: it only receives.
+
+TransferQueue's ``StreamingDataLoader`` arguments are accepted: ``collate_fn`` (applied to each
+``(TensorDict, KVBatchMeta)`` micro-batch in the trainer's process), ``pin_memory`` (pins each
+micro-batch there), ``persistent_workers`` (``False`` only: every iteration hands its start position
+to fresh workers). TransferQueue's ``reset()``/``step(partition_id)``/``get_buffer()`` have no
+counterpart: ``load_state_dict(saved)`` replays from a saved position, and a loader over another
+partition is a new ``StreamingDataset``.
 
 Memory bound: at most ``prefetch`` steps per worker are claimed ahead of the DataLoader, plus the
 DataLoader's own ``prefetch_factor`` steps per worker in flight.
@@ -62,8 +70,12 @@ class StreamingDataLoader(DataLoader):
     Keyword Args:
         multiprocessing_context: As for ``DataLoader`` (e.g. ``"spawn"``; ignored without workers,
             so one call site can serve both).
-        prefetch_factor: Steps each worker keeps in flight (DataLoader's default 2).
+        prefetch_factor: Steps each worker keeps in flight (DataLoader's default 2; ignored without
+            workers, as ``multiprocessing_context`` is).
         worker_init_fn: As for ``DataLoader``.
+        collate_fn: Applied to each ``(TensorDict, KVBatchMeta)`` micro-batch (default: none).
+        pin_memory: Pin each micro-batch's TensorDict (``TensorDict.pin_memory()``).
+        persistent_workers: ``False`` only (TransferQueue's argument; see the module docstring).
 
     Raises:
         DataPlaneBadRequest: Not a ``StreamingDataset``, a bad ``num_workers``, or workers with a
@@ -78,25 +90,44 @@ class StreamingDataLoader(DataLoader):
         multiprocessing_context: Any = None,
         prefetch_factor: int | None = None,
         worker_init_fn: Callable[[int], None] | None = None,
+        collate_fn: Callable[[Any], Any] | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
     ) -> None:
         if not isinstance(dataset, StreamingDataset):
             raise DataPlaneBadRequest(f"dataset must be a StreamingDataset, got {type(dataset).__name__}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise DataPlaneBadRequest(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if persistent_workers:
+            raise DataPlaneBadRequest(
+                "persistent_workers=True is not supported: each iteration hands its start position to "
+                "fresh workers (use num_workers >= 1 with persistent_workers=False)"
+            )
+        if collate_fn is not None and not callable(collate_fn):
+            raise DataPlaneBadRequest(f"collate_fn must be callable, got {collate_fn!r}")
+        if dataset.is_replica_receiver:
+            num_workers = 0  # a broadcast receiver only receives
         dataset.source.check_workers(num_workers)
+        self._collate, self._pin = collate_fn, bool(pin_memory)
         super().__init__(
             dataset,
             batch_size=None,
             collate_fn=_identity,
             num_workers=num_workers,
             multiprocessing_context=multiprocessing_context if num_workers else None,
-            prefetch_factor=prefetch_factor,
+            prefetch_factor=prefetch_factor if num_workers else None,
             worker_init_fn=worker_init_fn,
         )
 
-    def __iter__(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for data, meta in self._micro_batches():
+            if self._pin:
+                data = data.pin_memory()
+            yield (data, meta) if self._collate is None else self._collate((data, meta))
+
+    def _micro_batches(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
         dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
-        if self.num_workers == 0:
+        if self.num_workers == 0 or dataset.is_replica_receiver:
             yield from dataset
             return
         stream, start = dataset.open_stream()
@@ -105,7 +136,7 @@ class StreamingDataLoader(DataLoader):
             steps = super().__iter__()
         finally:
             dataset._worker_start = None
-        yield from stream.micro_batches(steps, start)
+        yield from dataset.deliver(stream.micro_batches(steps, start))
 
     def state_dict(self) -> dict[str, Any]:
         """The dataset's :meth:`~StreamingDataset.state_dict`."""

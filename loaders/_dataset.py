@@ -19,16 +19,19 @@ Examples:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from tensordict import TensorDict
 from torch.utils.data import IterableDataset, get_worker_info
 
 from kvplane import DataPlaneBadRequest, KVBatchMeta
+from loaders import _broadcast
 from loaders._control import plan_partition_id
 from loaders._plan import ShardOptions
-from loaders._ranks import resolve_dp
+from loaders._ranks import resolve_topology
 from loaders._source import ClientSource
 from loaders._steps import StepBatch, StepProducer, StreamSpec
 from loaders._stream import STATE_FORMAT, Position, RankStream, check_state
@@ -64,6 +67,38 @@ class StreamingDataset(IterableDataset):
     ``num_samples=None`` it waits for producers (a blocking claim, woken by writes on the memory
     backend) for up to ``timeout_s`` per step, then raises :class:`~kvplane.DataPlaneTimeout`.
 
+    **Replica groups** (tensor/pipeline-parallel peers; the argument names and defaults are in
+    :mod:`loaders._ranks`): every process that shares a ``dp_rank`` receives identical micro-batches
+    in the same order. By default (``replica_rank``/``replica_world``) each replica reads its
+    ``dp_rank``'s shard from the same plan: exactly one process, ``dp_rank`` 0 with ``replica_rank``
+    0, claims and writes each step's plan, and a second writer of a step is a
+    :class:`~kvplane.DataPlaneBadRequest`, never an overwrite. With ``replica_group`` (a
+    ``torch.distributed`` process group of the replicas) the group's rank 0 reads and broadcasts
+    each micro-batch to the others (:mod:`loaders._broadcast`). Progress records and
+    ``state_dict()`` are per replica.
+
+    **Empty micro-batches keep their schema**: on the short last step a rank may get no rows; its
+    micro-batches still hold every field, with 0 rows and the field's dtype and trailing shape (a
+    variable-length field: a one-row read of it sliced to 0 rows, see :mod:`loaders._steps`), so a
+    DDP rank runs forward and backward on it like the others and no all-reduce hangs.
+
+    **TransferQueue's arguments** (``transfer_queue.StreamingDataset`` 0.1.11) are accepted:
+    ``config=`` is ``source``; ``data_fields=`` is ``fields`` *and* selects TransferQueue's
+    semantics: ``batch_size`` is per ``dp_rank``, each ``dp_rank`` claims its own batches
+    (``RankAwareSampler``: processes with the same ``dp_rank`` see identical data; no ``dp_world``,
+    no balancing across ranks, ranks need not take the same number of steps; processes that give no
+    replica argument take seats, the first of a ``dp_rank`` to start leading, see
+    :mod:`loaders._control`); ``micro_batch_size``
+    and ``dp_rank`` mean what they mean there; ``should_check_consumption_status=True`` also ends
+    the stream of a partition registered without ``num_samples`` once the task consumed it (a
+    partition registered with ``num_samples`` ends when consumed either way; with ``False`` an
+    unregistered partition is waited for up to ``timeout_s`` per step). ``fetch_batch_fn`` and
+    ``process_batch_fn`` are refused: map over the loader instead (``for td, meta in map(fn,
+    loader)``). The yield is ``(TensorDict, KVBatchMeta)``, where TransferQueue yields
+    ``(TensorDict, BatchMeta)``: ``meta.sample_ids`` are the keys (TransferQueue's
+    ``batch_meta.global_indexes`` are integers), and micro-batch sizes are as even as possible
+    (TransferQueue cuts ``micro_batch_size`` rows and a remainder).
+
     Iterating again continues the stream where this rank stopped (steps claimed but not yet yielded
     are delivered first); :meth:`load_state_dict` resumes at an exact micro-batch instead. Use
     :class:`~loaders.StreamingDataLoader` for ``num_workers >= 1``.
@@ -74,12 +109,24 @@ class StreamingDataset(IterableDataset):
             client (see :mod:`loaders._source`).
 
     Keyword Args:
+        config: TransferQueue's name for ``source`` (give one of the two).
         partition_id: The data partition.
         task_name: The consumer task (its claim cursor is the stream's).
         fields: The fields every sample must have (claimed on) and that are fetched.
-        batch_size: Samples per step, all ranks together; a multiple of ``dp_world``.
-        dp_rank: This rank (default: ``torch.distributed``'s rank, or 0).
-        dp_world: Data-parallel ranks (default: ``torch.distributed``'s world size, or 1).
+        data_fields: TransferQueue's spelling of ``fields``, with its per-``dp_rank`` batches (above).
+        batch_size: Samples per step, all ranks together; a multiple of ``dp_world`` (with
+            ``data_fields``: per ``dp_rank``).
+        dp_rank: This rank; processes with the same ``dp_rank`` receive identical data (default:
+            ``dp_group``'s rank, ``torch.distributed``'s rank without replicas, or 0).
+        dp_world: Data-parallel ranks (default: ``dp_group``'s size, ``torch.distributed``'s world
+            size without replicas, or 1).
+        dp_group: A ``torch.distributed`` group of this process's data-parallel peers (defaults).
+        replica_rank: This process among those sharing ``dp_rank`` (default: ``replica_group``'s
+            rank, or 0).
+        replica_world: Processes sharing ``dp_rank`` (default: ``replica_group``'s size, or 1).
+        replica_group: A ``torch.distributed`` group of the processes sharing ``dp_rank``: its rank 0
+            reads and broadcasts to the others.
+        should_check_consumption_status: TransferQueue's finite-stream switch (above).
         micro_batch_size: Without packing: the largest micro-batch in rows (default: one per step).
         balance: ``None`` (NeMo-RL's split), ``"tokens"`` or ``"flops"`` (needs ``seq_len`` tags).
         equal_count: Balanced mode with equal sample counts per rank.
@@ -99,14 +146,23 @@ class StreamingDataset(IterableDataset):
 
     def __init__(
         self,
-        source: Any,
+        source: Any = None,
         *,
+        config: Any = None,
         partition_id: str,
         task_name: str,
-        fields: list[str],
+        fields: list[str] | None = None,
+        data_fields: list[str] | None = None,
         batch_size: int,
         dp_rank: int | None = None,
         dp_world: int | None = None,
+        dp_group: Any = None,
+        replica_rank: int | None = None,
+        replica_world: int | None = None,
+        replica_group: Any = None,
+        should_check_consumption_status: bool = False,
+        fetch_batch_fn: Any = None,
+        process_batch_fn: Any = None,
         micro_batch_size: int | None = None,
         balance: str | None = None,
         equal_count: bool = False,
@@ -119,8 +175,37 @@ class StreamingDataset(IterableDataset):
         poll_interval_s: float | None = None,
     ) -> None:
         super().__init__()
-        self.source = ClientSource(source)
-        rank, world = resolve_dp(dp_rank, dp_world)
+        if (source is None) == (config is None):
+            raise DataPlaneBadRequest(
+                "give the data plane as source (kvplane) or config= (TransferQueue), once"
+            )
+        self.source = ClientSource(config if source is None else source)
+        if (fields is None) == (data_fields is None):
+            raise DataPlaneBadRequest(
+                "give the fields as fields= (kvplane) or data_fields= (TransferQueue), once"
+            )
+        for name, fn in (("fetch_batch_fn", fetch_batch_fn), ("process_batch_fn", process_batch_fn)):
+            if fn is not None:
+                raise DataPlaneBadRequest(
+                    f"{name} is not supported: the loader fetches and splits steps itself; apply your "
+                    "function to what it yields (for td, meta in map(fn, loader))"
+                )
+        if not isinstance(should_check_consumption_status, bool):
+            raise DataPlaneBadRequest(
+                f"should_check_consumption_status must be a bool, got {should_check_consumption_status!r}"
+            )
+        per_rank = data_fields is not None
+        topo = resolve_topology(
+            dp_rank,
+            dp_world,
+            dp_group=dp_group,
+            replica_rank=replica_rank,
+            replica_world=replica_world,
+            replica_group=replica_group,
+            per_rank=per_rank,
+        )
+        self._group = topo.replica_group  # broadcast mode: rank 0 of the group reads, the rest receive
+        broadcast = self._group is not None
         for name, value in (("partition_id", partition_id), ("task_name", task_name)):
             if not isinstance(value, str) or not value:
                 raise DataPlaneBadRequest(f"{name} must be a non-empty string, got {value!r}")
@@ -141,19 +226,26 @@ class StreamingDataset(IterableDataset):
             dynamic_batching_args=dynamic_batching_args,
             micro_batch_size=micro_batch_size,
         )
-        options.check(batch_size, world)
         self.spec = StreamSpec(
             partition_id=partition_id,
             task_name=task_name,
-            fields=_check_names(fields, "fields"),
+            fields=_check_names(data_fields if per_rank else fields, "data_fields" if per_rank else "fields"),
             batch_size=batch_size,
-            dp_rank=rank,
-            dp_world=world,
+            dp_rank=topo.dp_rank,
+            dp_world=topo.dp_world,
             options=options,
             prefetch=prefetch,
             timeout_s=float(timeout_s),
             poll_interval_s=float(poll),
+            replica_rank=0 if broadcast else topo.replica_rank,  # only the group's source uses the log
+            replica_world=1 if broadcast else topo.replica_world,
+            per_rank=per_rank,
+            end_when_consumed=should_check_consumption_status,
         )
+        options.check(batch_size, self.spec.plan_world)
+        self._receiver = broadcast and topo.replica_rank != 0
+        self._received: Position | None = None  # a broadcast receiver's position
+        self._seat: int | None = None  # with replica seats: the one this dataset holds
         self._resume: Position | None = None
         self._stream: RankStream | None = None
         self._worker_start: int | None = None  # set by StreamingDataLoader for its worker processes
@@ -163,8 +255,14 @@ class StreamingDataset(IterableDataset):
         return self.spec.dp_rank
 
     @property
-    def dp_world(self) -> int:
+    def dp_world(self) -> int | None:
+        """The data-parallel world (``None`` with TransferQueue's per-``dp_rank`` batches)."""
         return self.spec.dp_world
+
+    @property
+    def is_replica_receiver(self) -> bool:
+        """Whether this process receives its micro-batches by broadcast (``replica_group``, not rank 0)."""
+        return self._receiver
 
     @staticmethod
     def plan_partition_id(partition_id: str, task_name: str) -> str:
@@ -178,10 +276,31 @@ class StreamingDataset(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         if get_worker_info() is not None:
             return self._worker_steps()
-        return self._micro_batches()
+        if self._receiver:
+            return self.received_micro_batches()
+        return self.deliver(self._micro_batches())
+
+    def deliver(self, micro_batches: Iterator[Any]) -> Iterator[Any]:
+        """The trainer's micro-batches: as they are, or also broadcast to the replica group."""
+        return micro_batches if self._group is None else _broadcast.send(micro_batches, self._group)
+
+    def received_micro_batches(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
+        """A broadcast receiver's iteration: what the group's source sends (tracking the position)."""
+        self._resume = None
+        for data, meta in _broadcast.receive(self._group):
+            info = meta.extra_info
+            after = info["micro_batch_index"] + 1
+            last = after >= info["num_micro_batches"]
+            self._received = Position(info["step"] + 1) if last else Position(info["step"], after)
+            yield data, meta
 
     def open_stream(self) -> tuple[RankStream, Position]:
         """Start an iteration in this process: decide where it starts (used by the loader)."""
+        if self.spec.replica_world is None and self._seat is None:  # replicas take seats: first leads
+            self._seat = self.spec.plan_log(self.source.get()).take_seat(
+                time.monotonic() + self.spec.timeout_s
+            )
+            self.spec = replace(self.spec, replica_rank=self._seat)
         stream = RankStream(self.source.get(), self.spec)
         start = stream.open(self._resume)
         self._resume, self._stream = None, stream
@@ -226,7 +345,9 @@ class StreamingDataset(IterableDataset):
         resumable (a rank keeps the plans of its two latest states).
         """
         position = self._resume
-        if self._stream is not None and self._resume is None:
+        if self._receiver and self._resume is None:
+            position = self._received
+        elif self._stream is not None and self._resume is None:
             position = self._stream.position
             self._stream.mark_checkpoint()
         return {
@@ -257,4 +378,5 @@ class StreamingDataset(IterableDataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_stream"] = None  # the trainer-side stream stays in the main process
+        state["_group"] = None  # DataLoader workers read; only the trainer's process broadcasts
         return state

@@ -9,7 +9,8 @@ most ``prefetch`` steps: a permit is taken *before* a step is claimed or read an
 the consumer is done with the step, so the number of steps claimed (or read) and not yet fully
 yielded never exceeds ``prefetch``.
 
-The leader (DP rank 0) re-reads a plan that already exists for a step (a previous incarnation claimed
+The leader (DP rank 0, replica 0; with TransferQueue-style per-rank batches, replica 0 of every
+``dp_rank``) re-reads a plan that already exists for a step (a previous incarnation claimed
 it: resume) and otherwise claims. With several DataLoader workers the leader's workers claim in step
 order (the worker of step ``s`` waits for plan ``s - 1``), so a final plan is never followed by a
 non-empty one. The claim is a blocking ``claim_meta`` (event-driven on the memory backend),
@@ -18,6 +19,12 @@ back empty means the finite partition is exhausted: the leader publishes a final
 has succeeded its plan is always written, even if a stop was requested meanwhile, so claimed samples
 are never lost: a later iteration re-reads the plan. The fetcher may read a claimed step's rows while
 its plan is being written, but hands them out only once the plan is stored.
+
+A rank whose shard of a step is empty still gets every field, with 0 rows and the field's dtype and
+trailing shape: the fetcher reads one row of another rank's shard of the step and keeps a 0-row
+slice of it, so a DDP rank can run forward and backward on it. A variable-length field is what a
+one-row read of it returns, sliced to 0 rows (dense ``(0, L)`` for that row's length ``L``, as any
+one-row micro-batch of it reads).
 
 Examples:
     >>> import torch
@@ -49,8 +56,16 @@ from dataclasses import dataclass, field
 
 from tensordict import TensorDict
 
-from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, DataPlaneTimeout, KVBatchMeta
+from kvplane import (
+    DataPlaneBadRequest,
+    DataPlaneClient,
+    DataPlaneError,
+    DataPlaneKeyError,
+    DataPlaneTimeout,
+    KVBatchMeta,
+)
 from loaders._control import PlanLog
+from loaders._exit import exiting
 from loaders._plan import ShardOptions, StepPlan, plan_step
 
 __all__ = ["StepBatch", "StepProducer", "StreamSpec"]
@@ -78,6 +93,15 @@ class StreamSpec:
         prefetch: Steps claimed (or read) ahead of the consumer, at most.
         timeout_s: The longest wait for one step: the leader's claim, a follower's plan.
         poll_interval_s: The longest pause between a follower's polls for a plan.
+        replica_rank: This process among those sharing ``dp_rank`` (see :mod:`loaders._ranks`).
+        replica_world: The number of processes sharing ``dp_rank`` (``None``: seats, see
+            :mod:`loaders._control`; ``replica_rank`` is then the seat taken).
+        per_rank: TransferQueue's ``RankAwareSampler`` semantics: each ``dp_rank`` claims its own
+            ``batch_size`` samples into its own plan log (``dp_world`` is then ``None``).
+        end_when_consumed: Also end the stream when a claim finds too few samples and
+            ``check_consumption_status`` says the task consumed the partition (TransferQueue's
+            ``should_check_consumption_status=True``, for partitions registered without
+            ``num_samples``).
     """
 
     partition_id: str
@@ -85,15 +109,34 @@ class StreamSpec:
     fields: list[str]
     batch_size: int
     dp_rank: int
-    dp_world: int
+    dp_world: int | None
     options: ShardOptions = field(default_factory=ShardOptions)
     prefetch: int = 2
     timeout_s: float = 60.0
     poll_interval_s: float = 0.01
+    replica_rank: int = 0
+    replica_world: int | None = 1
+    per_rank: bool = False
+    end_when_consumed: bool = False
 
     @property
     def is_leader(self) -> bool:
-        return self.dp_rank == 0
+        """Whether this process claims and writes the plans (one process per plan log)."""
+        return self.replica_rank == 0 and (self.per_rank or self.dp_rank == 0)
+
+    @property
+    def shard(self) -> int:
+        """This rank's index among a plan's shards."""
+        return 0 if self.per_rank else self.dp_rank
+
+    @property
+    def plan_world(self) -> int:
+        """The number of shards of a plan."""
+        return 1 if self.dp_world is None or self.per_rank else self.dp_world
+
+    def plan_log(self, client: DataPlaneClient) -> PlanLog:
+        """The plan log of this rank's stream."""
+        return PlanLog(client, self.partition_id, self.task_name, self.dp_rank if self.per_rank else None)
 
 
 @dataclass
@@ -135,7 +178,7 @@ class StepProducer:
     ) -> None:
         self.client = client
         self.spec = spec
-        self.log = PlanLog(client, spec.partition_id, spec.task_name)
+        self.log = spec.plan_log(client)
         self.first, self.stride = first, stride
         self.since = first if since is None else since
         self._permits = threading.Semaphore(spec.prefetch)
@@ -172,9 +215,15 @@ class StepProducer:
         self._permits.release()
 
     def stop(self) -> None:
-        """Stop producing; an in-flight claim still gets its plan written. Idempotent."""
+        """Stop producing; an in-flight claim still gets its plan written. Idempotent.
+
+        At interpreter exit the threads are not waited for (they are daemons; see :mod:`loaders._exit`).
+        """
         self._stop.set()
         self._permits.release()
+        if exiting():
+            logger.debug("interpreter exit: not waiting for the threads of %s", self._planner.name)
+            return
         for thread in (self._planner, self._fetcher):
             thread.join(STOP_JOIN_S)
             if thread.is_alive():
@@ -227,10 +276,7 @@ class StepProducer:
                     self._out.put(item)
                     return
                 plan, published = item
-                rows = None
-                if not plan.final:
-                    ids = plan.shards[spec.dp_rank].sample_ids
-                    rows = self.client.get_samples(ids, spec.partition_id, list(spec.fields))
+                rows = None if plan.final else self._fetch(plan)
                 if published is not None:  # rows are handed out only once their plan is in the log
                     try:
                         published.result(timeout=spec.timeout_s)
@@ -244,12 +290,21 @@ class StepProducer:
         except BaseException as exc:
             self._out.put(_Failure(exc))
 
+    def _fetch(self, plan: StepPlan) -> TensorDict:
+        """This rank's rows of ``plan``; an empty shard keeps the fields' schema (module docstring)."""
+        spec = self.spec
+        ids = plan.shards[spec.shard].sample_ids
+        if ids:
+            return self.client.get_samples(ids, spec.partition_id, list(spec.fields))
+        donor = next(s.sample_ids[:1] for s in plan.shards if s.sample_ids)
+        return self.client.get_samples(donor, spec.partition_id, list(spec.fields))[0:0]
+
     def _wait(self, step: int, *, body: bool = True) -> StepPlan | None:
         spec = self.spec
         return self.log.wait(
             step,
             since=self.since,
-            dp_world=spec.dp_world,
+            dp_world=spec.plan_world,
             deadline=time.monotonic() + spec.timeout_s,
             poll_interval_s=spec.poll_interval_s,
             stop=self._stop,
@@ -264,20 +319,20 @@ class StepProducer:
             if previous is None:
                 return None, False
             if previous.final:
-                return StepPlan.terminal(step, spec.dp_world), False
+                return StepPlan.terminal(step, spec.plan_world), False
         meta = self._claim()
         if meta is None:
             return None, False
         if meta.size == 0:
-            return StepPlan.terminal(step, spec.dp_world), True
-        return plan_step(step, meta, spec.dp_world, spec.options), True
+            return StepPlan.terminal(step, spec.plan_world), True
+        return plan_step(step, meta, spec.plan_world, spec.options), True
 
     def _publish(self, plan: StepPlan) -> None:
         """Hand a claimed plan to the fetcher, then write it: the fetch overlaps the write."""
         published: Future[None] = Future()
         self._plans.put((plan, published))
         try:
-            self.log.write(plan)
+            self.log.write(plan)  # raises if another leader wrote this step: never overwritten
         except BaseException as exc:
             published.set_exception(exc)
             raise
@@ -299,6 +354,8 @@ class StepProducer:
                     timeout_s=max(0.0, min(CLAIM_SLICE_S, remaining)),
                 )
             except DataPlaneTimeout:
+                if spec.end_when_consumed and self._consumed():
+                    return KVBatchMeta(spec.partition_id, spec.task_name, [], fields=list(spec.fields))
                 if time.monotonic() >= deadline:
                     raise DataPlaneTimeout(
                         f"no batch of {spec.batch_size} samples with fields {spec.fields} became ready in "
@@ -307,12 +364,20 @@ class StepProducer:
                     ) from None
         return None
 
+    def _consumed(self) -> bool:
+        """Whether the task consumed every sample of the partition (``False`` while it does not exist)."""
+        spec = self.spec
+        try:
+            return self.client.check_consumption_status(spec.partition_id, [spec.task_name])
+        except DataPlaneKeyError:
+            return False
+
     def _check(self, plan: StepPlan) -> None:
         spec = self.spec
-        if plan.dp_world != spec.dp_world:
+        if plan.dp_world != spec.plan_world:
             raise DataPlaneBadRequest(
                 f"the plan of step {plan.step} splits over dp_world={plan.dp_world}, this rank has "
-                f"dp_world={spec.dp_world}; every rank of a stream needs the same dp_world (to start over, "
+                f"dp_world={spec.plan_world}; every rank of a stream needs the same dp_world (to start over, "
                 f"clear the control partition {self.log.partition_id!r})"
             )
         if not plan.final and set(plan.fields) != set(spec.fields):

@@ -43,7 +43,8 @@ from typing import Any
 from tensordict import TensorDict
 
 from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, KVBatchMeta
-from loaders._control import GC_EVERY_STEPS, PlanLog
+from loaders._control import GC_EVERY_STEPS
+from loaders._exit import exiting
 from loaders._steps import STOP_JOIN_S, StepBatch, StreamSpec
 
 __all__ = ["STATE_FORMAT", "Position", "RankStream", "check_state"]
@@ -117,7 +118,7 @@ class RankStream:
 
     def __init__(self, client: DataPlaneClient, spec: StreamSpec) -> None:
         self.spec = spec
-        self.log = PlanLog(client, spec.partition_id, spec.task_name)
+        self.log = spec.plan_log(client)
         self.position: Position | None = None
         self._marked: int | None = None
         self._acked = 0
@@ -129,7 +130,7 @@ class RankStream:
         Raises:
             DataPlaneBadRequest: ``resume`` points below the plans still kept (they were collected).
         """
-        rank = self.spec.dp_rank
+        spec = self.spec
         snap = self.log.snapshot()
         if resume is not None:
             if resume.step < snap.gc_below:
@@ -140,10 +141,18 @@ class RankStream:
                 )
             start = resume
         else:
-            progress = (snap.acks.get(rank) or {}).get("progress")
+            progress = (snap.acks.get((spec.shard, spec.replica_rank)) or {}).get("progress")
+            late_seat = spec.replica_world is None and spec.replica_rank > 0
+            if progress is None and late_seat and snap.gc_below:
+                raise DataPlaneBadRequest(
+                    f"this replica took seat {spec.replica_rank} of {self.log.partition_id!r} after the "
+                    f"plans below step {snap.gc_below} were collected, so it cannot see what its peers saw; "
+                    "start the replicas of a dp_rank together, or pass replica_rank/replica_world so that "
+                    "plans are kept for every replica"
+                )
             start = Position(snap.gc_below if progress is None else int(progress))
         self._marked = start.step if resume is not None else None
-        self.log.ack(rank, progress=start.step, checkpoint=self._marked, previous_checkpoint=None)
+        self._ack(progress=start.step, checkpoint=self._marked, previous_checkpoint=None)
         self.position, self._acked = start, start.step
         return start
 
@@ -151,7 +160,7 @@ class RankStream:
         """Keep the plans from the current position on (a ``state_dict()`` was taken here)."""
         if self.position is None or self.position.step == self._marked:
             return
-        self.log.ack(self.spec.dp_rank, checkpoint=self.position.step, previous_checkpoint=self._marked)
+        self._ack(checkpoint=self.position.step, previous_checkpoint=self._marked)
         self._marked = self.position.step
 
     def micro_batches(
@@ -161,7 +170,7 @@ class RankStream:
 
         ``step_done`` is called when the trainer asks for more after a step's last micro-batch.
         """
-        spec, rank = self.spec, self.spec.dp_rank
+        spec, rank = self.spec, self.spec.shard
         skip = start.micro_batch
         try:
             for batch in batches:
@@ -169,7 +178,7 @@ class RankStream:
                 if plan.final:
                     self._advance(plan.step)
                     self._wait_for_collector()
-                    self.log.collect_garbage(spec.dp_world)
+                    self._collect()
                     return
                 count = plan.num_micro_batches
                 first, skip = (skip, 0) if plan.step == start.step else (0, 0)
@@ -183,6 +192,8 @@ class RankStream:
                     lo, hi = plan.shards[rank].bounds[index]
                     data = rows if (lo, hi) == (0, rows.batch_size[0]) else rows[lo:hi]
                     meta = plan.micro_batch_meta(spec.partition_id, spec.task_name, dp_rank=rank, index=index)
+                    if spec.per_rank:  # the plan is this dp_rank's own: name the rank, not the shard
+                        meta.extra_info.update(dp_rank=spec.dp_rank, dp_world=None)
                     self.position = (
                         Position(plan.step, index + 1) if index + 1 < count else Position(plan.step + 1)
                     )
@@ -196,12 +207,15 @@ class RankStream:
             self._wait_for_collector()
             # Stopped early (break, close, error): a step whose last micro-batch was handed out is done.
             if self.position is not None and self.position.step > self._acked:
-                try:
-                    self.log.ack(rank, progress=self.position.step)
-                except DataPlaneError as exc:  # e.g. the client was closed first; never mask an error
-                    logger.warning(
-                        "rank %d could not acknowledge step %d: %s", rank, self.position.step - 1, exc
+                if exiting():  # the data plane may need a thread that cannot start now: do not hang
+                    logger.debug(
+                        "interpreter exit: rank %d skips acknowledging step %d (it is delivered again "
+                        "to the rank's next iteration)",
+                        spec.dp_rank,
+                        self.position.step - 1,
                     )
+                else:
+                    self._ack_quietly(progress=self.position.step)
 
     def _collect_in_background(self) -> None:
         """Collect plans on a helper thread (a listing and a clear: ~40 ms on TransferQueue), one at once."""
@@ -212,14 +226,27 @@ class RankStream:
         )
         self._collector.start()
 
+    def _collect(self) -> None:
+        self.log.collect_garbage(self.spec.plan_world, self.spec.replica_world)
+
+    def _ack(self, **values: Any) -> None:
+        """Merge ``values`` into this replica's acknowledgement (see :mod:`loaders._control`)."""
+        self.log.ack(self.spec.shard, self.spec.replica_rank, **values)
+
+    def _ack_quietly(self, progress: int) -> None:
+        try:
+            self._ack(progress=progress)
+        except DataPlaneError as exc:  # e.g. the client was closed first; never mask an error
+            logger.warning("rank %d could not acknowledge step %d: %s", self.spec.dp_rank, progress - 1, exc)
+
     def _collect_quietly(self) -> None:
         try:
-            self.log.collect_garbage(self.spec.dp_world)
+            self._collect()
         except DataPlaneError as exc:  # the next collection retries; an error here must not end training
             logger.warning("collecting the plans of %s failed: %s", self.log.partition_id, exc)
 
     def _wait_for_collector(self) -> None:
-        if self._collector is not None:
+        if self._collector is not None and not exiting():
             self._collector.join(STOP_JOIN_S)
             if self._collector.is_alive():
                 logger.warning(
@@ -230,4 +257,4 @@ class RankStream:
         """Step ``step`` is done on this rank: the next one is ``step + 1``."""
         self.position = Position(step + 1)
         self._acked = step + 1
-        self.log.ack(self.spec.dp_rank, progress=step + 1)
+        self._ack(progress=step + 1)

@@ -224,6 +224,7 @@ def test_a_plan_listed_before_its_body_is_stored_is_polled_again(client):
     """TransferQueue publishes a put's tags before its data; a reader must wait for the body."""
     log = PlanLog(client, "p", "t")
     plan = plan_step(0, _meta(4), 2, ShardOptions())
-    client.put_samples(["step-000000000000"], log.partition_id, None, tags=[{"step": 0, "final": False}])
+    tags = [{"step": 0, "final": False, "writer": log.writer}]  # the writer's own put, tags first
+    client.put_samples(["step-000000000000"], log.partition_id, None, tags=tags)
     threading.Timer(0.05, log.write, args=(plan,)).start()
     assert _wait(log, 0) == plan
