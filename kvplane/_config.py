@@ -367,9 +367,14 @@ def check_buildable(source: DataPlaneConfig | Mapping[str, Any] | str | os.PathL
         DataPlaneBadRequest: The config is disabled ("disabled" in the message) or names an
             unknown impl ("unknown data_plane impl: ...").
     """
+    if source is None:
+        raise DataPlaneBadRequest(
+            "build_data_plane_client needs a config (None builds nothing, as in NeMo-RL): pass "
+            "{'impl': 'embedded'} for the embedded backend, or kvplane.init() for the process default"
+        )
     raw = _read(source)
     if not isinstance(raw, (Mapping, DataPlaneConfig)):
-        return  # None builds the embedded backend; anything else is load()'s to report
+        return  # anything else is load()'s to report
     enabled = raw.enabled if isinstance(raw, DataPlaneConfig) else raw.get("enabled", True)
     if enabled is False:
         raise DataPlaneBadRequest(

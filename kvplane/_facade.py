@@ -99,7 +99,7 @@ def init(config: DataPlaneConfig | Mapping[str, Any] | str | None = None) -> Dat
             raise DataPlaneBadRequest(
                 "kvplane is already initialised with a different config; call kvplane.close() first"
             )
-        _default = build_data_plane_client(cfg)
+        _default = build_data_plane_client({"impl": "embedded"} if cfg is None else cfg)
         _default_config = cfg
         return _default
 

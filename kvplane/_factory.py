@@ -35,18 +35,19 @@ logger = logging.getLogger(__name__)
 
 
 def build_data_plane_client(
-    cfg: DataPlaneConfig | dict[str, Any] | str | None, *, bootstrap: bool = True
+    cfg: DataPlaneConfig | dict[str, Any] | str, *, bootstrap: bool = True
 ) -> DataPlaneClient:
     """Build the client ``cfg`` describes (see :class:`~kvplane.DataPlaneConfig`).
 
     Args:
-        cfg: A config, a mapping, a YAML path, an example's name (``"transfer_queue"``, see
-            :mod:`kvplane.examples`), or ``None`` for the embedded backend.
+        cfg: A config, a mapping, a YAML path, or an example's name (``"embedded"``,
+            ``"transfer_queue"``, see :mod:`kvplane.examples`). ``None`` is refused, as NeMo-RL's
+            factory refuses it (``kvplane.init()`` is the way to the embedded default).
         bootstrap: For TransferQueue: start the deployment (driver) when True; attach to a running
             one (worker) when False. Only the bootstrapping process tears it down on ``close()``.
 
     Raises:
-        DataPlaneBadRequest: The config is disabled ("disabled" in the message; checked before
+        DataPlaneBadRequest: ``cfg`` is ``None``, the config is disabled ("disabled" in the message; checked before
             anything else), names an unknown impl ("unknown data_plane impl: ..."), or is invalid
             (the message names the key).
         DataPlaneUnavailable: An optional package the config needs is not installed (the message
@@ -95,7 +96,7 @@ def wrap_with_observability(client: DataPlaneClient, obs_cfg: ObservabilityConfi
     Examples:
         >>> from kvplane._config import ObservabilityConfig
         >>> seen = []
-        >>> inner = build_data_plane_client(None)
+        >>> inner = build_data_plane_client({"impl": "embedded"})
         >>> client = wrap_with_observability(inner, ObservabilityConfig(callback=seen.append))
         >>> client.ping(); seen[0]["op"], seen[0]["status"]
         ('ping', 'ok')

@@ -32,7 +32,7 @@ Examples:
     >>> from kvplane import build_data_plane_client
     >>> from kvplane._observability import MetricsDataPlaneClient
     >>> from kvplane._prometheus import PrometheusExporter
-    >>> client = MetricsDataPlaneClient(build_data_plane_client(None))
+    >>> client = MetricsDataPlaneClient(build_data_plane_client({"impl": "embedded"}))
     >>> exporter = PrometheusExporter()
     >>> exporter.track(client)
     >>> _ = client.put_samples(["a", "b"], "p", {"x": torch.zeros(2, 8)})

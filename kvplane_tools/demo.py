@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     """
     if args.plot:
         require("matplotlib", purpose="kvplane demo --plot")
-    client = MetricsDataPlaneClient(build_data_plane_client(args.config))
+    client = MetricsDataPlaneClient(build_data_plane_client(args.config or {"impl": "embedded"}))
     flow = _Flow(args, client, partition=f"demo-{uuid.uuid4().hex[:8]}")
     client.register_partition(flow.partition, _FIELDS, num_samples=None, consumer_tasks=[_TASK])
     progress = tqdm(total=args.steps, desc="kvplane demo", unit="step", disable=None)

@@ -43,7 +43,7 @@ Examples:
     >>> from kvplane import build_data_plane_client
     >>> from loaders._control import PlanLog
     >>> from loaders._plan import StepPlan
-    >>> log = PlanLog(build_data_plane_client(None), "rollouts", "train")
+    >>> log = PlanLog(build_data_plane_client({"impl": "embedded"}), "rollouts", "train")
     >>> log.partition_id
     '__kvplane__/plans/rollouts:train'
     >>> log.write(StepPlan(0, dp_world=2)); log.write(StepPlan.terminal(1, dp_world=2))

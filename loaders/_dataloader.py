@@ -23,7 +23,7 @@ Examples:
     >>> import torch
     >>> from kvplane import build_data_plane_client
     >>> from loaders import StreamingDataLoader, StreamingDataset
-    >>> client = build_data_plane_client(None)
+    >>> client = build_data_plane_client({"impl": "embedded"})
     >>> client.register_partition("rollouts", ["x"], num_samples=6, consumer_tasks=["train"])
     >>> _ = client.put_samples([f"s{i}" for i in range(6)], "rollouts", {"x": torch.arange(6)})
     >>> ds = StreamingDataset(client, partition_id="rollouts", task_name="train", fields=["x"], batch_size=4)

@@ -4,7 +4,7 @@ Examples:
     >>> import torch
     >>> from kvplane import build_data_plane_client
     >>> from loaders import StreamingDataset
-    >>> client = build_data_plane_client(None)
+    >>> client = build_data_plane_client({"impl": "embedded"})
     >>> client.register_partition("rollouts", ["x"], num_samples=10, consumer_tasks=["train"])
     >>> _ = client.put_samples([f"s{i}" for i in range(10)], "rollouts", {"x": torch.arange(10)},
     ...                        tags=[{"seq_len": i + 1} for i in range(10)])

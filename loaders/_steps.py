@@ -31,7 +31,7 @@ Examples:
     >>> from kvplane import build_data_plane_client
     >>> from loaders._plan import ShardOptions
     >>> from loaders._steps import StepProducer, StreamSpec
-    >>> client = build_data_plane_client(None)
+    >>> client = build_data_plane_client({"impl": "embedded"})
     >>> client.register_partition("p", ["x"], num_samples=3, consumer_tasks=["t"])
     >>> _ = client.put_samples(["a", "b", "c"], "p", {"x": torch.arange(3)})
     >>> spec = StreamSpec("p", "t", ["x"], batch_size=2, dp_rank=0, dp_world=1, options=ShardOptions())

@@ -190,7 +190,7 @@ def bench_client(client: DataPlaneClient, *, quick: bool) -> dict[str, Any]:
 
 def run(*, quick: bool = False) -> dict[str, Any]:
     """The KV suite: the embedded backend always; TransferQueue when ``KVPLANE_BENCH_TQ`` names backends."""
-    client = build_data_plane_client(None)
+    client = build_data_plane_client({"impl": "embedded"})
     try:
         report: dict[str, Any] = {"memory": bench_client(client, quick=quick)}
     finally:

@@ -451,7 +451,7 @@ def bench_transfer_queue(
         DataPlaneUnavailable: The deployment cannot start.
 
     Examples:
-        >>> bench_transfer_queue(client=build_data_plane_client(None))
+        >>> bench_transfer_queue(client=build_data_plane_client({"impl": "embedded"}))
         Traceback (most recent call last):
         ...
         kvplane._errors.DataPlaneBadRequest: the raw TransferQueue baseline needs a TransferQueue client, ...
@@ -527,7 +527,7 @@ def _transfer_queue_section(quick: bool) -> dict[str, Any]:
 
 def run(*, quick: bool = False) -> dict[str, Any]:
     """The loader suite on the embedded backend, and on TransferQueue when asked (module docstring)."""
-    client = build_data_plane_client(None)
+    client = build_data_plane_client({"impl": "embedded"})
     try:
         throughput = bench_throughput(client, steps=3 if quick else 24, repeats=1 if quick else 4)
         latency = _latencies(client, 20 if quick else 200)

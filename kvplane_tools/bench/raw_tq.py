@@ -18,11 +18,11 @@ Examples:
 
     >>> from kvplane import build_data_plane_client
     >>> from kvplane_tools.bench.raw_tq import RawKV, RawStreamingLoader
-    >>> RawKV(build_data_plane_client(None))
+    >>> RawKV(build_data_plane_client({"impl": "embedded"}))
     Traceback (most recent call last):
     ...
     kvplane._errors.DataPlaneBadRequest: the raw TransferQueue baseline needs a TransferQueue client, ...
-    >>> RawStreamingLoader(build_data_plane_client(None))
+    >>> RawStreamingLoader(build_data_plane_client({"impl": "embedded"}))
     Traceback (most recent call last):
     ...
     kvplane._errors.DataPlaneBadRequest: TransferQueue's StreamingDataLoader baseline needs a TransferQueue ...

@@ -267,3 +267,16 @@ def test_controller_address_applies_only_to_transfer_queue():
         DataPlaneConfig.load({"impl": "memory", "controller_address": "auto"})
     assert DataPlaneConfig.load({"impl": "memory", "controller_address": None}).ray_address is None
     assert DataPlaneConfig.load({"observability": {"verify_tensor_hash": False}}).observability.enabled is False
+
+
+def test_factory_refuses_a_none_config_as_nemo_rl_does_while_init_keeps_the_embedded_default():
+    from kvplane import DataPlaneBadRequest, build_data_plane_client
+
+    with pytest.raises(ValueError, match="needs a config") as info:
+        build_data_plane_client(None)
+    assert isinstance(info.value, DataPlaneBadRequest)
+    client = kvplane.init()
+    try:
+        assert client.get_capabilities() is not None
+    finally:
+        kvplane.close()
