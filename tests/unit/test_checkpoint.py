@@ -151,6 +151,7 @@ def test_shapes_ragged_objects_tags_layouts_round_trip(tmp_path, client):
     client.put_samples(["z0", "z1"], "q", {"scalar": torch.tensor([1.5, 2.5])}, tags=[{"w": (1, 2)}, {}])
     client.put_samples(["z0"], "q", {"ids": torch.arange(2).view(1, 2)})  # z0: fields in order scalar, ids
     client.put_samples(["tagonly"], "q", None, tags=[{"only": True}])
+    client.put_samples(["e0", "e1"], "mixed", {"empty": torch.zeros(2, 0, 3)})
     client.put_samples(["m0"], "mixed", {"v": torch.tensor([3])})  # rows of different rank in one field
     client.put_samples(["m1"], "mixed", {"v": torch.ones(1, 2, dtype=torch.int64)})
     client.put_samples(["k"], "__kvplane_internal", {"log": torch.tensor([[1, 2]])}, tags=[{"epoch": "e1"}])
@@ -346,9 +347,15 @@ def test_interrupted_replacement_reads_the_previous_checkpoint(tmp_path, client)
     ck.mkdir()  # ... or left an unfinished directory in place
     (ck / METADATA_FILE).write_text("{}")
     assert read_checkpoint(ck).metadata == {"gen": 1}
+    with pytest.raises(DataPlaneBadRequest, match="not a kvplane checkpoint"):  # never deletes foreign data
+        write_checkpoint(ck, export_state(client), metadata={"gen": 2})
+    (ck / METADATA_FILE).unlink()
     write_checkpoint(ck, export_state(client), metadata={"gen": 2})  # the next save cleans up
     assert read_checkpoint(ck).metadata == {"gen": 2}
     assert sorted(os.listdir(tmp_path)) == ["ck"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataPlaneBadRequest, match="not a directory"):
+        write_checkpoint(tmp_path / "file", export_state(client))
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, client, monkeypatch):
@@ -359,10 +366,10 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, client, monkeypat
     write_checkpoint(ck, export_state(client), metadata={"gen": 1})
     real = ckpt._write_file
 
-    def failing(path, chunks, pool):
+    def failing(path, chunks):
         if path.name == TENSORS_FILE:
             raise OSError(28, "No space left on device")
-        return real(path, chunks, pool)
+        return real(path, chunks)
 
     monkeypatch.setattr(ckpt, "_write_file", failing)
     with pytest.raises(DataPlaneWriteError, match="No space left"):
