@@ -33,8 +33,9 @@ Examples:
     >>> import tempfile, torch
     >>> from kvplane._checkpoint import (DenseRows, FieldColumn, PartitionSnapshot, StoreSnapshot,
     ...                                  read_checkpoint, write_checkpoint)
+    >>> column = FieldColumn("torch.int64", [DenseRows(torch.arange(4).view(2, 2))])
     >>> part = PartitionSnapshot(keys=["a", "b"], tags=[{"n": 1}, {}], layouts=[("x",)], layout_ids=[0, 0],
-    ...                          fields={"x": FieldColumn("torch.int64", [DenseRows(torch.arange(4).view(2, 2))])})
+    ...                          fields={"x": column})
     >>> path = tempfile.mkdtemp() + "/ckpt"
     >>> write_checkpoint(path, StoreSnapshot({"p": part}), metadata={"step": 10})
     >>> back = read_checkpoint(path)
@@ -319,7 +320,9 @@ def _write_file(path: Path, chunks: list[Any]) -> dict[str, Any]:
     return {"size": size, "crc32": crc.hexdigest()}
 
 
-def _encode(snapshot: StoreSnapshot, include_storage: bool) -> tuple[dict, dict, list, dict[str, torch.Tensor]]:
+def _encode(
+    snapshot: StoreSnapshot, include_storage: bool
+) -> tuple[dict[str, Any], dict[str, Any], list[list[Any]], dict[str, torch.Tensor]]:
     """The snapshot as (state.json, index.pkl, objects.pkl, tensors) contents."""
     state: dict[str, Any] = {}
     index: dict[str, Any] = {}
@@ -338,11 +341,13 @@ def _encode(snapshot: StoreSnapshot, include_storage: bool) -> tuple[dict, dict,
             for block in column.blocks if include_storage else ():
                 if isinstance(block, DenseRows):
                     d = block.data
-                    blocks.append({"form": "dense", "tensor": tensor_ref(d), "dtype": str(d.dtype), "shape": list(d.shape)})
+                    blocks.append({"form": "dense", "tensor": tensor_ref(d), "dtype": str(d.dtype),
+                                   "shape": list(d.shape)})  # fmt: skip
                 elif isinstance(block, RaggedRows):
                     v = block.values
-                    blocks.append({"form": "ragged", "values": tensor_ref(v), "dtype": str(v.dtype), "shape": list(v.shape),
-                                   "offsets": tensor_ref(block.offsets.to(torch.int64))})  # fmt: skip
+                    offsets = tensor_ref(block.offsets.to(torch.int64))
+                    blocks.append({"form": "ragged", "values": tensor_ref(v), "dtype": str(v.dtype),
+                                   "shape": list(v.shape), "offsets": offsets})  # fmt: skip
                 else:
                     blocks.append({"form": "objects", "values": len(objects), "rows": len(block.values)})
                     objects.append(list(block.values))
@@ -472,7 +477,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise _corrupt(path, f"not a valid manifest ({e})") from e
     if found != (FORMAT, VERSION):
-        raise _corrupt(path, f"format {found[0]!r} version {found[1]!r}; this kvplane reads {FORMAT!r} {VERSION}")
+        raise _corrupt(path, f"format {found[0]!r} version {found[1]!r}; kvplane reads {FORMAT!r} {VERSION}")
     if outer.get("crc32") != f"{zlib.crc32(_json(body)):08x}":
         raise _corrupt(path, "checksum mismatch")
     return body["files"]
@@ -567,16 +572,17 @@ def _check(part: PartitionSnapshot, storage: bool) -> None:
             raise ValueError("a task's claimed positions are out of range")
     for name, column in part.fields.items() if storage else ():
         for b in column.blocks:
-            if not isinstance(b, ObjectRows) and (b.data if isinstance(b, DenseRows) else b.values).dim() < 1:
-                raise ValueError(f"field {name!r} has a block without a row dimension")
+            if isinstance(b, ObjectRows):
+                if column.kind != OBJECT_KIND:
+                    raise ValueError(f"field {name!r} of kind {column.kind} holds objects")
+                continue
+            data = b.data if isinstance(b, DenseRows) else b.values
+            if str(data.dtype) != column.kind or data.dim() < 1:
+                raise ValueError(f"field {name!r} ({column.kind}): a {data.dtype} block of {data.dim()} dims")
             if isinstance(b, RaggedRows):
                 o = b.offsets
-                if o.dim() != 1 or o.numel() < 1 or o[0] != 0 or o[-1] != b.values.shape[0] or (o.diff() < 0).any():
+                if o.dim() != 1 or o.numel() < 1 or o[0] != 0 or o[-1] != len(data) or (o.diff() < 0).any():
                     raise ValueError(f"field {name!r} has bad ragged offsets")
-            if (column.kind == OBJECT_KIND) != isinstance(b, ObjectRows) or (
-                not isinstance(b, ObjectRows) and str((b.data if isinstance(b, DenseRows) else b.values).dtype) != column.kind
-            ):
-                raise ValueError(f"field {name!r} holds blocks of another kind than {column.kind}")
         if sum(len(b) for b in column.blocks) != part.holders(name):
             raise ValueError(f"field {name!r} has rows for a different number of keys than hold it")
 
@@ -592,7 +598,7 @@ def _resolve(checkpoint_dir: str | os.PathLike) -> Path:
     if not (target / METADATA_FILE).is_file():
         raise DataPlaneBadRequest(f"{METADATA_FILE} not found in {target}")
     if not _finished(target):
-        raise _corrupt(target / MANIFEST_FILE, "missing (not a kvplane checkpoint, or its save never finished)")
+        raise _corrupt(target / MANIFEST_FILE, "missing: not a kvplane checkpoint, or its save never ended")
     return target
 
 

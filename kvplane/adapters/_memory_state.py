@@ -19,8 +19,10 @@ Examples:
     ['k0']
     >>> b = MemoryDataPlaneClient()
     >>> import_state(b, export_state(a))
-    >>> b.claim_meta("p", "train", ["x"], batch_size=1).sample_ids, b.get_samples(["k0"], "p", ["x"])["x"].tolist()
-    (['k1'], [1])
+    >>> b.claim_meta("p", "train", ["x"], batch_size=1).sample_ids     # k0 stays claimed
+    ['k1']
+    >>> b.get_samples(["k0"], "p", ["x"])["x"].tolist()
+    [1]
 """
 
 from __future__ import annotations
@@ -75,10 +77,15 @@ def _copy_partition(part: _Partition) -> tuple:
         task: TaskState(part.claimed_total[task], _claimed(keys, position, queue))
         for task, queue in part.unclaimed.items()
     }
-    reg = part.registration
-    reg = None if reg is None else Declaration(list(reg.fields), reg.num_samples, list(reg.consumer_tasks),
-                                               reg.grpo_group_size, {k: list(v) for k, v in reg.enums.items()})  # fmt: skip
-    return keys, rows, tags, dict(part.kinds), reg, tasks
+    return keys, rows, tags, dict(part.kinds), _copy_declaration(part.registration), tasks
+
+
+def _copy_declaration(reg: Declaration | None) -> Declaration | None:
+    if reg is None:
+        return None
+    enums = {k: list(v) for k, v in reg.enums.items()}
+    tasks = list(reg.consumer_tasks)
+    return Declaration(list(reg.fields), reg.num_samples, tasks, reg.grpo_group_size, enums)
 
 
 def _claimed(keys: list[str], position: dict[str, int], queue: OrderedDict) -> list[int]:
@@ -114,7 +121,7 @@ def _blocks(kind: str, cells: list[Cell]) -> list[Block]:
             continue
         chunk, first = cell[1], cell[2]
         j = i + 1
-        while j < len(cells) and cells[j][0] == "chunk" and cells[j][1] is chunk and cells[j][2] == first + j - i:
+        while j < len(cells) and _continues(cells[j], chunk, first + j - i):
             j += 1
         run = chunk[first : first + j - i]
         if run.numel() * run.element_size() >= _VIEW_MIN_BYTES:
@@ -128,6 +135,11 @@ def _blocks(kind: str, cells: list[Cell]) -> list[Block]:
     return blocks
 
 
+def _continues(cell: Cell, chunk: torch.Tensor, row: int) -> bool:
+    """Whether ``cell`` is row ``row`` of ``chunk`` (a run of keys stored from one put goes on)."""
+    return cell[0] == "chunk" and cell[1] is chunk and cell[2] == row
+
+
 def _pack(rows: list[torch.Tensor]) -> Iterator[Block]:
     """Consecutive rows of one shape → dense blocks; of one rank and inner shape → ragged blocks."""
     start = 0
@@ -137,7 +149,8 @@ def _pack(rows: list[torch.Tensor]) -> Iterator[Block]:
         same = True
         while end < len(rows):
             row = rows[end]
-            if row.shape != head.shape and (row.dim() == 0 or row.dim() != head.dim() or row.shape[1:] != head.shape[1:]):
+            jagged_ok = row.dim() == head.dim() > 0 and row.shape[1:] == head.shape[1:]
+            if row.shape != head.shape and not jagged_ok:
                 break
             same = same and row.shape == head.shape
             end += 1
@@ -188,14 +201,16 @@ def _cells(block: Block) -> Iterator[Cell]:
 def _build(snap: PartitionSnapshot) -> _Partition:
     part = _Partition(registration=snap.registration)
     part.kinds = {name: column.kind for name, column in snap.fields.items()}
-    streams = {name: (c for block in column.blocks for c in _cells(block)) for name, column in snap.fields.items()}
+    streams = {name: (c for b in column.blocks for c in _cells(b)) for name, column in snap.fields.items()}
     holders = dict.fromkeys(snap.fields, 0)
     for key, tag, layout_id in zip(snap.keys, snap.tags, snap.layout_ids, strict=True):
         layout = snap.layouts[layout_id]
         try:
             part.cells[key] = {name: next(streams[name]) for name in layout}
         except StopIteration:
-            raise DataPlaneBadRequest(f"the snapshot's columns hold fewer rows than its keys (at key {key!r})") from None
+            raise DataPlaneBadRequest(
+                f"the snapshot's columns hold fewer rows than its keys (at key {key!r})"
+            ) from None
         part.tags[key] = dict(tag)
         for name in layout:
             holders[name] += 1

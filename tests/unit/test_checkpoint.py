@@ -129,13 +129,15 @@ def test_format_round_trips_every_dtype_and_0_dim_rows(tmp_path, dtype):
     offsets = torch.tensor([0, 1, 1, 6])
     part = PartitionSnapshot(
         keys=list("abcd"), tags=[{}] * 4, layouts=[("d", "s", "r"), ("s",)], layout_ids=[0, 0, 0, 1],
-        fields={"d": FieldColumn(str(dtype), [DenseRows(dense)]), "s": FieldColumn(str(dtype), [DenseRows(scalar)]),
+        fields={"d": FieldColumn(str(dtype), [DenseRows(dense)]),
+                "s": FieldColumn(str(dtype), [DenseRows(scalar)]),
                 "r": FieldColumn(str(dtype), [RaggedRows(values, offsets)])},
     )  # fmt: skip
     write_checkpoint(tmp_path / "ck", StoreSnapshot({"p": part}))
     fields = read_checkpoint(tmp_path / "ck").partitions["p"].fields
     assert _same(fields["d"].blocks[0].data, dense) and _same(fields["s"].blocks[0].data, scalar)
-    assert _same(fields["r"].blocks[0].values, values) and fields["r"].blocks[0].offsets.tolist() == [0, 1, 1, 6]
+    assert _same(fields["r"].blocks[0].values, values)
+    assert fields["r"].blocks[0].offsets.tolist() == [0, 1, 1, 6]
 
 
 def test_shapes_ragged_objects_tags_layouts_round_trip(tmp_path, client):
@@ -145,7 +147,8 @@ def test_shapes_ragged_objects_tags_layouts_round_trip(tmp_path, client):
     for i in range(20):  # one key per put: packed into one block
         client.put_samples([f"s{i}"], "p", {"x": torch.full((1, 300), float(i))})
     client.put_samples(["t0", "t1"], "p", {"x": torch.randn(300, 2).T})  # non-contiguous source
-    ragged = torch.nested.nested_tensor([torch.arange(3), torch.arange(5), torch.arange(0)], layout=torch.jagged)
+    rows = [torch.arange(3), torch.arange(5), torch.arange(0)]
+    ragged = torch.nested.nested_tensor(rows, layout=torch.jagged)
     client.put_samples(["r0", "r1", "r2"], "q", {"ids": ragged, "obj": ["u", {"k": [1, 2]}, None]})
     client.put_samples(["r3"], "q", {"ids": torch.arange(4).view(1, 4)})
     client.put_samples(["z0", "z1"], "q", {"scalar": torch.tensor([1.5, 2.5])}, tags=[{"w": (1, 2)}, {}])
@@ -209,7 +212,10 @@ def test_metadata_only_checkpoint(tmp_path, client):
     client.put_samples(["a", "b"], "p", {"x": torch.ones(2), "o": ["s", "t"]}, tags=[{"n": 1}, {"n": 2}])
     client.claim_meta("p", "train", ["x"], batch_size=1)
     write_checkpoint(tmp_path / "ck", export_state(client), include_storage=False, metadata={"m": 1})
-    assert sorted(os.listdir(tmp_path / "ck")) == sorted([MANIFEST_FILE, METADATA_FILE, STATE_FILE, INDEX_FILE])
+    assert sorted(os.listdir(tmp_path / "ck")) == sorted([
+        MANIFEST_FILE, METADATA_FILE, STATE_FILE, INDEX_FILE
+    ])
+    # no column values: neither objects.pkl nor tensors.safetensors
     snap = read_checkpoint(tmp_path / "ck")
     part = snap.partitions["p"]
     assert not snap.storage_saved and snap.metadata == {"m": 1}
@@ -328,6 +334,14 @@ def test_missing_directory_and_missing_metadata(tmp_path, saved):
         read_checkpoint(saved)
 
 
+def test_a_consistent_checksum_over_inconsistent_content_is_refused(tmp_path):
+    part = PartitionSnapshot(keys=["a", "b"], tags=[{}, {}], layouts=[("x",)], layout_ids=[0, 0],
+                             fields={"x": FieldColumn("torch.float32", [DenseRows(torch.ones(1, 2))])})  # fmt: skip
+    write_checkpoint(tmp_path / "ck", StoreSnapshot({"p": part}))  # two keys hold x, one row stored
+    with pytest.raises(DataPlaneBadRequest, match=r"state\.json.*different number of keys"):
+        read_checkpoint(tmp_path / "ck")
+
+
 def test_an_inconsistent_snapshot_leaves_the_store(saved):
     snap = read_checkpoint(saved)
     snap.partitions["p"].fields["x"].blocks[0].data = snap.partitions["p"].fields["x"].blocks[0].data[:1]
@@ -403,7 +417,8 @@ def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     delays = [0.0, 0.017, 0.043, 0.089, 0.21, 0.34]
     for delay in delays:
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(ck)], stdout=subprocess.PIPE, env=env, text=True)
+        cmd = [sys.executable, "-c", _SAVER, str(ck)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
         try:
             first = proc.stdout.readline()  # one finished save (readline ends when the child dies)
             assert first.strip(), "the saver died before its first checkpoint"
