@@ -248,6 +248,20 @@ def test_import_replaces_a_non_empty_store(tmp_path, client):
     assert target.get_samples(["a"], "p", ["x"])["x"].tolist() == [1.0]
 
 
+def test_import_wakes_a_blocked_claim(tmp_path, client):
+    import threading
+
+    client.put_samples(["a"], "p", {"x": torch.ones(1)})
+    write_checkpoint(tmp_path / "ck", export_state(client))
+    target = MemoryDataPlaneClient()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(target.claim_meta("p", "t", ["x"], 1, timeout_s=60)))
+    waiter.start()
+    import_state(target, read_checkpoint(tmp_path / "ck"))
+    waiter.join(timeout=60)
+    assert [m.sample_ids for m in got] == [["a"]]
+
+
 def test_tensors_file_is_standard_safetensors(tmp_path, client):
     from safetensors import safe_open
 
