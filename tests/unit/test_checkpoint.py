@@ -255,7 +255,8 @@ def test_import_wakes_a_blocked_claim(tmp_path, client):
     write_checkpoint(tmp_path / "ck", export_state(client))
     target = MemoryDataPlaneClient()
     got = []
-    waiter = threading.Thread(target=lambda: got.append(target.claim_meta("p", "t", ["x"], 1, timeout_s=60)))
+    claim = lambda: got.append(target.claim_meta("p", "t", ["x"], 1, timeout_s=600))  # noqa: E731
+    waiter = threading.Thread(target=claim, daemon=True)  # without a wake-up it would sleep 600 s
     waiter.start()
     import_state(target, read_checkpoint(tmp_path / "ck"))
     waiter.join(timeout=60)
