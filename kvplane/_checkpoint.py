@@ -480,7 +480,14 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise _corrupt(path, f"format {found[0]!r} version {found[1]!r}; kvplane reads {FORMAT!r} {VERSION}")
     if outer.get("crc32") != f"{zlib.crc32(_json(body)):08x}":
         raise _corrupt(path, "checksum mismatch")
-    return body["files"]
+    files = body.get("files")
+    valid = isinstance(files, dict) and all(
+        isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("crc32"), str)
+        for e in files.values()
+    )
+    if not valid:
+        raise _corrupt(path, "the file list is malformed")
+    return files
 
 
 def _load_file(root: Path, name: str, files: dict[str, Any], parse: Any) -> Any:
@@ -619,6 +626,8 @@ def read_checkpoint(checkpoint_dir: str | os.PathLike, *, storage: bool = True) 
     meta = _load_file(root, METADATA_FILE, files, _json_file)
     state = _load_file(root, STATE_FILE, files, _json_file)
     index = _load_file(root, INDEX_FILE, files, _pickle_file)
+    if not isinstance(meta, dict):
+        raise _corrupt(root / METADATA_FILE, "not a JSON object")
     saved = bool(meta.get("storage_saved"))
     load = storage and saved
     objects = _load_file(root, OBJECTS_FILE, files, _pickle_file) if load else None
@@ -627,6 +636,6 @@ def read_checkpoint(checkpoint_dir: str | os.PathLike, *, storage: bool = True) 
         partitions = _decode(state, index, objects, tensors, load)
         for part in partitions.values():
             _check(part, load)
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
         raise _corrupt(root / STATE_FILE, f"inconsistent with {INDEX_FILE}/{TENSORS_FILE}: {e}") from e
     return StoreSnapshot(partitions, storage_saved=saved, metadata=meta.get("user_metadata", {}))
