@@ -224,8 +224,7 @@ def _raw_bytes(tensor: torch.Tensor) -> torch.Tensor:
     t = tensor.detach()
     if t.is_nested or t.layout != torch.strided or t.is_quantized:
         raise DataPlaneBadRequest(f"cannot checkpoint a {t.layout} tensor of dtype {t.dtype}")
-    t = t.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1)
-    return t.view(torch.uint8) if t.dtype.itemsize > 0 else t
+    return t.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
 
 
 def _safetensors_layout(tensors: Mapping[str, torch.Tensor]) -> tuple[bytes, list[torch.Tensor]]:
@@ -278,7 +277,7 @@ def _read_safetensors(f: BinaryIO, size: int, crc: _Crc) -> dict[str, torch.Tens
         begin, end = entry["data_offsets"]
         dtype = _ST_DTYPES[entry["dtype"]]
         shape = [int(d) for d in entry["shape"]]
-        if begin != offset or end - begin != math.prod(shape) * dtype.itemsize:
+        if begin != offset or end - begin != math.prod(shape) * dtype.itemsize or end > size - 8 - length:
             raise ValueError(f"tensor {name!r} has inconsistent offsets {begin}..{end}")
         raw = torch.empty(end - begin, dtype=torch.uint8)
         if end > begin:
