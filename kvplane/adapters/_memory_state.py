@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import Any
 import torch
 
 from kvplane._checkpoint import (
@@ -68,7 +69,14 @@ def export_state(client: MemoryDataPlaneClient) -> StoreSnapshot:
     return StoreSnapshot({pid: _snapshot_partition(*parts) for pid, parts in raw.items()})
 
 
-def _copy_partition(part: _Partition) -> tuple:
+_Copied = tuple[
+    list[str], list[tuple[tuple[str, Cell], ...]], list[dict[str, Any]], dict[str, str], Declaration | None,
+    dict[str, TaskState],
+]  # fmt: skip
+
+
+def _copy_partition(part: _Partition) -> _Copied:
+    """What the snapshot needs of a partition, copied under the store's lock (cells are immutable)."""
     keys = list(part.cells)
     rows = [tuple(part.cells[k].items()) for k in keys]
     tags = [dict(part.tags[k]) for k in keys]
@@ -93,7 +101,14 @@ def _claimed(keys: list[str], position: dict[str, int], queue: OrderedDict) -> l
     return [i for i in range(len(keys)) if i not in unclaimed]
 
 
-def _snapshot_partition(keys, rows, tags, kinds, registration, tasks) -> PartitionSnapshot:
+def _snapshot_partition(
+    keys: list[str],
+    rows: list[tuple[tuple[str, Cell], ...]],
+    tags: list[dict[str, Any]],
+    kinds: dict[str, str],
+    registration: Declaration | None,
+    tasks: dict[str, TaskState],
+) -> PartitionSnapshot:
     layout_index: dict[tuple[str, ...], int] = {}
     layout_ids = []
     cells: dict[str, list[Cell]] = {name: [] for name in kinds}
