@@ -21,8 +21,8 @@ Layout (format ``kvplane-checkpoint``, version 1)::
 Every file's size and crc32 are checked on load before its content is used; a missing, truncated,
 corrupted or foreign-version file is a :class:`~kvplane.DataPlaneBadRequest` naming the file.
 crc32 (zlib) is used because it is the fastest checksum in the standard library here (2.1 GiB/s
-against sha256's 1.35); each 1 MiB piece is checksummed on a helper thread while the next is read
-or written, and a second helper flushes a file being written every 64 MiB, so the disk works while
+against sha256's 1.35); each 256 KiB piece is checksummed next to its read or write, while in the
+CPU cache, and a helper thread flushes a file being written every 64 MiB, so the disk works while
 the CPU copies.
 
 **Trust boundary:** ``index.pkl`` and ``objects.pkl`` are pickles (tags and non-tensor values are
@@ -53,7 +53,6 @@ import os
 import pickle
 import shutil
 import struct
-import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,7 +93,7 @@ OBJECTS_FILE = "objects.pkl"
 TENSORS_FILE = "tensors.safetensors"
 
 _FLUSH_EVERY = 64 << 20
-_PIECE = 1 << 20  # bytes per write/read call and per checksum task
+_PIECE = 256 << 10  # bytes per write/read call, checksummed while in the CPU cache
 
 
 # ---------------------------------------------------------------------------------------- the snapshot
@@ -184,31 +183,17 @@ class StoreSnapshot:
 
 # ---------------------------------------------------------------------------------------- checksums
 class _Crc:
-    """crc32 of a byte stream, computed on a helper thread (zlib releases the GIL) while the caller
-    reads or writes the next piece. The one helper runs tasks in submission order, so each stream's
-    pieces are checksummed in order even when streams share it."""
-
-    _pool: ThreadPoolExecutor | None = None
-    _pool_lock = threading.Lock()
+    """crc32 of a byte stream, fed each piece right next to its I/O while the piece is in the CPU
+    cache (measured faster here than checksumming on a helper thread: 0.71 s vs 0.85 s per GiB)."""
 
     def __init__(self) -> None:
-        with _Crc._pool_lock:
-            if _Crc._pool is None:
-                _Crc._pool = ThreadPoolExecutor(1, thread_name_prefix="kvplane-crc")
-            self._pool = _Crc._pool
-        self._value = 0
-        self._last: Future | None = None
-
-    def _step(self, piece: memoryview) -> None:
-        self._value = zlib.crc32(piece, self._value)
+        self.value = 0
 
     def update(self, piece: memoryview) -> None:
-        self._last = self._pool.submit(self._step, piece)
+        self.value = zlib.crc32(piece, self.value)
 
     def hexdigest(self) -> str:
-        if self._last is not None:
-            self._last.result()
-        return f"{self._value:08x}"
+        return f"{self.value:08x}"
 
 
 def _pieces(view: memoryview) -> Iterator[memoryview]:
