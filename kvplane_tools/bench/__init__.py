@@ -8,7 +8,7 @@ baselines. Speed targets live here, never as timed assertions in the test suite.
 Examples:
     >>> from kvplane_tools.bench import SUITES
     >>> sorted(SUITES)
-    ['balance', 'kv', 'loader']
+    ['balance', 'checkpoint', 'kv', 'loader']
 """
 
 __all__ = ["SUITES"]
@@ -18,4 +18,5 @@ SUITES: dict[str, str] = {
     "kv": "kvplane_tools.bench.kv",
     "balance": "kvplane_tools.bench.balance",
     "loader": "kvplane_tools.bench.loader",
+    "checkpoint": "kvplane_tools.bench.checkpoint",
 }

@@ -1,0 +1,237 @@
+"""The embedded backend's state as a :class:`~kvplane._checkpoint.StoreSnapshot`, and back.
+
+``export_state`` copies the store's structure under its lock (keys, per-key field cells, tags,
+registrations, claim cursors) and builds the column blocks outside it; tensor bytes are not copied:
+a run of keys stored from one put is a view of that put's chunk, and only scattered rows are
+stacked. ``import_state`` builds every partition first and then swaps the whole store in under the
+lock, so a failed import leaves the store exactly as it was. Import **replaces** the store's state
+(partitions absent from the snapshot are dropped), as TransferQueue's ``load_checkpoint`` replaces
+its controller and storage state. Claim cursors continue exactly: a task's claimed keys are not
+handed out again, its unclaimed keys are, in their order.
+
+Examples:
+    >>> import torch
+    >>> from kvplane.adapters.memory import MemoryDataPlaneClient
+    >>> from kvplane.adapters._memory_state import export_state, import_state
+    >>> a = MemoryDataPlaneClient()
+    >>> _ = a.put_samples(["k0", "k1"], "p", {"x": torch.tensor([1, 2])}, tags=[{"n": 0}, {"n": 1}])
+    >>> a.claim_meta("p", "train", ["x"], batch_size=1).sample_ids
+    ['k0']
+    >>> b = MemoryDataPlaneClient()
+    >>> import_state(b, export_state(a))
+    >>> b.claim_meta("p", "train", ["x"], batch_size=1).sample_ids     # k0 stays claimed
+    ['k1']
+    >>> b.get_samples(["k0"], "p", ["x"])["x"].tolist()
+    [1]
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+import torch
+
+from kvplane._checkpoint import (
+    Block,
+    DenseRows,
+    FieldColumn,
+    ObjectRows,
+    PartitionSnapshot,
+    RaggedRows,
+    StoreSnapshot,
+    TaskState,
+)
+from kvplane.adapters.memory import MemoryDataPlaneClient, _Partition
+from kvplane.codec import OBJECT_KIND, Declaration
+from kvplane.errors import DataPlaneBadRequest
+
+__all__ = ["export_state", "import_state"]
+
+#: A run of rows from one stored chunk at least this large is written straight from the chunk;
+#: smaller runs (e.g. keys put one at a time) are stacked into one block with their neighbours.
+_VIEW_MIN_BYTES = 64 << 10
+
+Cell = tuple  # memory.py's stored cell: ("chunk", tensor, row) | ("row", tensor) | ("obj", value)
+
+
+# ---------------------------------------------------------------------------------------- export
+def export_state(client: MemoryDataPlaneClient) -> StoreSnapshot:
+    """A consistent snapshot of every partition (kvplane's internal ones included).
+
+    Raises:
+        DataPlaneUnavailable: The client is closed.
+    """
+    with client._changed:
+        client._check_open()
+        # Cells and stored tensors are immutable; tag dicts and cursors are copied here.
+        raw = {pid: _copy_partition(part) for pid, part in client._partitions.items()}
+    return StoreSnapshot({pid: _snapshot_partition(*parts) for pid, parts in raw.items()})
+
+
+_Copied = tuple[
+    list[str], list[tuple[tuple[str, Cell], ...]], list[dict[str, Any]], dict[str, str], Declaration | None,
+    dict[str, TaskState],
+]  # fmt: skip
+
+
+def _copy_partition(part: _Partition) -> _Copied:
+    """What the snapshot needs of a partition, copied under the store's lock (cells are immutable)."""
+    keys = list(part.cells)
+    rows = [tuple(part.cells[k].items()) for k in keys]
+    tags = [dict(part.tags[k]) for k in keys]
+    position = {k: i for i, k in enumerate(keys)}
+    tasks = {
+        task: TaskState(part.claimed_total[task], _claimed(keys, position, queue))
+        for task, queue in part.unclaimed.items()
+    }
+    return keys, rows, tags, dict(part.kinds), _copy_declaration(part.registration), tasks
+
+
+def _copy_declaration(reg: Declaration | None) -> Declaration | None:
+    if reg is None:
+        return None
+    enums = {k: list(v) for k, v in reg.enums.items()}
+    tasks = list(reg.consumer_tasks)
+    return Declaration(list(reg.fields), reg.num_samples, tasks, reg.grpo_group_size, enums)
+
+
+def _claimed(keys: list[str], position: dict[str, int], queue: OrderedDict) -> list[int]:
+    unclaimed = {position[k] for k in queue}
+    return [i for i in range(len(keys)) if i not in unclaimed]
+
+
+def _snapshot_partition(
+    keys: list[str],
+    rows: list[tuple[tuple[str, Cell], ...]],
+    tags: list[dict[str, Any]],
+    kinds: dict[str, str],
+    registration: Declaration | None,
+    tasks: dict[str, TaskState],
+) -> PartitionSnapshot:
+    layout_index: dict[tuple[str, ...], int] = {}
+    layout_ids = []
+    cells: dict[str, list[Cell]] = {name: [] for name in kinds}
+    for row in rows:
+        layout = tuple(name for name, _ in row)
+        layout_ids.append(layout_index.setdefault(layout, len(layout_index)))
+        for name, cell in row:
+            cells[name].append(cell)
+    fields = {name: FieldColumn(kind, _blocks(kind, cells[name])) for name, kind in kinds.items()}
+    return PartitionSnapshot(keys, tags, list(layout_index), layout_ids, fields, registration, tasks)
+
+
+def _blocks(kind: str, cells: list[Cell]) -> list[Block]:
+    """A field's cells (in key order) as few blocks: chunk runs as views, the rest packed."""
+    if kind == OBJECT_KIND:
+        return [ObjectRows([c[1] for c in cells])] if cells else []
+    blocks: list[Block] = []
+    loose: list[torch.Tensor] = []
+    i = 0
+    while i < len(cells):
+        cell = cells[i]
+        if cell[0] != "chunk":
+            loose.append(cell[1])
+            i += 1
+            continue
+        chunk, first = cell[1], cell[2]
+        j = i + 1
+        while j < len(cells) and _continues(cells[j], chunk, first + j - i):
+            j += 1
+        run = chunk[first : first + j - i]
+        if run.numel() * run.element_size() >= _VIEW_MIN_BYTES:
+            blocks.extend(_pack(loose))
+            loose = []
+            blocks.append(DenseRows(run))
+        else:
+            loose.extend(run.unbind(0))
+        i = j
+    blocks.extend(_pack(loose))
+    return blocks
+
+
+def _continues(cell: Cell, chunk: torch.Tensor, row: int) -> bool:
+    """Whether ``cell`` is row ``row`` of ``chunk`` (a run of keys stored from one put goes on)."""
+    return cell[0] == "chunk" and cell[1] is chunk and cell[2] == row
+
+
+def _pack(rows: list[torch.Tensor]) -> Iterator[Block]:
+    """Consecutive rows of one shape → dense blocks; of one rank and inner shape → ragged blocks."""
+    start = 0
+    while start < len(rows):
+        head = rows[start]
+        end = start + 1
+        same = True
+        while end < len(rows):
+            row = rows[end]
+            jagged_ok = row.dim() == head.dim() > 0 and row.shape[1:] == head.shape[1:]
+            if row.shape != head.shape and not jagged_ok:
+                break
+            same = same and row.shape == head.shape
+            end += 1
+        group = rows[start:end]
+        if same:
+            yield DenseRows(torch.stack(group))
+        else:
+            lengths = torch.tensor([0] + [r.shape[0] for r in group], dtype=torch.int64)
+            yield RaggedRows(torch.cat(group), lengths.cumsum(0))
+        start = end
+
+
+# ---------------------------------------------------------------------------------------- import
+def import_state(client: MemoryDataPlaneClient, snapshot: StoreSnapshot) -> None:
+    """Replace the store's whole state with ``snapshot``; on error the store is unchanged.
+
+    Raises:
+        DataPlaneBadRequest: The snapshot holds no storage (saved with ``include_storage=False``):
+            the embedded backend keeps its data nowhere else, so it cannot be restored from it.
+        DataPlaneUnavailable: The client is closed.
+    """
+    if not snapshot.storage_saved:
+        raise DataPlaneBadRequest(
+            "this checkpoint was saved with include_storage=False: it holds no data, and the embedded "
+            "backend keeps its data nowhere else; save with include_storage=True"
+        )
+    built = {pid: _build(part) for pid, part in snapshot.partitions.items()}
+    with client._changed:
+        client._check_open()
+        client._partitions.clear()
+        client._partitions.update(built)
+        client._changed.notify_all()
+
+
+def _cells(block: Block) -> Iterator[Cell]:
+    if isinstance(block, DenseRows):
+        for r in range(len(block)):
+            yield ("chunk", block.data, r)
+    elif isinstance(block, RaggedRows):
+        bounds = block.offsets.tolist()
+        for a, b in zip(bounds, bounds[1:]):
+            yield ("row", block.values[a:b])
+    else:
+        for value in block.values:
+            yield ("obj", value)
+
+
+def _build(snap: PartitionSnapshot) -> _Partition:
+    part = _Partition(registration=snap.registration)
+    part.kinds = {name: column.kind for name, column in snap.fields.items()}
+    streams = {name: (c for b in column.blocks for c in _cells(b)) for name, column in snap.fields.items()}
+    holders = dict.fromkeys(snap.fields, 0)
+    for key, tag, layout_id in zip(snap.keys, snap.tags, snap.layout_ids, strict=True):
+        layout = snap.layouts[layout_id]
+        try:
+            part.cells[key] = {name: next(streams[name]) for name in layout}
+        except StopIteration:
+            raise DataPlaneBadRequest(
+                f"the snapshot's columns hold fewer rows than its keys (at key {key!r})"
+            ) from None
+        part.tags[key] = dict(tag)
+        for name in layout:
+            holders[name] += 1
+    part.holders = holders
+    for task, state in snap.tasks.items():
+        claimed = set(state.claimed)
+        part.unclaimed[task] = OrderedDict.fromkeys(k for i, k in enumerate(snap.keys) if i not in claimed)
+        part.claimed_total[task] = state.claimed_total
+    return part
