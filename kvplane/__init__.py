@@ -44,6 +44,8 @@ _HOMES: dict[str, str] = {
     "async_kv_list": "kvplane._facade",
     "async_kv_clear": "kvplane._facade",
     "get_metrics_endpoint": "kvplane._facade",
+    "save_checkpoint": "kvplane._facade",
+    "load_checkpoint": "kvplane._facade",
     # contract
     "DataPlaneClient": "kvplane._client",
     "KVBatchMeta": "kvplane._meta",
@@ -70,6 +72,8 @@ _HOMES: dict[str, str] = {
     "DataPlaneNotReady": "kvplane._errors",
     "DataPlaneBadRequest": "kvplane._errors",
     "DataPlaneKeyError": "kvplane._errors",
+    "DataPlaneCheckpointError": "kvplane._errors",
+    "CheckpointNotFoundError": "kvplane._errors",
     "StorageKeyNotFoundError": "kvplane._errors",
     # middleware
     "MetricsDataPlaneClient": "kvplane._observability",

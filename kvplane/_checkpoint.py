@@ -19,7 +19,7 @@ Layout (format ``kvplane-checkpoint``, version 1)::
     tensors.safetensors  tensor column blocks, standard safetensors   (only with include_storage)
 
 Every file's size and crc32 are checked on load before its content is used; a missing, truncated,
-corrupted or foreign-version file is a :class:`~kvplane.DataPlaneBadRequest` naming the file.
+corrupted or foreign-version file is a :class:`~kvplane.DataPlaneCheckpointError` naming the file.
 crc32 (zlib) is used because it is the fastest checksum in the standard library here (2.1 GiB/s
 against sha256's 1.35); each 256 KiB piece is checksummed next to its read or write, while in the
 CPU cache, and a helper thread flushes a file being written every 64 MiB, so the disk works while
@@ -62,8 +62,15 @@ from typing import Any, BinaryIO, Union
 
 import torch
 
-from kvplane.codec import OBJECT_KIND, Declaration
-from kvplane.errors import DataPlaneBadRequest, DataPlaneReadError, DataPlaneWriteError
+from kvplane._errors import (
+    CheckpointNotFoundError,
+    DataPlaneBadRequest,
+    DataPlaneCheckpointError,
+    DataPlaneReadError,
+    DataPlaneWriteError,
+)
+from kvplane._tensors import OBJECT_KIND
+from kvplane._validation import Declaration
 
 __all__ = [
     "FORMAT",
@@ -479,8 +486,8 @@ def write_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------- reading
-def _corrupt(path: Path, why: str) -> DataPlaneBadRequest:
-    return DataPlaneBadRequest(f"checkpoint file {path} is unusable: {why}")
+def _corrupt(path: Path, why: str) -> DataPlaneCheckpointError:
+    return DataPlaneCheckpointError(f"checkpoint file {path} is unusable: {why}")
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -616,9 +623,9 @@ def _resolve(checkpoint_dir: str | os.PathLike) -> Path:
         logger.warning("%s is missing or unfinished (an interrupted save); reading %s", target, old)
         return old
     if not target.is_dir():
-        raise DataPlaneBadRequest(f"checkpoint directory not found: {target}")
+        raise CheckpointNotFoundError(f"checkpoint directory not found: {target}")
     if not (target / METADATA_FILE).is_file():
-        raise DataPlaneBadRequest(f"{METADATA_FILE} not found in {target}")
+        raise CheckpointNotFoundError(f"{METADATA_FILE} not found in {target}")
     if not _finished(target):
         raise _corrupt(target / MANIFEST_FILE, "missing: not a kvplane checkpoint, or its save never ended")
     return target

@@ -46,6 +46,7 @@ Examples:
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -272,6 +273,38 @@ class DataPlaneClient(ABC):
     def get_capabilities(self) -> DataPlaneCapabilities:
         """What this backend guarantees (the default: nothing beyond the contract)."""
         return DataPlaneCapabilities()
+
+    # ------------------------------------------------------------------ durable state
+    def save_checkpoint(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        *,
+        include_storage: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Save the whole store (every partition, its data, tags, registrations and claim cursors).
+
+        TransferQueue 0.1.11's semantics: the new checkpoint is written beside ``checkpoint_dir``
+        and renamed into place (the previous one is moved to ``<dir>.old`` meanwhile), so a crash
+        at any moment leaves the old or the new checkpoint loadable; ``metadata`` (JSON values) is
+        kept in ``metadata.json``.
+
+        Raises:
+            DataPlaneBadRequest: Bad arguments, or a path that is not a checkpoint's to replace.
+            DataPlaneWriteError: The file system failed; the previous checkpoint is untouched.
+        """
+        raise self._unsupported("save_checkpoint")
+
+    def load_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> None:
+        """Replace the store's whole state with a checkpoint's; claims continue where they were.
+
+        Raises:
+            CheckpointNotFoundError: The directory or its ``metadata.json`` is missing (also a
+                ``FileNotFoundError``).
+            DataPlaneCheckpointError: A file is corrupted, truncated or of another version (the
+                message names it); the store is exactly as it was.
+        """
+        raise self._unsupported("load_checkpoint")
 
     def _unsupported(self, method: str) -> DataPlaneError:
         return DataPlaneError(f"{method} is not supported by this backend ({type(self).__name__})")

@@ -29,7 +29,9 @@ Examples:
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointNotFoundError",
     "DataPlaneBadRequest",
+    "DataPlaneCheckpointError",
     "DataPlaneClearError",
     "DataPlaneError",
     "DataPlaneKeyError",
@@ -97,4 +99,16 @@ class StorageKeyNotFoundError(DataPlaneKeyError):
         ... except KeyError as err:
         ...     print(err)
         key(s) ['k0'] of partition 'p' were cleared while being read
+    """
+
+
+class DataPlaneCheckpointError(DataPlaneBadRequest):
+    """A checkpoint cannot be used: corrupted, truncated, of another format version, or not one of
+    this store's kind. The message names the file; nothing was loaded."""
+
+
+class CheckpointNotFoundError(DataPlaneCheckpointError, FileNotFoundError):
+    """The checkpoint directory, or a file it must hold (``metadata.json``), does not exist.
+
+    Also a ``FileNotFoundError``, which TransferQueue's ``load_checkpoint`` raises in this case.
     """

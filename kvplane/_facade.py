@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import threading
 from collections.abc import Callable, Coroutine, Mapping
@@ -47,7 +48,7 @@ from tensordict import TensorDict, TensorDictBase, is_non_tensor
 from kvplane._client import DataPlaneClient
 from kvplane._config import DataPlaneConfig
 from kvplane._data_parser import parse_batch
-from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError
+from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneNotReady
 from kvplane._factory import build_data_plane_client
 from kvplane._meta import KVBatchMeta
 from kvplane._tensors import make_object_column
@@ -70,6 +71,8 @@ __all__ = [
     "kv_clear",
     "kv_list",
     "kv_put",
+    "load_checkpoint",
+    "save_checkpoint",
 ]
 
 _lock = threading.Lock()
@@ -279,6 +282,59 @@ def get_metrics_endpoint() -> str | None:
     exporter = getattr(_default, "prometheus", None)
     port = getattr(exporter, "port", None)
     return None if port is None else f"{_host_ip()}:{port}"
+
+
+def _initialised(what: str) -> DataPlaneClient:
+    client = _default
+    if client is None:
+        raise DataPlaneNotReady(f"kvplane is not initialised: call kvplane.init() before {what}")
+    return client
+
+
+def save_checkpoint(
+    checkpoint_dir: str | os.PathLike[str],
+    *,
+    include_storage: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Save the default client's whole store to ``checkpoint_dir`` (TransferQueue's signature).
+
+    Crash-safe: written beside the target and renamed into place (the previous checkpoint waits in
+    ``<dir>.old`` meanwhile), so a save killed at any moment leaves the old or the new one loadable.
+    ``metadata`` (JSON values) is kept in ``metadata.json``. See
+    :meth:`DataPlaneClient.save_checkpoint`.
+
+    Raises:
+        DataPlaneNotReady: :func:`init` was not called (a ``RuntimeError``, as TransferQueue's).
+
+    Examples:
+        >>> import tempfile, torch, kvplane
+        >>> _ = kvplane.init()
+        >>> _ = kvplane.kv_put("k0", "demo", fields={"x": torch.tensor([1.0])})
+        >>> ckpt = tempfile.mkdtemp() + "/ckpt"
+        >>> kvplane.save_checkpoint(ckpt, metadata={"step": 10})
+        >>> kvplane.kv_clear(None, "demo")
+        >>> kvplane.load_checkpoint(ckpt)
+        >>> kvplane.kv_batch_get(["k0"], "demo")["x"].tolist()
+        [[1.0]]
+        >>> kvplane.close()
+    """
+    _initialised("save_checkpoint").save_checkpoint(
+        checkpoint_dir, include_storage=include_storage, metadata=metadata
+    )
+
+
+def load_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> None:
+    """Replace the default client's store with a checkpoint's (TransferQueue's signature).
+
+    Raises:
+        DataPlaneNotReady: :func:`init` was not called.
+        CheckpointNotFoundError: The directory or its ``metadata.json`` is missing (also a
+            ``FileNotFoundError``, as TransferQueue raises).
+        DataPlaneCheckpointError: A file is corrupted, truncated or of another version; the store
+            is exactly as it was.
+    """
+    _initialised("load_checkpoint").load_checkpoint(checkpoint_dir)
 
 
 P = ParamSpec("P")

@@ -22,7 +22,9 @@ Examples:
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
+from pathlib import Path
 from typing import Any
 
 from tensordict import TensorDict
@@ -34,8 +36,11 @@ from kvplane._meta import KVBatchMeta
 from kvplane._validation import (
     Declaration,
     check_claim,
+    check_flag,
     check_ids,
+    check_metadata,
     check_partition,
+    check_path,
     check_registration,
     check_select,
     check_timeout,
@@ -150,6 +155,31 @@ class GatedDataPlaneClient(DataPlaneClient):
         if partition_id is not None:
             return self._list_keys(check_partition(partition_id))
         return {pid: keys for pid, keys in self._list_keys(None).items() if not is_internal_partition(pid)}
+
+    # ------------------------------------------------------------------ durable state
+    def save_checkpoint(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        *,
+        include_storage: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._save_checkpoint(
+            check_path(checkpoint_dir, "checkpoint_dir"),
+            check_flag(include_storage, "include_storage"),
+            check_metadata(metadata),
+        )
+
+    def load_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> None:
+        self._load_checkpoint(check_path(checkpoint_dir, "checkpoint_dir"))
+
+    def _save_checkpoint(self, path: Path, include_storage: bool, metadata: dict[str, Any]) -> None:
+        """Save to a checked ``path``; ``metadata`` is a JSON-serialisable dict."""
+        raise self._unsupported("save_checkpoint")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Load from a checked ``path`` (all or nothing)."""
+        raise self._unsupported("load_checkpoint")
 
     # ------------------------------------------------------------------ what a backend implements
     @abstractmethod

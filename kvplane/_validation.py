@@ -26,8 +26,11 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -42,8 +45,11 @@ __all__ = [
     "Claim",
     "Declaration",
     "check_claim",
+    "check_flag",
     "check_ids",
+    "check_metadata",
     "check_partition",
+    "check_path",
     "check_registration",
     "check_select",
     "check_tags",
@@ -280,3 +286,33 @@ def to_batch(fields: Any, n: int) -> TensorDict | None:
             )
         columns[name] = value
     return TensorDict(columns, batch_size=[n])
+
+
+def check_path(value: Any, what: str) -> Path:
+    """A file-system path: a non-empty ``str`` or ``os.PathLike``."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise DataPlaneBadRequest(f"{what} must be a non-empty path (str or os.PathLike), got {value!r}")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise DataPlaneBadRequest(f"{what} must be a text path, got {value!r}")
+    return Path(path)
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """A ``bool`` (not a truthy stand-in)."""
+    if not isinstance(value, bool):
+        raise DataPlaneBadRequest(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """User metadata for ``metadata.json``: ``None`` or a JSON-serialisable dict with string keys."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise DataPlaneBadRequest(f"metadata must be a dict with string keys, got {metadata!r}")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise DataPlaneBadRequest(f"metadata must be JSON-serialisable: {e}") from e
+    return dict(metadata)

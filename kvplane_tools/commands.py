@@ -18,6 +18,7 @@ Examples:
     >>> from kvplane_tools.commands import COMMANDS
     >>> main(["bench", "--list"], commands=COMMANDS)
     balance
+    checkpoint
     kv
     loader
     0

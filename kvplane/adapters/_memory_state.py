@@ -1,24 +1,23 @@
-"""The embedded backend's state as a :class:`~kvplane._checkpoint.StoreSnapshot`, and back.
+"""The embedded backend's partitions as a :class:`~kvplane._checkpoint.StoreSnapshot`, and back.
 
-``export_state`` copies the store's structure under its lock (keys, per-key field cells, tags,
-registrations, claim cursors) and builds the column blocks outside it; tensor bytes are not copied:
-a run of keys stored from one put is a view of that put's chunk, and only scattered rows are
-stacked. ``import_state`` builds every partition first and then swaps the whole store in under the
-lock, so a failed import leaves the store exactly as it was. Import **replaces** the store's state
-(partitions absent from the snapshot are dropped), as TransferQueue's ``load_checkpoint`` replaces
-its controller and storage state. Claim cursors continue exactly: a task's claimed keys are not
-handed out again, its unclaimed keys are, in their order.
+``copy_partitions`` copies the store's structure under its lock (keys, per-key field cells, tags,
+registrations, claim cursors); ``export_state`` builds the column blocks outside it without copying
+tensor bytes (a run of keys stored from one put is a view of that put's chunk; only scattered rows
+are stacked). ``import_state`` builds every partition first; the backend then swaps them in under its
+lock, so a failed load leaves the store exactly as it was. Loading **replaces** the store's state, as
+TransferQueue's ``load_checkpoint`` does; claim cursors continue exactly.
 
 Examples:
-    >>> import torch
-    >>> from kvplane.adapters.memory import MemoryDataPlaneClient
-    >>> from kvplane.adapters._memory_state import export_state, import_state
-    >>> a = MemoryDataPlaneClient()
+    >>> import tempfile, torch
+    >>> from kvplane import build_data_plane_client
+    >>> a = build_data_plane_client({"impl": "embedded"})
     >>> _ = a.put_samples(["k0", "k1"], "p", {"x": torch.tensor([1, 2])}, tags=[{"n": 0}, {"n": 1}])
     >>> a.claim_meta("p", "train", ["x"], batch_size=1).sample_ids
     ['k0']
-    >>> b = MemoryDataPlaneClient()
-    >>> import_state(b, export_state(a))
+    >>> ckpt = tempfile.mkdtemp() + "/ckpt"
+    >>> a.save_checkpoint(ckpt, metadata={"step": 1})
+    >>> b = build_data_plane_client({"impl": "embedded"})
+    >>> b.load_checkpoint(ckpt)
     >>> b.claim_meta("p", "train", ["x"], batch_size=1).sample_ids     # k0 stays claimed
     ['k1']
     >>> b.get_samples(["k0"], "p", ["x"])["x"].tolist()
@@ -28,8 +27,9 @@ Examples:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
 import torch
 
 from kvplane._checkpoint import (
@@ -42,9 +42,9 @@ from kvplane._checkpoint import (
     StoreSnapshot,
     TaskState,
 )
-from kvplane.adapters.memory import MemoryDataPlaneClient, _Partition
-from kvplane.codec import OBJECT_KIND, Declaration
-from kvplane.errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest
+from kvplane._tensors import OBJECT_KIND
+from kvplane._validation import Declaration
 
 __all__ = ["export_state", "import_state"]
 
@@ -56,17 +56,16 @@ Cell = tuple  # memory.py's stored cell: ("chunk", tensor, row) | ("row", tensor
 
 
 # ---------------------------------------------------------------------------------------- export
-def export_state(client: MemoryDataPlaneClient) -> StoreSnapshot:
-    """A consistent snapshot of every partition (kvplane's internal ones included).
+def copy_partitions(partitions: Mapping[str, Any]) -> dict[str, _Copied]:
+    """What a snapshot needs of the store's partitions; call it under the store's lock (cheap: cells
+    and stored tensors are immutable, only tag dicts and cursors are copied)."""
+    return {pid: _copy_partition(part) for pid, part in partitions.items()}
 
-    Raises:
-        DataPlaneUnavailable: The client is closed.
-    """
-    with client._changed:
-        client._check_open()
-        # Cells and stored tensors are immutable; tag dicts and cursors are copied here.
-        raw = {pid: _copy_partition(part) for pid, part in client._partitions.items()}
-    return StoreSnapshot({pid: _snapshot_partition(*parts) for pid, parts in raw.items()})
+
+def export_state(copied: Mapping[str, _Copied]) -> StoreSnapshot:
+    """A snapshot of every partition :func:`copy_partitions` copied (kvplane's own included);
+    builds the column blocks outside the store's lock."""
+    return StoreSnapshot({pid: _snapshot_partition(*parts) for pid, parts in copied.items()})
 
 
 _Copied = tuple[
@@ -75,7 +74,7 @@ _Copied = tuple[
 ]  # fmt: skip
 
 
-def _copy_partition(part: _Partition) -> _Copied:
+def _copy_partition(part: Any) -> _Copied:
     """What the snapshot needs of a partition, copied under the store's lock (cells are immutable)."""
     keys = list(part.cells)
     rows = [tuple(part.cells[k].items()) for k in keys]
@@ -179,25 +178,20 @@ def _pack(rows: list[torch.Tensor]) -> Iterator[Block]:
 
 
 # ---------------------------------------------------------------------------------------- import
-def import_state(client: MemoryDataPlaneClient, snapshot: StoreSnapshot) -> None:
-    """Replace the store's whole state with ``snapshot``; on error the store is unchanged.
+def import_state(snapshot: StoreSnapshot, new_partition: Callable[..., Any]) -> dict[str, Any]:
+    """The store's partitions rebuilt from ``snapshot`` (``new_partition(registration=...)`` makes an
+    empty one); the caller swaps them in under its lock, so an error here changes nothing.
 
     Raises:
         DataPlaneBadRequest: The snapshot holds no storage (saved with ``include_storage=False``):
             the embedded backend keeps its data nowhere else, so it cannot be restored from it.
-        DataPlaneUnavailable: The client is closed.
     """
     if not snapshot.storage_saved:
         raise DataPlaneBadRequest(
             "this checkpoint was saved with include_storage=False: it holds no data, and the embedded "
             "backend keeps its data nowhere else; save with include_storage=True"
         )
-    built = {pid: _build(part) for pid, part in snapshot.partitions.items()}
-    with client._changed:
-        client._check_open()
-        client._partitions.clear()
-        client._partitions.update(built)
-        client._changed.notify_all()
+    return {pid: _build(part, new_partition) for pid, part in snapshot.partitions.items()}
 
 
 def _cells(block: Block) -> Iterator[Cell]:
@@ -213,8 +207,8 @@ def _cells(block: Block) -> Iterator[Cell]:
             yield ("obj", value)
 
 
-def _build(snap: PartitionSnapshot) -> _Partition:
-    part = _Partition(registration=snap.registration)
+def _build(snap: PartitionSnapshot, new_partition: Callable[..., Any]) -> Any:
+    part = new_partition(registration=snap.registration)
     part.kinds = {name: column.kind for name, column in snap.fields.items()}
     streams = {name: (c for b in column.blocks for c in _cells(b)) for name, column in snap.fields.items()}
     holders = dict.fromkeys(snap.fields, 0)

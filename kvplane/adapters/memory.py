@@ -26,24 +26,30 @@ Examples:
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import torch
 from tensordict import TensorDict, is_non_tensor
 
+from kvplane._checkpoint import StoreSnapshot, read_checkpoint, write_checkpoint
 from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
 from kvplane._gated import GatedDataPlaneClient
 from kvplane._meta import DataPlaneCapabilities, KVBatchMeta
 from kvplane._tensors import field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
+from kvplane.adapters._memory_state import copy_partitions, export_state, import_state
 
 __all__ = ["MemoryDataPlaneClient"]
+
+logger = logging.getLogger(__name__)
 
 # A stored cell: ("chunk", tensor, row) — a row of an immutable column chunk;
 # ("row", tensor) — a standalone row (from a jagged column); ("obj", value) — a Python object.
@@ -336,6 +342,34 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                 for name in names
                 if name in self._partitions
             }
+
+    # ------------------------------------------------------------------ durable state
+    def _save_checkpoint(self, path: Path, include_storage: bool, metadata: dict[str, Any]) -> None:
+        if not include_storage:
+            logger.warning(
+                "include_storage=False has no effect on the embedded backend: its data lives nowhere "
+                "else and would be lost on restart; saving the storage too"
+            )
+        write_checkpoint(path, self._snapshot(), include_storage=True, metadata=metadata)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        self._restore(read_checkpoint(path))
+
+    def _snapshot(self) -> StoreSnapshot:
+        """Every partition (kvplane's own included) as one consistent snapshot."""
+        with self._changed:
+            self._check_open()
+            copied = copy_partitions(self._partitions)
+        return export_state(copied)
+
+    def _restore(self, snapshot: StoreSnapshot) -> None:
+        """Replace the whole state with ``snapshot``'s, all or nothing."""
+        built = import_state(snapshot, _Partition)
+        with self._changed:
+            self._check_open()
+            self._partitions.clear()
+            self._partitions.update(built)
+            self._changed.notify_all()
 
     def get_capabilities(self) -> DataPlaneCapabilities:
         # Puts are validated whole and applied under one lock; clears are done when they return.

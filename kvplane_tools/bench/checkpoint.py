@@ -1,9 +1,9 @@
 """Checkpoint speed on the embedded backend, against plain file I/O of the same bytes in the same run.
 
-- ``save``: ``write_checkpoint(export_state(store))`` of a store holding ``mib`` MiB into a new
+- ``save``: ``client.save_checkpoint(dir)`` of a store holding ``mib`` MiB into a new
   directory, against writing the same bytes to a new file and fsyncing it (a checkpoint is fsynced
   too); the unsynced write, and a save replacing the previous checkpoint, are reported beside it.
-- ``load``: ``import_state(fresh, read_checkpoint(dir))`` against reading the plain file back into
+- ``load``: ``fresh.load_checkpoint(dir)`` against reading the plain file back into
   memory.
 - ``restore_keys``: seconds to restore a store of ``keys`` small tagged samples.
 """
@@ -19,18 +19,20 @@ from typing import Any
 
 import torch
 
-from kvplane._checkpoint import read_checkpoint, write_checkpoint
-from kvplane.adapters._memory_state import export_state, import_state
-from kvplane.adapters.memory import MemoryDataPlaneClient
+from kvplane import DataPlaneClient, build_data_plane_client
 from kvplane_tools.bench.stats import measure, ratio
 
 __all__ = ["run"]
 
+
+def _fresh() -> DataPlaneClient:
+    return build_data_plane_client({"impl": "embedded"})
+
 _ROW = 64 << 10  # float32 elements per key: 256 KiB
 
 
-def _big_store(mib: int) -> tuple[MemoryDataPlaneClient, list[torch.Tensor]]:
-    client = MemoryDataPlaneClient()
+def _big_store(mib: int) -> tuple[DataPlaneClient, list[torch.Tensor]]:
+    client = _fresh()
     keys_per_put = 512
     columns = []
     for put in range(max(1, mib * 4 // keys_per_put)):
@@ -70,11 +72,11 @@ def bench_bytes(root: Path, mib: int, repeats: int) -> dict[str, Any]:
     fresh = {"repeats": repeats, "setup": lambda: _remove(plain, ck)}  # every write makes new files
     write_sync = measure(lambda: _plain_write(plain, columns, True), **fresh)
     write = measure(lambda: _plain_write(plain, columns, False), **fresh)
-    save = measure(lambda: write_checkpoint(ck, export_state(client)), **fresh)
-    overwrite = measure(lambda: write_checkpoint(ck, export_state(client)), repeats=repeats)
+    save = measure(lambda: client.save_checkpoint(ck), **fresh)
+    overwrite = measure(lambda: client.save_checkpoint(ck), repeats=repeats)
     _plain_write(plain, columns, True)
     read = measure(lambda: _plain_read(plain, columns), repeats=repeats)
-    load = measure(lambda: import_state(MemoryDataPlaneClient(), read_checkpoint(ck)), repeats=repeats)
+    load = measure(lambda: _fresh().load_checkpoint(ck), repeats=repeats)
     timings = {"plain_write_fsync": write_sync, "plain_write": write, "plain_read": read, "save": save,
                "save_over_previous": overwrite, "load": load}  # fmt: skip
     return {
@@ -87,15 +89,15 @@ def bench_bytes(root: Path, mib: int, repeats: int) -> dict[str, Any]:
 
 
 def bench_restore_keys(root: Path, n: int, repeats: int) -> dict[str, Any]:
-    client = MemoryDataPlaneClient()
+    client = _fresh()
     for start in range(0, n, 1000):
         keys = [f"t{i:07d}" for i in range(start, min(n, start + 1000))]
         tags = [{"group_id": f"g{i // 8}", "weight_version": 1, "seq_len": 8} for i in range(len(keys))]
         client.put_samples(keys, "small", {"ids": torch.zeros(len(keys), 8, dtype=torch.int64)}, tags=tags)
     client.claim_meta("small", "train", ["ids"], batch_size=n // 2)
     ck = root / "keys"
-    save = measure(lambda: write_checkpoint(ck, export_state(client)), repeats=repeats)
-    restore = measure(lambda: import_state(MemoryDataPlaneClient(), read_checkpoint(ck)), repeats=repeats)
+    save = measure(lambda: client.save_checkpoint(ck), repeats=repeats)
+    restore = measure(lambda: _fresh().load_checkpoint(ck), repeats=repeats)
     return {"keys": n, "save_s": round(save["median"], 3), "restore_s": round(restore["median"], 3)}
 
 

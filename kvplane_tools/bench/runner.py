@@ -40,7 +40,7 @@ def selected_suites(requested: list[str] | None) -> list[str]:
 
     Examples:
         >>> selected_suites(["kv,balance", "kv"]), selected_suites(None)
-        (['kv', 'balance'], ['balance', 'kv', 'loader'])
+        (['kv', 'balance'], ['balance', 'checkpoint', 'kv', 'loader'])
     """
     available = sorted(SUITES)
     if not requested:

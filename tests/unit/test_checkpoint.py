@@ -15,24 +15,23 @@ import pytest
 import torch
 
 from kvplane._checkpoint import (
-    DenseRows,
-    FieldColumn,
-    PartitionSnapshot,
-    RaggedRows,
-    StoreSnapshot,
     INDEX_FILE,
     MANIFEST_FILE,
     METADATA_FILE,
     OBJECTS_FILE,
     STATE_FILE,
     TENSORS_FILE,
+    DenseRows,
+    FieldColumn,
+    PartitionSnapshot,
+    RaggedRows,
+    StoreSnapshot,
     read_checkpoint,
     write_checkpoint,
 )
-from kvplane.adapters._memory_state import export_state, import_state
+from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneUnavailable, DataPlaneWriteError
+from kvplane._validation import Declaration
 from kvplane.adapters.memory import MemoryDataPlaneClient
-from kvplane.codec import Declaration
-from kvplane.errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneUnavailable, DataPlaneWriteError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,9 +104,9 @@ def _assert_same_contents(a: dict, b: dict) -> None:
 
 
 def _restore(src: MemoryDataPlaneClient, path: Path, **kw) -> MemoryDataPlaneClient:
-    write_checkpoint(path, export_state(src), **kw)
+    write_checkpoint(path, src._snapshot(), **kw)
     fresh = MemoryDataPlaneClient()
-    import_state(fresh, read_checkpoint(path))
+    fresh._restore(read_checkpoint(path))
     return fresh
 
 
@@ -164,7 +163,7 @@ def test_shapes_ragged_objects_tags_layouts_round_trip(tmp_path, client):
     restored = _restore(client, tmp_path / "ck")
     _assert_same_contents(before, _contents(restored, parts))
     assert list(restored.get_samples(["z0"], "q", None).keys()) == ["scalar", "ids"]
-    blocks = export_state(client).partitions["p"].fields["x"].blocks
+    blocks = client._snapshot().partitions["p"].fields["x"].blocks
     chunk = client._partitions["p"].cells["b4"]["x"][1]
     assert [len(b) for b in blocks] == [4, 60, 21]  # b0-b3 stacked | b4-b63 | s0-s19 (no s5), t0, t1 stacked
     assert blocks[1].data.data_ptr() == chunk[4].data_ptr()  # the big run is a view, not a copy
@@ -197,21 +196,21 @@ def test_registrations_and_claims_continue_exactly_once(tmp_path, client):
 
 def test_user_metadata_kept_as_transfer_queue_does(tmp_path, client):
     client.put_samples(["a"], "p", {"x": torch.ones(1)})
-    write_checkpoint(tmp_path / "ck", export_state(client), metadata={"step": 10, "time_stamp": 1.5})
+    write_checkpoint(tmp_path / "ck", client._snapshot(), metadata={"step": 10, "time_stamp": 1.5})
     assert json.loads((tmp_path / "ck" / METADATA_FILE).read_text()) == {
         "storage_saved": True,
         "user_metadata": {"step": 10, "time_stamp": 1.5},
     }
     assert read_checkpoint(tmp_path / "ck").metadata == {"step": 10, "time_stamp": 1.5}
     with pytest.raises(DataPlaneBadRequest, match="JSON"):
-        write_checkpoint(tmp_path / "bad", export_state(client), metadata={"x": object()})
+        write_checkpoint(tmp_path / "bad", client._snapshot(), metadata={"x": object()})
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
 
 
 def test_metadata_only_checkpoint(tmp_path, client):
     client.put_samples(["a", "b"], "p", {"x": torch.ones(2), "o": ["s", "t"]}, tags=[{"n": 1}, {"n": 2}])
     client.claim_meta("p", "train", ["x"], batch_size=1)
-    write_checkpoint(tmp_path / "ck", export_state(client), include_storage=False, metadata={"m": 1})
+    write_checkpoint(tmp_path / "ck", client._snapshot(), include_storage=False, metadata={"m": 1})
     assert sorted(os.listdir(tmp_path / "ck")) == sorted([
         MANIFEST_FILE, METADATA_FILE, STATE_FILE, INDEX_FILE
     ])
@@ -224,13 +223,13 @@ def test_metadata_only_checkpoint(tmp_path, client):
     target = MemoryDataPlaneClient()
     target.put_samples(["keep"], "other", {"y": torch.zeros(1)})
     with pytest.raises(DataPlaneBadRequest, match="include_storage=False"):
-        import_state(target, snap)
+        target._restore(snap)
     assert target.list_keys() == {"other": {"keep": {}}}
 
 
 def test_read_without_storage_skips_the_columns(tmp_path, client):
     client.put_samples(["a"], "p", {"x": torch.ones(1)}, tags=[{"n": 1}])
-    write_checkpoint(tmp_path / "ck", export_state(client))
+    write_checkpoint(tmp_path / "ck", client._snapshot())
     (tmp_path / "ck" / TENSORS_FILE).write_bytes(b"garbage")  # not read
     snap = read_checkpoint(tmp_path / "ck", storage=False)
     assert snap.storage_saved and snap.partitions["p"].tags == [{"n": 1}]
@@ -242,8 +241,8 @@ def test_import_replaces_a_non_empty_store(tmp_path, client):
     target = MemoryDataPlaneClient()
     target.put_samples(["a", "z"], "p", {"x": torch.zeros(2)})
     target.put_samples(["y"], "gone", {"x": torch.zeros(1)})
-    write_checkpoint(tmp_path / "ck", export_state(client))
-    import_state(target, read_checkpoint(tmp_path / "ck"))
+    write_checkpoint(tmp_path / "ck", client._snapshot())
+    target._restore(read_checkpoint(tmp_path / "ck"))
     assert target.list_keys() == {"p": {"a": {}}}
     assert target.get_samples(["a"], "p", ["x"])["x"].tolist() == [1.0]
 
@@ -252,13 +251,13 @@ def test_import_wakes_a_blocked_claim(tmp_path, client):
     import threading
 
     client.put_samples(["a"], "p", {"x": torch.ones(1)})
-    write_checkpoint(tmp_path / "ck", export_state(client))
+    write_checkpoint(tmp_path / "ck", client._snapshot())
     target = MemoryDataPlaneClient()
     got = []
     claim = lambda: got.append(target.claim_meta("p", "t", ["x"], 1, timeout_s=600))  # noqa: E731
     waiter = threading.Thread(target=claim, daemon=True)  # without a wake-up it would sleep 600 s
     waiter.start()
-    import_state(target, read_checkpoint(tmp_path / "ck"))
+    target._restore(read_checkpoint(tmp_path / "ck"))
     waiter.join(timeout=60)
     assert [m.sample_ids for m in got] == [["a"]]
 
@@ -268,7 +267,7 @@ def test_tensors_file_is_standard_safetensors(tmp_path, client):
 
     x = _random(torch.bfloat16, 70, 600)
     client.put_samples([f"k{i}" for i in range(70)], "p", {"x": x, "f8": _random(torch.float8_e5m2, 70, 3)})
-    write_checkpoint(tmp_path / "ck", export_state(client))
+    write_checkpoint(tmp_path / "ck", client._snapshot())
     with safe_open(str(tmp_path / "ck" / TENSORS_FILE), framework="pt") as f:
         found = {f.get_tensor(name).dtype: f.get_tensor(name) for name in f.keys()}
     assert _raw(found[torch.bfloat16]) == _raw(x)
@@ -276,12 +275,12 @@ def test_tensors_file_is_standard_safetensors(tmp_path, client):
 
 def test_closed_client_is_unavailable(tmp_path):
     c = MemoryDataPlaneClient()
-    snap = export_state(c)
+    snap = c._snapshot()
     c.close()
     with pytest.raises(DataPlaneUnavailable):
-        export_state(c)
+        c._snapshot()
     with pytest.raises(DataPlaneUnavailable):
-        import_state(c, snap)
+        c._restore(snap)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -289,7 +288,7 @@ def test_closed_client_is_unavailable(tmp_path):
 def saved(tmp_path, client):
     client.put_samples(["a", "b"], "p", {"x": torch.randn(2, 50), "o": ["u", "v"]}, tags=[{"n": 1}, {}])
     client.claim_meta("p", "t", ["x"], batch_size=1)
-    write_checkpoint(tmp_path / "ck", export_state(client), metadata={"step": 3})
+    write_checkpoint(tmp_path / "ck", client._snapshot(), metadata={"step": 3})
     return tmp_path / "ck"
 
 
@@ -300,7 +299,7 @@ def _store_with_data() -> tuple[MemoryDataPlaneClient, dict]:
 
 
 def _load(path: Path, target: MemoryDataPlaneClient) -> None:
-    import_state(target, read_checkpoint(path))
+    target._restore(read_checkpoint(path))
 
 
 ALL_FILES = [MANIFEST_FILE, METADATA_FILE, STATE_FILE, INDEX_FILE, OBJECTS_FILE, TENSORS_FILE]
@@ -362,7 +361,7 @@ def test_an_inconsistent_snapshot_leaves_the_store(saved):
     snap.partitions["p"].fields["x"].blocks[0].data = snap.partitions["p"].fields["x"].blocks[0].data[:1]
     target, before = _store_with_data()
     with pytest.raises(DataPlaneBadRequest, match="fewer rows"):
-        import_state(target, snap)
+        target._restore(snap)
     _assert_same_contents(before, _contents(target, ["other"]))
 
 
@@ -370,21 +369,21 @@ def test_an_inconsistent_snapshot_leaves_the_store(saved):
 def test_interrupted_replacement_reads_the_previous_checkpoint(tmp_path, client):
     ck = tmp_path / "ck"
     client.put_samples(["a"], "p", {"x": torch.ones(1)})
-    write_checkpoint(ck, export_state(client), metadata={"gen": 1})
+    write_checkpoint(ck, client._snapshot(), metadata={"gen": 1})
     ck.rename(tmp_path / "ck.old")  # a save died between its two renames
     assert read_checkpoint(ck).metadata == {"gen": 1}
     ck.mkdir()  # ... or left an unfinished directory in place
     (ck / METADATA_FILE).write_text("{}")
     assert read_checkpoint(ck).metadata == {"gen": 1}
     with pytest.raises(DataPlaneBadRequest, match="not a kvplane checkpoint"):  # never deletes foreign data
-        write_checkpoint(ck, export_state(client), metadata={"gen": 2})
+        write_checkpoint(ck, client._snapshot(), metadata={"gen": 2})
     (ck / METADATA_FILE).unlink()
-    write_checkpoint(ck, export_state(client), metadata={"gen": 2})  # the next save cleans up
+    write_checkpoint(ck, client._snapshot(), metadata={"gen": 2})  # the next save cleans up
     assert read_checkpoint(ck).metadata == {"gen": 2}
     assert sorted(os.listdir(tmp_path)) == ["ck"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(DataPlaneBadRequest, match="not a directory"):
-        write_checkpoint(tmp_path / "file", export_state(client))
+        write_checkpoint(tmp_path / "file", client._snapshot())
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, client, monkeypatch):
@@ -392,7 +391,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, client, monkeypat
 
     ck = tmp_path / "ck"
     client.put_samples(["a"], "p", {"x": torch.ones(1)})
-    write_checkpoint(ck, export_state(client), metadata={"gen": 1})
+    write_checkpoint(ck, client._snapshot(), metadata={"gen": 1})
     real = ckpt._write_file
 
     def failing(path, chunks):
@@ -402,7 +401,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, client, monkeypat
 
     monkeypatch.setattr(ckpt, "_write_file", failing)
     with pytest.raises(DataPlaneWriteError, match="No space left"):
-        write_checkpoint(ck, export_state(client), metadata={"gen": 2})
+        write_checkpoint(ck, client._snapshot(), metadata={"gen": 2})
     assert read_checkpoint(ck).metadata == {"gen": 1}
     assert sorted(os.listdir(tmp_path)) == ["ck"]
 
@@ -411,7 +410,6 @@ _SAVER = textwrap.dedent(
     """
     import sys, torch
     from kvplane._checkpoint import write_checkpoint
-    from kvplane.adapters._memory_state import export_state
     from kvplane.adapters.memory import MemoryDataPlaneClient
 
     gen = 0
@@ -421,7 +419,7 @@ _SAVER = textwrap.dedent(
         n = 50 + gen % 7
         c.put_samples([f"k{i}" for i in range(n)], "p", {"x": torch.full((n, 20000), float(gen)),
                       "o": [gen] * n}, tags=[{"gen": gen}] * n)
-        write_checkpoint(sys.argv[1], export_state(c), metadata={"gen": gen})
+        write_checkpoint(sys.argv[1], c._snapshot(), metadata={"gen": gen})
         print(gen, flush=True)
     """
 )

@@ -324,7 +324,7 @@ def _tools(capsys, argv):
 
 
 def test_the_suites_are_one_explicit_registry():
-    assert sorted(SUITES) == ["balance", "kv", "loader"]
+    assert sorted(SUITES) == ["balance", "checkpoint", "kv", "loader"]
     assert all(module.startswith("kvplane_tools.bench.") for module in SUITES.values())
 
 
@@ -483,7 +483,7 @@ def test_installed_commands_come_from_the_entry_points(capsys, monkeypatch):
     monkeypatch.setattr(kvplane.cli.importlib.metadata, "entry_points", in_group)
     assert kvplane.cli.installed_commands() == COMMANDS
     code, out, _ = _run(capsys, ["bench", "--list"])  # the installed `kvplane` script's path
-    assert (code, out.split()) == (0, ["balance", "kv", "loader"])
+    assert (code, out.split()) == (0, ["balance", "checkpoint", "kv", "loader"])
 
 
 def test_an_unloadable_entry_point_fails_only_its_own_command(capsys, monkeypatch):
@@ -527,7 +527,7 @@ def test_python_dash_m_kvplane_tools_works_without_an_install():
         cwd=ROOT,
     )
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.split() == ["balance", "kv", "loader"]
+    assert listed.stdout.split() == ["balance", "checkpoint", "kv", "loader"]
     usage = subprocess.run(
         [sys.executable, "-m", "kvplane_tools", "bench", "--bogus"],
         capture_output=True,
