@@ -66,7 +66,9 @@ def claim_timeout(
 
     Examples:
         >>> print(claim_timeout("p", "train", 8, 0.5, exists=False, registration=None))
-        claim_meta(partition='p', task='train', batch_size=8): no batch became ready within 0.5s: partition 'p' was never registered and holds no samples; write samples to it, or call register_partition('p', fields, num_samples=N, consumer_tasks=['train']) first
+        claim_meta(partition='p', task='train', batch_size=8): no batch became ready within 0.5s:
+        partition 'p' was never registered and holds no samples; write samples to it, or call
+        register_partition('p', fields, num_samples=N, consumer_tasks=['train']) first
     """
     head = f"claim_meta(partition={partition_id!r}, task={task_name!r}, batch_size={batch_size}): "
     head += f"no batch became ready within {timeout_s:g}s"

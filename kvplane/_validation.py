@@ -310,7 +310,7 @@ def _column_from_list(name: str, values: Sequence[Any]) -> torch.Tensor | NonTen
             _check_storable(name, row, "has rows")
         devices = {str(v.device) for v in values}
         if len(devices) > 1:
-            raise DataPlaneBadRequest(f"field {name!r} has rows on several devices {sorted(devices)}; use one")
+            raise DataPlaneBadRequest(f"field {name!r} has rows on devices {sorted(devices)}; use one")
         dtypes = {v.dtype for v in values}
         if len(dtypes) > 1:
             raise DataPlaneBadRequest(
