@@ -221,6 +221,17 @@ def write_group(
     return dataclasses.replace(committed, fields=written.fields)
 
 
+def _forget(client: DataPlaneClient, partition_id: str, group_ids: list[str]) -> None:
+    """Drop evicted groups' first sightings: a group written again under the same id is new."""
+    with _first_seen_lock:
+        try:
+            seen = _first_seen.get(client, {}).get(partition_id, {})
+        except TypeError:  # not weakly referenceable: nothing was recorded
+            return
+        for gid in group_ids:
+            seen.pop(gid, None)
+
+
 def _state(
     group: DataPlaneGroupMeta,
     current: int,
@@ -329,6 +340,7 @@ def evict_stale(
     doomed = [g for s, g in states if s in (_STALE, _ABANDONED)]
     if doomed:
         client.evict(keys_of(doomed), partition_id)
+        _forget(client, partition_id, [g.group_id for g in doomed])
         logger.info("evicted %d group(s) (%d keys) from %r", len(doomed), len(keys_of(doomed)), partition_id)
     return doomed
 
