@@ -46,7 +46,7 @@ import torch
 from tensordict import TensorDict, is_non_tensor
 
 from kvplane._gated import GatedDataPlaneClient, claim_timeout
-from kvplane._tags import copy_tags
+from kvplane._tags import SCALARS, copy_tags
 from kvplane._tensors import field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
 from kvplane.errors import (
@@ -109,6 +109,7 @@ class _Partition:
     registration: Declaration | None = None
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # key -> field -> cell (insertion order)
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nested: set[str] = field(default_factory=set)  # keys whose tags hold a non-scalar (copied deeply)
     kinds: dict[str, str] = field(default_factory=dict)  # field -> dtype fixed by its first write
     # task -> unclaimed keys in write order. An OrderedDict: claims delete from the front, and a plain
     # dict's iteration would walk every deleted slot before the first live one (quadratic over a stream).
@@ -191,7 +192,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
     def _part_meta(
         self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
-        return self._meta(partition_id, task, keys, fields, [copy_tags(part.tags[k]) for k in keys])
+        return self._meta(partition_id, task, keys, fields, [_tags_of(part, k) for k in keys])
 
     @staticmethod
     def _held_by_all(part: _Partition, keys: list[str]) -> list[str] | None:
@@ -346,7 +347,10 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                         else ("row" if form == "rows" else "obj", data[i])
                     )
                 if tag_list is not None:  # replaced, never edited: listings copy outside the lock
-                    part.tags[key] = {**part.tags[key], **tag_list[i]}
+                    tag = tag_list[i]
+                    part.tags[key] = {**part.tags[key], **tag}
+                    if any(type(v) not in SCALARS for v in tag.values()):
+                        part.nested.add(key)
             meta = self._part_meta(part, partition_id, None, keys, self._held_by_all(part, keys))
             self._changed.notify_all()
         return meta
@@ -389,6 +393,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                             part.holders[name] -= 1
                             _release(cell)
                         part.tags.pop(key, None)
+                        part.nested.discard(key)
                         for queue in part.unclaimed.values():
                             queue.pop(key, None)
             self._changed.notify_all()
@@ -410,9 +415,14 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             # A snapshot of references: stored tag dicts are replaced, never edited, so they can be
             # copied after the lock is released and a long listing does not stall other calls.
             snapshot = {
-                name: list(self._partitions[name].tags.items()) for name in names if name in self._partitions
+                name: (dict(part.tags), set(part.nested))
+                for name in names
+                if (part := self._partitions.get(name)) is not None
             }
-        return {name: {k: copy_tags(t) for k, t in items} for name, items in snapshot.items()}
+        return {
+            name: {k: copy_tags(t) if k in nested else dict(t) for k, t in tags.items()}
+            for name, (tags, nested) in snapshot.items()
+        }
 
     def retained_nbytes(self) -> int:
         """Bytes of tensor storage the store keeps alive (each distinct storage counted once).
@@ -448,6 +458,12 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             self._closed = True
             self._partitions.clear()
             self._changed.notify_all()
+
+
+def _tags_of(part: _Partition, key: str) -> dict[str, Any]:
+    """A copy of ``key``'s tags that shares nothing mutable with the store (call with the lock held)."""
+    tag = part.tags[key]
+    return copy_tags(tag) if key in part.nested else dict(tag)
 
 
 def _count_ready(part: _Partition, task: str, required: list[str]) -> int:
