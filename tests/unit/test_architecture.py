@@ -47,7 +47,7 @@ def test_kvplane_never_imports_loaders():
 
 
 def test_contract_leaves_import_nothing_else_of_kvplane():
-    leaves = ("errors", "meta", "config", "groups", "_tensors", "_validation", "client", "_gated")
+    leaves = ("errors", "meta", "config", "groups", "_tags", "_tensors", "_validation", "client", "_gated")
     allowed = {f"kvplane.{leaf}" for leaf in leaves}
     allowed.add("kvplane.examples")  # the packaged example configs' names (it imports only kvplane.errors)
     for leaf in leaves:
