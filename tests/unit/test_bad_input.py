@@ -418,12 +418,12 @@ def test_an_object_value_that_cannot_be_copied_is_a_typed_error_and_stores_nothi
 
 def test_stored_tags_are_the_stores_own(client, pid):
     history = [1, 2]
-    tags = {"history": history, "meta": {"a": {"b": [3]}}, "pair": (1, [2])}
+    tags = {"history": history, "meta": {"a": {"b": [3]}}, "pair": [1, [2]]}  # TransferQueue: no tuples
     client.put_samples(["k"], pid, None, tags=[tags])
     history.append("writer's later edit")
     tags["meta"]["a"]["b"].append(4)
     listed = client.list_keys(pid)[pid]["k"]
-    assert listed == {"history": [1, 2], "meta": {"a": {"b": [3]}}, "pair": (1, [2])}
+    assert listed == {"history": [1, 2], "meta": {"a": {"b": [3]}}, "pair": [1, [2]]}
     listed["history"].append("edit of a listing")
     listed["pair"][1].append("edit of a listing")
     client.register_partition(pid, ["x"], None, [])
