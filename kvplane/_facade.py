@@ -1,8 +1,10 @@
 """The ``kv_*`` facade: TransferQueue's KV signatures, kvplane's strict semantics.
 
 A process has one default client. :func:`init` builds it from a config (``None`` → the embedded
-memory backend); any ``kv_*`` call before ``init`` initialises the embedded default; :func:`close`
-closes it (idempotent). Migrating from ``transfer_queue.kv_*`` is a change of import: the calls and
+memory backend). A ``kv_*`` call (or :func:`get_client`) before any ``init`` initialises the embedded
+default, logged once at INFO; after :func:`close` (idempotent) it raises
+:class:`~kvplane.DataPlaneNotReady` until ``init`` is called again: a closed kvplane never silently
+becomes a fresh, empty store. Migrating from ``transfer_queue.kv_*`` is a change of import: the calls and
 arguments are the same, but a missing key or field raises :class:`~kvplane.DataPlaneKeyError`
 instead of returning fewer rows, and a bad write is rejected whole instead of leaving ghost keys.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import socket
 import threading
@@ -75,9 +78,13 @@ __all__ = [
     "save_checkpoint",
 ]
 
+logger = logging.getLogger(__name__)
+
 _lock = threading.Lock()
 _default: DataPlaneClient | None = None
 _default_config: DataPlaneConfig | None = None
+_closed = False  # close() was called and no init() since: kv_* calls raise instead of auto-initialising
+_auto_logged = False
 
 
 def init(config: DataPlaneConfig | Mapping[str, Any] | str | None = None) -> DataPlaneClient:
@@ -93,9 +100,10 @@ def init(config: DataPlaneConfig | Mapping[str, Any] | str | None = None) -> Dat
         DataPlaneBadRequest: The config is invalid, or a default client with a different config
             exists (``close()`` it first).
     """
-    global _default, _default_config
+    global _default, _default_config, _closed
     cfg = DataPlaneConfig.load(config)
     with _lock:
+        _closed = False
         if _default is not None:
             if cfg == _default_config:
                 return _default
@@ -108,18 +116,50 @@ def init(config: DataPlaneConfig | Mapping[str, Any] | str | None = None) -> Dat
 
 
 def close() -> None:
-    """Close the process-default client (idempotent). A later ``kv_*`` call starts a fresh default."""
-    global _default, _default_config
+    """Close the process-default client (idempotent). Later ``kv_*`` calls raise until :func:`init`.
+
+    Examples:
+        >>> import kvplane
+        >>> kvplane.close()
+        >>> kvplane.kv_list()
+        Traceback (most recent call last):
+        ...
+        kvplane._errors.DataPlaneNotReady: kvplane was closed; call kvplane.init() ...
+        >>> _ = kvplane.init(); kvplane.kv_list()
+        {}
+        >>> kvplane.close()
+    """
+    global _default, _default_config, _closed
     with _lock:
+        _closed = True
         client, _default, _default_config = _default, None, None
     if client is not None:
         client.close()
 
 
 def get_client() -> DataPlaneClient:
-    """The process-default client, initialising the embedded backend if there is none."""
+    """The process-default client; before any :func:`init`, the embedded backend is initialised.
+
+    Raises:
+        DataPlaneNotReady: :func:`close` was called and :func:`init` not since.
+    """
+    global _default, _default_config, _auto_logged
     client = _default
-    return client if client is not None else init(None)
+    if client is not None:
+        return client
+    with _lock:
+        if _closed:
+            raise DataPlaneNotReady(
+                "kvplane was closed; call kvplane.init() (or kvplane.init(config)) "
+                "before using the kv_* functions again"
+            )
+        if _default is None:
+            _default_config = DataPlaneConfig.load(None)
+            _default = build_data_plane_client(_default_config)
+            if not _auto_logged:
+                _auto_logged = True
+                logger.info("no kvplane.init() before the first kv_* call: using the embedded store")
+        return _default
 
 
 def _single_row(fields: Any) -> TensorDict | None:
@@ -199,6 +239,7 @@ def kv_batch_put(
 
     Examples:
         >>> import kvplane
+        >>> _ = kvplane.init()
         >>> def load(batch):
         ...     batch["text"] = [t.upper() for t in batch["text"]]
         ...     return batch

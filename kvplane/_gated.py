@@ -30,7 +30,7 @@ from typing import Any
 from tensordict import TensorDict
 
 from kvplane._client import DataPlaneClient, FieldsLike, TagsLike
-from kvplane._errors import DataPlaneBadRequest
+from kvplane._errors import DataPlaneBadRequest, DataPlaneTimeout
 from kvplane._groups import sequence_lengths
 from kvplane._meta import KVBatchMeta
 from kvplane._validation import (
@@ -48,9 +48,57 @@ from kvplane._validation import (
     is_internal_partition,
 )
 
-__all__ = ["GatedDataPlaneClient"]
+__all__ = ["GatedDataPlaneClient", "claim_timeout"]
 
 Listing = dict[str, dict[str, dict[str, Any]]]
+
+
+def claim_timeout(
+    partition_id: str,
+    task_name: str,
+    batch_size: int,
+    timeout_s: float,
+    *,
+    exists: bool | None,
+    registration: Any,
+    ready: int | None = None,
+) -> DataPlaneTimeout:
+    """The error a claim raises at its deadline, saying why no batch came and how to fix it.
+
+    ``exists`` is ``None`` when the backend cannot tell; ``registration`` is the partition's
+    declaration (anything with ``num_samples``) or ``None``; ``ready`` counts the unclaimed samples
+    that hold the required fields, when known.
+
+    Examples:
+        >>> print(claim_timeout("p", "train", 8, 0.5, exists=False, registration=None))
+        claim_meta(partition='p', task='train', batch_size=8): no batch became ready within 0.5s:
+        partition 'p' was never registered and holds no samples; write samples to it, or call
+        register_partition('p', fields, num_samples=N, consumer_tasks=['train']) first
+    """
+    head = f"claim_meta(partition={partition_id!r}, task={task_name!r}, batch_size={batch_size}): "
+    head += f"no batch became ready within {timeout_s:g}s"
+    have = "" if ready is None else f" ({ready} ready sample(s) waiting)"
+    fix = f"register_partition({partition_id!r}, fields, num_samples=N, consumer_tasks=[{task_name!r}])"
+    if registration is None and not exists:
+        why = (
+            f"partition {partition_id!r} was never registered"
+            + (" and holds no samples; write samples to it, or call " if exists is False else "; call ")
+            + f"{fix} first"
+        )
+    elif registration is None:
+        why = (
+            f"partition {partition_id!r} was never registered, so claims wait for full batches of "
+            f"{batch_size}{have}; call {fix} so the last batch may be short, or claim fewer"
+        )
+    elif getattr(registration, "num_samples", None) is None:
+        why = (
+            f"partition {partition_id!r} is registered without num_samples, so claims wait for full "
+            f"batches of {batch_size}{have}; register it again with num_samples=N (the stream's total) "
+            "so the last batch may be short, or claim fewer"
+        )
+    else:
+        why = f"too few samples hold the required fields yet{have}; wait longer or check the producers"
+    return DataPlaneTimeout(f"{head}: {why}")
 
 
 class GatedDataPlaneClient(DataPlaneClient):

@@ -141,6 +141,24 @@ class KVBatchMeta:
         *,
         keys: Sequence[str] | None = None,
     ) -> None:
+        try:
+            self._init(partition_id, task_name, sample_ids, fields, sequence_lengths, extra_info, tags, keys)
+        except DataPlaneBadRequest:
+            raise
+        except (TypeError, ValueError, RuntimeError) as exc:  # a value of the wrong type (no len(), ...)
+            raise DataPlaneBadRequest(f"KVBatchMeta: invalid argument: {exc}") from exc
+
+    def _init(
+        self,
+        partition_id: Any,
+        task_name: Any,
+        sample_ids: Any,
+        fields: Any,
+        sequence_lengths: Any,
+        extra_info: Any,
+        tags: Any,
+        keys: Any,
+    ) -> None:
         if keys is not None and sample_ids is not None:
             raise DataPlaneBadRequest("KVBatchMeta: pass keys or sample_ids, not both (they are one field)")
         transfer_queue_form = sample_ids is None

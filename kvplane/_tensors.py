@@ -39,9 +39,12 @@ def make_object_column(values: Sequence[Any]) -> NonTensorStack:
 
 
 def field_kind(value: Any) -> str:
-    """The dtype a column must keep within a partition: ``"torch.float32"``…, or ``"object"``."""
+    """What a column must keep within a partition: its dtype, and its device when that is not the CPU.
+
+    ``"torch.float32"``, ``"torch.float32 on cuda:0"``…, or ``"object"``.
+    """
     if isinstance(value, torch.Tensor):
-        return str(value.dtype)
+        return str(value.dtype) if value.device.type == "cpu" else f"{value.dtype} on {value.device}"
     return OBJECT_KIND
 
 

@@ -26,9 +26,11 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,11 +39,13 @@ import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase, is_non_tensor
 
 from kvplane._errors import DataPlaneBadRequest
+from kvplane._tags import copy_value
 from kvplane._tensors import make_object_column, stack_rows
 
 __all__ = [
     "BACKEND_OWNER",
     "INTERNAL_PREFIX",
+    "MAX_COUNT",
     "Claim",
     "Declaration",
     "check_claim",
@@ -53,6 +57,7 @@ __all__ = [
     "check_registration",
     "check_select",
     "check_tags",
+    "check_text",
     "check_timeout",
     "check_write",
     "internal_partition",
@@ -64,6 +69,19 @@ __all__ = [
 INTERNAL_PREFIX = "__kvplane__/"
 #: The owner of a backend's private records (``__kvplane__/backend/<partition>``).
 BACKEND_OWNER = "backend"
+#: The largest count a call may name (``batch_size``, ``num_samples``, ``dp_rank``, ...): a C int.
+MAX_COUNT = 2**31 - 1
+
+
+def check_text(value: str, what: str) -> str:
+    """A name must encode as UTF-8: a lone surrogate (``"bad\\ud800"``) cannot cross a process."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataPlaneBadRequest(
+            f"{what} {value!r} is not valid Unicode text (a lone surrogate at position {exc.start})"
+        ) from None
+    return value
 
 
 def internal_partition(owner: str, name: str) -> str:
@@ -82,7 +100,7 @@ def check_partition(partition_id: Any) -> str:
         raise DataPlaneBadRequest(f"partition_id must be a non-empty string, got {partition_id!r}")
     if partition_id.startswith(internal_partition(BACKEND_OWNER, "")):
         raise DataPlaneBadRequest(f"partition {partition_id!r} is reserved for the backend's own records")
-    return partition_id
+    return check_text(partition_id, "partition_id")
 
 
 def check_ids(ids: Any, what: str = "keys") -> list[str]:
@@ -96,6 +114,9 @@ def check_ids(ids: Any, what: str = "keys") -> list[str]:
         if key in seen:
             raise DataPlaneBadRequest(f"{what} contain {key!r} more than once")
         seen.add(key)
+    if not "".join(ids).isascii():  # one pass for the common all-ASCII case
+        for key in ids:
+            check_text(key, what[:-1] if what.endswith("s") else what)
     return list(ids)
 
 
@@ -106,11 +127,23 @@ def check_select(select_fields: Any) -> list[str] | None:
     return check_ids([select_fields] if isinstance(select_fields, str) else select_fields, "select_fields")
 
 
+def _tag_leaf(where: str) -> Any:
+    def check(value: Any) -> None:
+        if type(value) is str:
+            check_text(value, f"{where} holds a string")
+
+    return check
+
+
 def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
-    """Tags must be ``None`` or one mapping with string keys per id; returns copies."""
+    """Tags must be ``None`` or one mapping with string keys per id; returns the store's own copies.
+
+    Containers among the values are copied (see :mod:`kvplane._tags`), so the caller's later edits
+    never reach the store; every string, in names and values, must be valid Unicode text.
+    """
     if tags is None:
         return None
-    if isinstance(tags, Mapping) or not isinstance(tags, Sequence):
+    if isinstance(tags, Mapping) or not isinstance(tags, Sequence) or isinstance(tags, (str, bytes)):
         raise DataPlaneBadRequest(f"tags must be a list with one dict per key, got {type(tags).__name__}")
     if len(tags) != n:
         raise DataPlaneBadRequest(f"got {len(tags)} tags for {n} keys; pass exactly one tag dict per key")
@@ -120,26 +153,72 @@ def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
             tag = {}
         if not isinstance(tag, Mapping):
             raise DataPlaneBadRequest(f"tags[{i}] must be a dict, got {type(tag).__name__}")
-        for name in tag:
+        own: dict[str, Any] = {}
+        for name, value in tag.items():
             if not isinstance(name, str):
                 raise DataPlaneBadRequest(f"tags[{i}] has a non-string tag name {name!r}")
-        out.append(dict(tag))
+            check_text(name, f"tags[{i}] name")
+            if type(value) is str:
+                own[name] = check_text(value, f"tags[{i}][{name!r}]")
+                continue
+            try:
+                own[name] = copy_value(value, _tag_leaf(f"tags[{i}][{name!r}]"))
+            except DataPlaneBadRequest:
+                raise
+            except (TypeError, ValueError, copy.Error, RecursionError) as exc:
+                raise DataPlaneBadRequest(
+                    f"tags[{i}][{name!r}] cannot be copied into the store "
+                    f"({type(value).__name__}: {exc}); use plain values"
+                ) from exc
+        out.append(own)
     return out
 
 
 def check_timeout(timeout_s: Any, what: str = "timeout_s") -> float:
-    """A deadline must be a finite, non-negative number of seconds."""
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s):
+    """A deadline must be a finite number of seconds in ``[0, threading.TIMEOUT_MAX)``.
+
+    ``threading.TIMEOUT_MAX`` (about 292 years on Linux) is the longest wait the platform can make.
+    """
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
         raise DataPlaneBadRequest(f"{what} must be a finite number of seconds, got {timeout_s!r}")
-    if timeout_s < 0:
+    try:
+        seconds = float(timeout_s)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise DataPlaneBadRequest(f"{what} must be a finite number of seconds, got {timeout_s!r}")
+    if seconds < 0:
         raise DataPlaneBadRequest(f"{what} must not be negative, got {timeout_s!r}")
-    return float(timeout_s)
+    if seconds >= threading.TIMEOUT_MAX:
+        raise DataPlaneBadRequest(
+            f"{what}={timeout_s!r} is beyond the longest wait this platform supports "
+            f"(threading.TIMEOUT_MAX = {threading.TIMEOUT_MAX:g} s)"
+        )
+    return seconds
 
 
 def _optional_int(name: str, value: Any, minimum: int) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise DataPlaneBadRequest(f"{name} must be an int >= {minimum} or None, got {value!r}")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT
+    ):
+        raise DataPlaneBadRequest(f"{name} must be an int in [{minimum}, {MAX_COUNT}] or None, got {value!r}")
     return value
+
+
+def _check_enums(enums: Any) -> dict[str, list[str]]:
+    if enums is None:
+        return {}
+    if not isinstance(enums, Mapping):
+        raise DataPlaneBadRequest(f"enums must be a dict of field -> values, got {type(enums).__name__}")
+    out = {}
+    for name, values in enums.items():
+        if not isinstance(name, str) or not name:
+            raise DataPlaneBadRequest(f"enums names fields by non-empty strings, got {name!r}")
+        check_text(name, "enums field")
+        if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+            raise DataPlaneBadRequest(f"enums[{name!r}] must be a list of strings, got {values!r}")
+        out[name] = [check_text(v, f"enums[{name!r}] value") for v in values]
+    return out
 
 
 class Declaration(NamedTuple):
@@ -156,14 +235,13 @@ def check_registration(
     fields: Any, num_samples: Any, consumer_tasks: Any, grpo_group_size: Any = None, enums: Any = None
 ) -> Declaration:
     """Validate a ``register_partition`` call (the partition id is checked by the caller)."""
-    if enums is not None and not isinstance(enums, Mapping):
-        raise DataPlaneBadRequest(f"enums must be a dict of field -> values, got {type(enums).__name__}")
+    checked_enums = _check_enums(enums)
     return Declaration(
         check_ids(fields, "fields"),
         _optional_int("num_samples", num_samples, 0),
         check_ids(consumer_tasks, "consumer_tasks"),
         _optional_int("grpo_group_size", grpo_group_size, 1),
-        {str(k): list(v) for k, v in (enums or {}).items()},
+        checked_enums,
     )
 
 
@@ -189,13 +267,14 @@ def check_claim(
     """Validate a ``claim_meta`` call."""
     if not isinstance(task_name, str) or not task_name:
         raise DataPlaneBadRequest(f"task_name must be a non-empty string, got {task_name!r}")
+    check_text(task_name, "task_name")
     required = check_ids(required_fields, "required_fields")
     if not required:
         raise DataPlaneBadRequest(
             "required_fields must name at least one field (readiness is field production)"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataPlaneBadRequest(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_COUNT:
+        raise DataPlaneBadRequest(f"batch_size must be an int in [1, {MAX_COUNT}], got {batch_size!r}")
     if not isinstance(blocking, bool):
         raise DataPlaneBadRequest(f"blocking must be True or False, got {blocking!r}")
     rank = _optional_int("dp_rank", dp_rank, 0)
@@ -221,8 +300,23 @@ def check_write(
     return keys, batch, tag_list
 
 
+def _check_storable(name: str, value: torch.Tensor, what: str = "is") -> None:
+    """A stored tensor must hold its bytes on a real device in the strided (or jagged) layout."""
+    if value.device.type == "meta":
+        raise DataPlaneBadRequest(f"field {name!r} {what} on the meta device: it has no data to store")
+    if value.layout not in (torch.strided, torch.jagged):
+        raise DataPlaneBadRequest(
+            f"field {name!r} {what} {value.layout} tensors; store dense tensors (call .to_dense())"
+        )
+
+
 def _column_from_list(name: str, values: Sequence[Any]) -> torch.Tensor | NonTensorStack:
     if values and all(isinstance(v, torch.Tensor) for v in values):
+        for row in values:
+            _check_storable(name, row, "has rows")
+        devices = {str(v.device) for v in values}
+        if len(devices) > 1:
+            raise DataPlaneBadRequest(f"field {name!r} has rows on devices {sorted(devices)}; use one")
         dtypes = {v.dtype for v in values}
         if len(dtypes) > 1:
             raise DataPlaneBadRequest(
@@ -264,6 +358,7 @@ def to_batch(fields: Any, n: int) -> TensorDict | None:
     for name, value in items.items():
         if not isinstance(name, str) or not name:
             raise DataPlaneBadRequest(f"field names must be non-empty strings, got {name!r}")
+        check_text(name, "field name")
         if isinstance(value, TensorDictBase) and not is_non_tensor(value):
             raise DataPlaneBadRequest(f"field {name!r} is a nested TensorDict; store flat fields only")
         if isinstance(value, (list, tuple)):
@@ -273,6 +368,7 @@ def to_batch(fields: Any, n: int) -> TensorDict | None:
         elif isinstance(value, NonTensorData) and not isinstance(value, NonTensorStack):
             value = make_object_column([value.data] * n) if n == 1 else value
         if isinstance(value, torch.Tensor):
+            _check_storable(name, value)
             if value.dim() == 0 or value.size(0) != n:
                 shape = list(value.shape) if not value.is_nested else f"nested of {value.size(0)} rows"
                 raise DataPlaneBadRequest(f"field {name!r} has shape {shape} but there are {n} keys")

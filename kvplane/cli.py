@@ -166,8 +166,10 @@ def main(
         except ModuleNotFoundError as exc:  # a plugged-in command imported an optional package
             if not is_missing_dependency(exc):
                 raise  # not an optional package: a broken install or a bug, keep the traceback
-            print(f"kvplane: missing dependency: {exc.name} is not installed: {install_hint(exc.name or '')}",
-                  file=sys.stderr)
+            print(
+                f"kvplane: missing dependency: {exc.name} is not installed: {install_hint(exc.name or '')}",
+                file=sys.stderr,
+            )
             return 1
         except KeyboardInterrupt:
             print("kvplane: interrupted", file=sys.stderr)
@@ -393,8 +395,16 @@ def _cmd_ls(args: argparse.Namespace) -> int:
                 "committed",
                 "is_complete",
                 "weight_version",
+                "size_bytes",
             ]
-            print(table(headers, [[g[f] for f in fields] + [g["size_bytes"]] for g in items]))
+            rows = [[g[f] for f in fields] + [_age(g["age_s"])] for g in items]
+            print(table([*headers, "AGE_S"], rows))
+            ageless = sum(1 for g in items if g["age_s"] is None)
+            if ageless:
+                print(
+                    f"({ageless} group(s) carry no created_at tag, so their age is unknown: "
+                    "evict_stale ages them from when it first sees them)"
+                )
         elif args.tags:
             print(table(["KEY", "TAGS"], list(items.items())))
         else:
@@ -414,7 +424,12 @@ def _group_record(group: Any) -> dict[str, Any]:
     record = dataclasses.asdict(group)
     record["num_keys"] = len(group.keys)
     record["is_complete"] = group.is_complete
+    record["age_s"] = None if group.created_at is None else time.time() - group.created_at
     return record
+
+
+def _age(age_s: float | None) -> str:
+    return "unknown" if age_s is None else f"{age_s:.1f}"
 
 
 # ---------------------------------------------------------------------------------------------- stats

@@ -25,10 +25,18 @@ weight_version``, every group is exactly one of:
   means the caller's version counter was reset on resume.
 - *stale*: committed and complete, but ``staleness > max_staleness`` or ``weight_version`` missing
   or unparsable (data of unknown age is never trained on).
-- *abandoned*: not both committed and complete, with a known ``created_at`` (seconds since the
-  epoch) and ``now - created_at > abandon_after_s`` (strict: a group exactly at the deadline is
-  still pending).
-- *pending*: everything else (being written, or of unknown age). Never selected, never evicted.
+- *abandoned*: not both committed and complete, and ``now - created_at > abandon_after_s`` (strict:
+  a group exactly at the deadline is still pending).
+- *pending*: everything else (being written). Never selected, never evicted.
+
+**Groups without ``created_at``** (keys written with plain ``put_samples``, not :func:`write_group`;
+each untagged key is its own group) are aged from when this process first saw them: the first
+:func:`select_groups` or :func:`evict_stale` call that lists such a group records its ``now`` as the
+group's ``created_at`` (per client object and partition; forgotten once the group is gone). So an
+uncommitted group of unknown age is evicted as *abandoned* ``abandon_after_s`` after it was first
+seen, never at first sight (TransferQueue shows a key for a moment before its tags land), and never
+lingers forever. Committed, complete groups are classified by ``weight_version`` alone, as always.
+``kvplane ls --groups`` shows their age as ``unknown``.
 
 **Concurrency rule** (TransferQueue merges tags with a non-atomic read-modify-write, so two writers of
 one key lose updates): each key has one writer, the producer of its group, which writes the group
@@ -64,7 +72,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -90,6 +100,26 @@ logger = logging.getLogger(__name__)
 GROUP_TAG_NAMES = ("group_id", "weight_version", "created_at", "committed", "expected_num_keys", "size_bytes")
 
 _SELECTED, _STALE, _ABANDONED, _PENDING = "selected", "stale", "abandoned", "pending"
+
+# client -> partition -> group_id -> when a group without ``created_at`` was first seen (its ``now``).
+_first_seen: weakref.WeakKeyDictionary[Any, dict[str, dict[str, float]]] = weakref.WeakKeyDictionary()
+_first_seen_lock = threading.Lock()
+
+
+def _ages(
+    client: DataPlaneClient, partition_id: str, groups: list[DataPlaneGroupMeta], now: float
+) -> dict[str, float]:
+    """``created_at`` for every group: its tag, else when this process first saw the group."""
+    ageless = [g.group_id for g in groups if g.created_at is None]
+    with _first_seen_lock:
+        try:
+            partitions = _first_seen.setdefault(client, {})
+        except TypeError:  # a client that cannot be weakly referenced: unknown ages stay unknown
+            return {g.group_id: g.created_at for g in groups if g.created_at is not None}
+        seen = partitions.get(partition_id, {})
+        partitions[partition_id] = {gid: seen.get(gid, now) for gid in ageless}
+        first = partitions[partition_id]
+    return {g.group_id: first[g.group_id] if g.created_at is None else g.created_at for g in groups}
 
 
 class GroupSelection(NamedTuple):
@@ -191,17 +221,29 @@ def write_group(
     return dataclasses.replace(committed, fields=written.fields)
 
 
+def _forget(client: DataPlaneClient, partition_id: str, group_ids: list[str]) -> None:
+    """Drop evicted groups' first sightings: a group written again under the same id is new."""
+    with _first_seen_lock:
+        try:
+            seen = _first_seen.get(client, {}).get(partition_id, {})
+        except TypeError:  # not weakly referenceable: nothing was recorded
+            return
+        for gid in group_ids:
+            seen.pop(gid, None)
+
+
 def _state(
-    group: DataPlaneGroupMeta, current: int, max_staleness: int, abandon_after_s: float | None, now: float
+    group: DataPlaneGroupMeta,
+    current: int,
+    max_staleness: int,
+    abandon_after_s: float | None,
+    now: float,
+    created_at: float | None,
 ) -> str:
     if group.committed and group.is_complete:
         version = group.weight_version
         return _SELECTED if version is not None and current - version <= max_staleness else _STALE
-    if (
-        abandon_after_s is not None
-        and group.created_at is not None
-        and now - group.created_at > abandon_after_s
-    ):
+    if abandon_after_s is not None and created_at is not None and now - created_at > abandon_after_s:
         return _ABANDONED
     return _PENDING
 
@@ -219,9 +261,11 @@ def _classify(
     if abandon_after_s is not None and _check_seconds("abandon_after_s", abandon_after_s) < 0:
         raise DataPlaneBadRequest(f"abandon_after_s must be >= 0, got {abandon_after_s!r}")
     now = time.time() if now is None else _check_seconds("now", now)
+    groups = client.list_metadata(partition_id)
+    created = _ages(client, partition_id, groups, now)
     states = [
-        (_state(g, current_version, max_staleness, abandon_after_s, now), g)
-        for g in client.list_metadata(partition_id)
+        (_state(g, current_version, max_staleness, abandon_after_s, now, created.get(g.group_id)), g)
+        for g in groups
     ]
     ahead = [g.group_id for s, g in states if s == _SELECTED and g.weight_version > current_version]
     if ahead:
@@ -285,11 +329,18 @@ def evict_stale(
         >>> [g.group_id for g in evict_stale(client, "buf", current_version=0, max_staleness=0,
         ...                                  abandon_after_s=60, now=160.5)]
         ['g']
+        >>> _ = client.put_samples(["raw"], "buf", {"x": torch.ones(1)})   # no created_at: first seen
+        >>> evict_stale(client, "buf", current_version=0, max_staleness=0, abandon_after_s=60, now=200.0)
+        []
+        >>> [g.keys for g in evict_stale(client, "buf", current_version=0, max_staleness=0,
+        ...                              abandon_after_s=60, now=260.5)]
+        [['raw']]
     """
     states = _classify(client, partition_id, current_version, max_staleness, abandon_after_s, now)
     doomed = [g for s, g in states if s in (_STALE, _ABANDONED)]
     if doomed:
         client.evict(keys_of(doomed), partition_id)
+        _forget(client, partition_id, [g.group_id for g in doomed])
         logger.info("evicted %d group(s) (%d keys) from %r", len(doomed), len(keys_of(doomed)), partition_id)
     return doomed
 

@@ -43,6 +43,7 @@ from kvplane._checkpoint import (
     TaskState,
 )
 from kvplane._errors import DataPlaneBadRequest
+from kvplane._tags import SCALARS
 from kvplane._tensors import OBJECT_KIND
 from kvplane._validation import Declaration
 
@@ -52,14 +53,15 @@ __all__ = ["export_state", "import_state"]
 #: smaller runs (e.g. keys put one at a time) are stacked into one block with their neighbours.
 _VIEW_MIN_BYTES = 64 << 10
 
-Cell = tuple  # memory.py's stored cell: ("chunk", tensor, row) | ("row", tensor) | ("obj", value)
+Cell = tuple  # a resolved cell: ("chunk", tensor, row) | ("row", tensor) | ("obj", value)
 
 
 # ---------------------------------------------------------------------------------------- export
-def copy_partitions(partitions: Mapping[str, Any]) -> dict[str, _Copied]:
-    """What a snapshot needs of the store's partitions; call it under the store's lock (cheap: cells
-    and stored tensors are immutable, only tag dicts and cursors are copied)."""
-    return {pid: _copy_partition(part) for pid, part in partitions.items()}
+def copy_partitions(partitions: Mapping[str, Any], resolve: Callable[[Cell], Cell]) -> dict[str, _Copied]:
+    """What a snapshot needs of the store's partitions; call it under the store's lock (cheap:
+    ``resolve`` turns each stored cell into an immutable resolved one; tag dicts are replaced, never
+    edited, by the store, so they and the cursors are copied one level)."""
+    return {pid: _copy_partition(part, resolve) for pid, part in partitions.items()}
 
 
 def export_state(copied: Mapping[str, _Copied]) -> StoreSnapshot:
@@ -74,10 +76,10 @@ _Copied = tuple[
 ]  # fmt: skip
 
 
-def _copy_partition(part: Any) -> _Copied:
-    """What the snapshot needs of a partition, copied under the store's lock (cells are immutable)."""
+def _copy_partition(part: Any, resolve: Callable[[Cell], Cell]) -> _Copied:
+    """What the snapshot needs of a partition, copied under the store's lock."""
     keys = list(part.cells)
-    rows = [tuple(part.cells[k].items()) for k in keys]
+    rows = [tuple((name, resolve(cell)) for name, cell in part.cells[k].items()) for k in keys]
     tags = [dict(part.tags[k]) for k in keys]
     position = {k: i for i, k in enumerate(keys)}
     tasks = {
@@ -178,9 +180,13 @@ def _pack(rows: list[torch.Tensor]) -> Iterator[Block]:
 
 
 # ---------------------------------------------------------------------------------------- import
-def import_state(snapshot: StoreSnapshot, new_partition: Callable[..., Any]) -> dict[str, Any]:
-    """The store's partitions rebuilt from ``snapshot`` (``new_partition(registration=...)`` makes an
-    empty one); the caller swaps them in under its lock, so an error here changes nothing.
+def import_state(
+    snapshot: StoreSnapshot, new_partition: Callable[..., Any], new_chunk: Callable[[torch.Tensor], Any]
+) -> dict[str, Any]:
+    """The store's partitions rebuilt from ``snapshot``: ``new_partition(registration=...)`` makes an
+    empty one, ``new_chunk(tensor)`` the store's holder of a dense block (its cells are
+    ``("chunk", holder, row)``). The caller
+    swaps them in under its lock, so an error here changes nothing.
 
     Raises:
         DataPlaneBadRequest: The snapshot holds no storage (saved with ``include_storage=False``):
@@ -191,13 +197,14 @@ def import_state(snapshot: StoreSnapshot, new_partition: Callable[..., Any]) -> 
             "this checkpoint was saved with include_storage=False: it holds no data, and the embedded "
             "backend keeps its data nowhere else; save with include_storage=True"
         )
-    return {pid: _build(part, new_partition) for pid, part in snapshot.partitions.items()}
+    return {pid: _build(part, new_partition, new_chunk) for pid, part in snapshot.partitions.items()}
 
 
-def _cells(block: Block) -> Iterator[Cell]:
+def _cells(block: Block, new_chunk: Callable[[torch.Tensor], Any]) -> Iterator[Cell]:
     if isinstance(block, DenseRows):
+        chunk = new_chunk(block.data)
         for r in range(len(block)):
-            yield ("chunk", block.data, r)
+            yield ("chunk", chunk, r)
     elif isinstance(block, RaggedRows):
         bounds = block.offsets.tolist()
         for a, b in zip(bounds, bounds[1:]):
@@ -207,10 +214,14 @@ def _cells(block: Block) -> Iterator[Cell]:
             yield ("obj", value)
 
 
-def _build(snap: PartitionSnapshot, new_partition: Callable[..., Any]) -> Any:
+def _build(
+    snap: PartitionSnapshot, new_partition: Callable[..., Any], new_chunk: Callable[[torch.Tensor], Any]
+) -> Any:
     part = new_partition(registration=snap.registration)
     part.kinds = {name: column.kind for name, column in snap.fields.items()}
-    streams = {name: (c for b in column.blocks for c in _cells(b)) for name, column in snap.fields.items()}
+    streams = {
+        name: (c for b in column.blocks for c in _cells(b, new_chunk)) for name, column in snap.fields.items()
+    }
     holders = dict.fromkeys(snap.fields, 0)
     for key, tag, layout_id in zip(snap.keys, snap.tags, snap.layout_ids, strict=True):
         layout = snap.layouts[layout_id]
@@ -221,6 +232,8 @@ def _build(snap: PartitionSnapshot, new_partition: Callable[..., Any]) -> Any:
                 f"the snapshot's columns hold fewer rows than its keys (at key {key!r})"
             ) from None
         part.tags[key] = dict(tag)
+        if any(type(v) not in SCALARS for v in tag.values()):
+            part.nested.add(key)
         for name in layout:
             holders[name] += 1
     part.holders = holders

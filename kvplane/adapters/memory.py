@@ -4,8 +4,16 @@ Nothing to start. One lock guards all metadata, so claims are exactly-once per t
 and a condition variable wakes blocking claims when a write lands (no sleep polling). Tensor bytes
 are copied outside the lock: a put clones each column once into an immutable *chunk* and stores
 (chunk, row) references per key, so the stored data is isolated from the caller's later in-place
-edits, and a get of rows from one chunk is a single ``index_select`` copy. A chunk's memory is
-released when no key references it any more (its keys cleared or overwritten).
+edits, and a get of rows from one chunk is a single ``index_select`` copy. When at most half of a
+chunk's rows are still referenced (the others cleared or overwritten), its live rows are copied into
+a smaller chunk, so evicting most of a put returns most of its memory (:meth:`retained_nbytes`);
+ragged rows and objects are stored per row and free one by one.
+
+Tags are the store's own too: containers among tag values are copied on the way in (by the gate) and
+on the way out (listings, metas); a stored tag dict is replaced, never edited, by a later put, so a
+listing copies a snapshot taken under the lock after releasing it.
+
+A claim's deadline covers its wait for the lock as well as its wait for samples.
 
 Examples:
     >>> import torch
@@ -40,9 +48,16 @@ import torch
 from tensordict import TensorDict, is_non_tensor
 
 from kvplane._checkpoint import StoreSnapshot, read_checkpoint, write_checkpoint
-from kvplane._errors import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneTimeout, DataPlaneUnavailable
-from kvplane._gated import GatedDataPlaneClient
+from kvplane._errors import (
+    DataPlaneBadRequest,
+    DataPlaneKeyError,
+    DataPlaneTimeout,
+    DataPlaneUnavailable,
+    DataPlaneWriteError,
+)
+from kvplane._gated import GatedDataPlaneClient, claim_timeout
 from kvplane._meta import DataPlaneCapabilities, KVBatchMeta
+from kvplane._tags import SCALARS, copy_tags
 from kvplane._tensors import field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
 from kvplane.adapters._memory_state import copy_partitions, export_state, import_state
@@ -51,9 +66,48 @@ __all__ = ["MemoryDataPlaneClient"]
 
 logger = logging.getLogger(__name__)
 
-# A stored cell: ("chunk", tensor, row) — a row of an immutable column chunk;
+# A stored cell: ("chunk", _Chunk, slot) — a row of a put's dense column;
 # ("row", tensor) — a standalone row (from a jagged column); ("obj", value) — a Python object.
+# Read paths resolve a chunk cell under the lock into ("chunk", tensor, row) (see _Chunk.resolve).
 Cell = tuple
+
+
+class _Chunk:
+    """One put's copy of a dense column. Each key's cell names its *slot* (its row in that put).
+
+    Call with the store's lock held. The tensor is never edited in place: :meth:`release` replaces it
+    with a compacted copy once at most half of its rows are live, so a reader that resolved its rows
+    earlier keeps reading the old, unchanged tensor.
+    """
+
+    __slots__ = ("rows", "tensor")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.rows: dict[int, int] | None = None  # live slot -> row of tensor; None: every slot, row == slot
+
+    def resolve(self, slot: int) -> Cell:
+        return ("chunk", self.tensor, slot if self.rows is None else self.rows[slot])
+
+    def release(self, slot: int) -> None:
+        """Forget ``slot``; compact when at most half of the tensor's rows are still live."""
+        if self.rows is None:
+            self.rows = {i: i for i in range(self.tensor.shape[0])}
+        del self.rows[slot]
+        if self.rows and 2 * len(self.rows) <= self.tensor.shape[0]:
+            live = sorted(self.rows, key=self.rows.__getitem__)
+            index = torch.tensor([self.rows[s] for s in live], dtype=torch.long)
+            self.tensor = self.tensor.index_select(0, index)
+            self.rows = {s: i for i, s in enumerate(live)}
+
+
+def _release(cell: Cell) -> None:
+    if cell[0] == "chunk":
+        cell[1].release(cell[2])
+
+
+def _resolve(cell: Cell) -> Cell:
+    return cell[1].resolve(cell[2]) if cell[0] == "chunk" else cell
 
 
 @dataclass
@@ -61,6 +115,7 @@ class _Partition:
     registration: Declaration | None = None
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # key -> field -> cell (insertion order)
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nested: set[str] = field(default_factory=set)  # keys whose tags hold a non-scalar (copied deeply)
     kinds: dict[str, str] = field(default_factory=dict)  # field -> dtype fixed by its first write
     # task -> unclaimed keys in write order. An OrderedDict: claims delete from the front, and a plain
     # dict's iteration would walk every deleted slot before the first live one (quadratic over a stream).
@@ -82,11 +137,18 @@ def _own_column(value: Any) -> tuple[str, Any]:
     Returns ("chunk", tensor), ("rows", [tensors]) or ("objs", [values]).
     """
     if isinstance(value, torch.Tensor):
-        if value.is_nested:
-            return "rows", list(value.detach().clone().unbind())
-        return "chunk", value.detach().clone()
+        if value.is_nested:  # one copy per row, so each row's memory is freed with its key
+            return "rows", [row.clone() for row in value.detach().unbind()]
+        return "chunk", _Chunk(value.detach().clone())
     if is_non_tensor(value):
-        return "objs", copy.deepcopy(value.tolist())
+        values = value.tolist()
+        try:
+            return "objs", copy.deepcopy(values)
+        except Exception as exc:  # a lock, a generator, a socket...: anything deepcopy cannot copy
+            raise DataPlaneWriteError(
+                f"a value of this column cannot be copied into the store ({type(exc).__name__}: {exc}); "
+                "store plain data (tensors, numbers, strings, lists, dicts)"
+            ) from exc
     raise DataPlaneBadRequest(f"cannot store a column of type {type(value).__name__}")
 
 
@@ -136,7 +198,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
     def _part_meta(
         self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
-        return self._meta(partition_id, task, keys, fields, [dict(part.tags[k]) for k in keys])
+        return self._meta(partition_id, task, keys, fields, [_tags_of(part, k) for k in keys])
 
     @staticmethod
     def _held_by_all(part: _Partition, keys: list[str]) -> list[str] | None:
@@ -168,7 +230,12 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         timeout_s: float,
     ) -> KVBatchMeta:
         deadline = time.monotonic() + timeout_s
-        with self._changed:
+        if not self._changed.acquire(timeout=timeout_s):
+            raise DataPlaneTimeout(
+                f"claim_meta(partition={partition_id!r}, task={task_name!r}) could not take the "
+                f"memory data plane's lock within {timeout_s}s (other calls held it)"
+            )
+        try:
             while True:
                 self._check_open()
                 meta = self._try_claim(partition_id, task_name, required, batch_size)
@@ -178,12 +245,19 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                 if not blocking:
                     return KVBatchMeta(partition_id, task_name, [], fields=required, tags=[])
                 if remaining <= 0:
-                    raise DataPlaneTimeout(
-                        f"claim_meta(partition={partition_id!r}, task={task_name!r}, "
-                        f"batch_size={batch_size}) "
-                        f"found too few ready samples within {timeout_s}s"
+                    part = self._partitions.get(partition_id)
+                    raise claim_timeout(
+                        partition_id,
+                        task_name,
+                        batch_size,
+                        timeout_s,
+                        exists=part is not None,
+                        registration=None if part is None else part.registration,
+                        ready=None if part is None else _count_ready(part, task_name, required),
                     )
                 self._changed.wait(remaining)
+        finally:
+            self._changed.release()
 
     def _try_claim(
         self, partition_id: str, task: str, required: list[str], batch_size: int
@@ -268,15 +342,21 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                     for queue in part.unclaimed.values():
                         queue[key] = None
                 for name, (form, data) in owned.items():
-                    if name not in row:
+                    old = row.get(name)
+                    if old is None:
                         part.holders[name] = part.holders.get(name, 0) + 1
+                    else:
+                        _release(old)
                     row[name] = (
                         ("chunk", data, i)
                         if form == "chunk"
                         else ("row" if form == "rows" else "obj", data[i])
                     )
-                if tag_list is not None:
-                    part.tags[key].update(tag_list[i])
+                if tag_list is not None:  # replaced, never edited: listings copy outside the lock
+                    tag = tag_list[i]
+                    part.tags[key] = {**part.tags[key], **tag}
+                    if any(type(v) not in SCALARS for v in tag.values()):
+                        part.nested.add(key)
             meta = self._part_meta(part, partition_id, None, keys, self._held_by_all(part, keys))
             self._changed.notify_all()
         return meta
@@ -301,7 +381,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                     raise DataPlaneKeyError(
                         f"field {name!r} is not stored for key(s) {lacking[:5]} of partition {partition_id!r}"
                     )
-                columns[name] = [row[name] for row in rows]
+                columns[name] = [_resolve(row[name]) for row in rows]
         return TensorDict(
             {name: _read_column(name, cells) for name, cells in columns.items()}, batch_size=[len(keys)]
         )
@@ -315,9 +395,11 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                 part = self._partitions.get(partition_id)
                 if part is not None:
                     for key in keys:
-                        for name in part.cells.pop(key, ()):
+                        for name, cell in part.cells.pop(key, {}).items():
                             part.holders[name] -= 1
+                            _release(cell)
                         part.tags.pop(key, None)
+                        part.nested.discard(key)
                         for queue in part.unclaimed.values():
                             queue.pop(key, None)
             self._changed.notify_all()
@@ -336,12 +418,41 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         with self._changed:
             self._check_open()
             names = list(self._partitions) if partition_id is None else [partition_id]
-            # Each tag dict is copied (values are shared: tags hold primitives by convention).
-            return {
-                name: {k: dict(t) for k, t in self._partitions[name].tags.items()}
+            # A snapshot of references: stored tag dicts are replaced, never edited, so they can be
+            # copied after the lock is released and a long listing does not stall other calls.
+            snapshot = {
+                name: (dict(part.tags), set(part.nested))
                 for name in names
-                if name in self._partitions
+                if (part := self._partitions.get(name)) is not None
             }
+        return {
+            name: {k: copy_tags(t) if k in nested else dict(t) for k, t in tags.items()}
+            for name, (tags, nested) in snapshot.items()
+        }
+
+    def retained_nbytes(self) -> int:
+        """Bytes of tensor storage the store keeps alive (each distinct storage counted once).
+
+        Examples:
+            >>> import torch
+            >>> client = MemoryDataPlaneClient()
+            >>> _ = client.put_samples([f"k{i}" for i in range(4)], "p", {"x": torch.zeros(4, 256)})
+            >>> client.retained_nbytes()
+            4096
+            >>> client.pop(["k0", "k1", "k2"], "p")      # at most half live: the chunk is compacted
+            >>> client.retained_nbytes()
+            1024
+        """
+        with self._changed:
+            tensors = [
+                cell[1].tensor if cell[0] == "chunk" else cell[1]
+                for part in self._partitions.values()
+                for row in part.cells.values()
+                for cell in row.values()
+                if cell[0] != "obj"
+            ]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return sum(storages.values())
 
     # ------------------------------------------------------------------ durable state
     def _save_checkpoint(self, path: Path, include_storage: bool, metadata: dict[str, Any]) -> None:
@@ -359,12 +470,12 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         """Every partition (kvplane's own included) as one consistent snapshot."""
         with self._changed:
             self._check_open()
-            copied = copy_partitions(self._partitions)
+            copied = copy_partitions(self._partitions, _resolve)
         return export_state(copied)
 
     def _restore(self, snapshot: StoreSnapshot) -> None:
         """Replace the whole state with ``snapshot``'s, all or nothing."""
-        built = import_state(snapshot, _Partition)
+        built = import_state(snapshot, _Partition, _Chunk)
         with self._changed:
             self._check_open()
             self._partitions.clear()
@@ -381,6 +492,18 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             self._closed = True
             self._partitions.clear()
             self._changed.notify_all()
+
+
+def _tags_of(part: _Partition, key: str) -> dict[str, Any]:
+    """A copy of ``key``'s tags that shares nothing mutable with the store (call with the lock held)."""
+    tag = part.tags[key]
+    return copy_tags(tag) if key in part.nested else dict(tag)
+
+
+def _count_ready(part: _Partition, task: str, required: list[str]) -> int:
+    """How many of ``task``'s unclaimed keys hold every ``required`` field."""
+    needed = set(required)
+    return sum(1 for key in part.unclaimed.get(task, ()) if part.cells[key].keys() >= needed)
 
 
 def _uniform_fields(partition_id: str, keys: Sequence[str], rows: Sequence[dict[str, Cell]]) -> list[str]:

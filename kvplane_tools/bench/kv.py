@@ -10,6 +10,9 @@ is requested with ``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu``: see :mod:`kvp
 - ``byte_sweep`` (16 MiB → 1 GiB, 512 keys) and ``key_sweep`` (100 → 100k tiny samples): put, get,
   ``kv_list``/``list_metadata`` and ``kv_clear`` times.
 - ``small_ops``: p50/p99 latency of single-key ``kv_put`` and ``kv_batch_get``.
+- ``eviction_memory`` (embedded backend): tensor bytes the store keeps after one put of 256 rows and
+  after evicting 255 of them one by one, as a replay buffer evicting by age does (before issue 16's
+  compaction the whole put stayed alive until its last row went).
 - ``comparison`` (with TransferQueue): every implementation's GRPO put/get side by side, as ratios
   against raw TransferQueue, Ray and a clone (:func:`kvplane_tools.bench.tq.comparison`); a TransferQueue
   backend that cannot run reports its error in place of its results.
@@ -20,7 +23,9 @@ Examples:
     >>> from kvplane_tools.bench import kv
     >>> report = kv.run(quick=True)
     >>> sorted(report["memory"])
-    ['byte_sweep', 'grpo', 'key_sweep', 'roundtrip_vs_clone', 'small_ops']
+    ['byte_sweep', 'eviction_memory', 'grpo', 'key_sweep', 'roundtrip_vs_clone', 'small_ops']
+    >>> report["memory"]["eviction_memory"]["retained_fraction"] <= 2 / 256
+    True
 """
 
 from __future__ import annotations
@@ -174,6 +179,24 @@ def bench_small_ops(client: DataPlaneClient, n: int) -> dict[str, Any]:
     return {"put_one": put, "get_one": get, "tag_only_put": tag}
 
 
+def bench_eviction_memory(client: Any, row_kib: int, rows: int = 256) -> dict[str, Any]:
+    """Bytes retained after one put of ``rows`` rows, and after evicting all but the last, one by one."""
+    keys = [f"e{i}" for i in range(rows)]
+    client.put_samples(keys, "bench-evict", {"x": torch.zeros(rows, row_kib * 256)})
+    after_put = client.retained_nbytes()
+    for key in keys[:-1]:
+        client.evict([key], "bench-evict")
+    after_evicting = client.retained_nbytes()
+    client.clear_samples(None, "bench-evict")
+    return {
+        "rows": rows,
+        "row_bytes": row_kib * 1024,
+        "retained_after_put_bytes": after_put,
+        f"retained_after_evicting_{rows - 1}_bytes": after_evicting,
+        "retained_fraction": round(after_evicting / after_put, 6),
+    }
+
+
 def bench_client(client: DataPlaneClient, *, quick: bool) -> dict[str, Any]:
     """Every backend-agnostic measurement on one client."""
     repeats = 3 if quick else 7
@@ -193,6 +216,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     client = build_data_plane_client({"impl": "embedded"})
     try:
         report: dict[str, Any] = {"memory": bench_client(client, quick=quick)}
+        report["memory"]["eviction_memory"] = bench_eviction_memory(client, 64 if quick else 1024)
     finally:
         client.close()
     tq_backends = requested_backends()

@@ -32,7 +32,7 @@ PUBLIC_MODULES = {
 #: What loaders may import of kvplane (exact module names).
 LOADERS_MAY_IMPORT = {"kvplane", "kvplane.balancing", "kvplane.replay"}
 #: The contract's leaves and what of kvplane each may import.
-CONTRACT = {"_errors", "_meta", "_config", "_groups", "_tensors", "_validation", "_client", "_gated", "examples"}
+CONTRACT = {"_errors", "_meta", "_config", "_groups", "_tags", "_tensors", "_validation", "_client", "_gated", "examples"}
 
 
 def _module(path: Path) -> str:

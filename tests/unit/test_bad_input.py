@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import threading
 
 import pytest
 import torch
@@ -28,7 +29,15 @@ from hypothesis import strategies as st
 from tensordict import TensorDict
 
 import kvplane
-from kvplane import DataPlaneBadRequest, DataPlaneError, DataPlaneKeyError, KVBatchMeta, internal_partition
+from kvplane import (
+    DataPlaneBadRequest,
+    DataPlaneError,
+    DataPlaneKeyError,
+    DataPlaneNotReady,
+    DataPlaneTimeout,
+    KVBatchMeta,
+    internal_partition,
+)
 from tests.snapshots import store_snapshot, value_picture
 
 _PROPERTY = settings(
@@ -287,6 +296,94 @@ SAME_ERRORS = {
     "clear-duplicate-keys": (lambda c, p: c.clear_samples(["k0", "k0"], p), DataPlaneBadRequest),
     "ping-negative-timeout": (lambda c, p: c.ping(timeout_s=-1), DataPlaneBadRequest),
     "ping-timeout-not-a-number": (lambda c, p: c.ping(timeout_s="1"), DataPlaneBadRequest),
+    # issue 16: inputs that used to escape as raw OverflowError / ValueError / TypeError
+    "claim-timeout-beyond-timeout-max": (
+        lambda c, p: c.claim_meta(p, "t", ["x"], 1, timeout_s=1e10),
+        DataPlaneBadRequest,
+    ),
+    "claim-timeout-huge-int": (
+        lambda c, p: c.claim_meta(p, "t", ["x"], 1, timeout_s=10**400),
+        DataPlaneBadRequest,
+    ),
+    "ping-timeout-beyond-timeout-max": (lambda c, p: c.ping(timeout_s=1e10), DataPlaneBadRequest),
+    "claim-huge-batch-size": (
+        lambda c, p: c.claim_meta(p, "t", ["x"], 10**30, blocking=False),
+        DataPlaneBadRequest,
+    ),
+    "claim-huge-dp-rank": (
+        lambda c, p: c.claim_meta(p, "t", ["x"], 1, dp_rank=10**30, blocking=False),
+        DataPlaneBadRequest,
+    ),
+    "register-huge-num-samples": (
+        lambda c, p: c.register_partition(p, ["x"], 10**30, ["t"]),
+        DataPlaneBadRequest,
+    ),
+    "register-enums-not-lists": (
+        lambda c, p: c.register_partition(p, ["x"], 3, ["t"], enums={"x": 5}),
+        DataPlaneBadRequest,
+    ),
+    "register-enums-int-name": (
+        lambda c, p: c.register_partition(p, ["x"], 3, ["t"], enums={1: ["a"]}),
+        DataPlaneBadRequest,
+    ),
+    "put-sparse-column": (
+        lambda c, p: c.put_samples(["n0", "n1"], p, {"s": torch.eye(2).to_sparse()}),
+        DataPlaneBadRequest,
+    ),
+    "put-sparse-rows": (
+        lambda c, p: c.put_samples(["n0", "n1"], p, {"s": [torch.ones(2).to_sparse()] * 2}),
+        DataPlaneBadRequest,
+    ),
+    "put-meta-device-column": (
+        lambda c, p: c.put_samples(["n0"], p, {"m": torch.empty(1, 2, device="meta")}),
+        DataPlaneBadRequest,
+    ),
+    "put-meta-device-rows": (
+        lambda c, p: c.put_samples(["n0", "n1"], p, {"m": [torch.empty(2, device="meta")] * 2}),
+        DataPlaneBadRequest,
+    ),
+    "put-rows-on-mixed-devices": (
+        lambda c, p: c.put_samples(["n0", "n1"], p, {"m": [torch.ones(2), torch.empty(2, device="meta")]}),
+        DataPlaneBadRequest,
+    ),
+    "put-surrogate-key": (
+        lambda c, p: c.put_samples(["bad\ud800"], p, None, [{"t": 1}]),
+        DataPlaneBadRequest,
+    ),
+    "put-surrogate-partition": (
+        lambda c, p: c.put_samples(["n0"], p + "\ud800", None, [{"t": 1}]),
+        DataPlaneBadRequest,
+    ),
+    "put-surrogate-field": (
+        lambda c, p: c.put_samples(["n0"], p, {"f\udfff": torch.ones(1)}),
+        DataPlaneBadRequest,
+    ),
+    "put-surrogate-tag-name": (
+        lambda c, p: c.put_samples(["k0"], p, None, [{"t\ud800": 1}]),
+        DataPlaneBadRequest,
+    ),
+    "put-surrogate-tag-value": (
+        lambda c, p: c.put_samples(["k0"], p, None, [{"t": "v\ud800"}]),
+        DataPlaneBadRequest,
+    ),
+    "put-surrogate-nested-tag-value": (
+        lambda c, p: c.put_samples(["k0"], p, None, [{"t": {"a": ["v\ud800"]}}]),
+        DataPlaneBadRequest,
+    ),
+    "put-uncopyable-tag-value": (
+        lambda c, p: c.put_samples(["k0"], p, None, [{"t": [threading.Lock()]}]),
+        DataPlaneBadRequest,
+    ),
+    "claim-surrogate-task": (
+        lambda c, p: c.claim_meta(p, "t\ud800", ["x"], 1, blocking=False),
+        DataPlaneBadRequest,
+    ),
+    "get-surrogate-key": (lambda c, p: c.get_samples(["k\ud800"], p, ["x"]), DataPlaneBadRequest),
+    "clear-surrogate-key": (lambda c, p: c.clear_samples(["k\ud800"], p), DataPlaneBadRequest),
+    "register-surrogate-task": (
+        lambda c, p: c.register_partition(p, ["x"], 3, ["t\ud800"]),
+        DataPlaneBadRequest,
+    ),
 }
 
 
@@ -295,12 +392,66 @@ def test_the_same_bad_input_gets_the_same_error_type_on_every_backend(client, pi
     call, expected = SAME_ERRORS[name]
     partition, _ = _fresh_pair(pid)
     _seed(client, partition)
+    before = store_snapshot(client, partition)
     try:
         with pytest.raises(DataPlaneError) as caught:
             call(client, partition)
         assert type(caught.value) is expected, caught.value
+        if name.startswith(("put-", "register-", "clear-")) and name != "get-all-over-different-fields":
+            assert store_snapshot(client, partition) == before
     finally:
         client.clear_samples(None, partition)
+
+
+@pytest.mark.parametrize("value", [threading.Lock(), (i for i in range(3))], ids=["lock", "generator"])
+def test_an_object_value_that_cannot_be_copied_is_a_typed_error_and_stores_nothing(client, pid, value):
+    partition, _ = _fresh_pair(pid)
+    _seed(client, partition)
+    before = store_snapshot(client, partition)
+    try:
+        with pytest.raises(DataPlaneError):  # memory: DataPlaneWriteError (tests/unit/test_memory_store.py)
+            client.put_samples(["k0", "new"], partition, {"obj": [value, 1]})
+        assert store_snapshot(client, partition) == before
+    finally:
+        client.clear_samples(None, partition)
+
+
+def test_stored_tags_are_the_stores_own(client, pid):
+    history = [1, 2]
+    tags = {"history": history, "meta": {"a": {"b": [3]}}, "pair": [1, [2]]}  # TransferQueue: no tuples
+    client.put_samples(["k"], pid, None, tags=[tags])
+    history.append("writer's later edit")
+    tags["meta"]["a"]["b"].append(4)
+    listed = client.list_keys(pid)[pid]["k"]
+    assert listed == {"history": [1, 2], "meta": {"a": {"b": [3]}}, "pair": [1, [2]]}
+    listed["history"].append("edit of a listing")
+    listed["pair"][1].append("edit of a listing")
+    client.register_partition(pid, ["x"], None, [])
+    client.put_samples(["k"], pid, {"x": torch.ones(1)})
+    claimed = client.claim_meta(pid, "t", ["x"], 1, timeout_s=10)
+    claimed.tags[0]["meta"]["a"]["b"].append("edit of a claimed meta")
+    written = client.put_samples(["k"], pid, None, tags=[{"more": 1}])
+    written.tags[0]["history"].append("edit of a put's meta")
+    assert client.list_keys(pid)[pid]["k"] == {
+        **tags,
+        "history": [1, 2],
+        "meta": {"a": {"b": [3]}},
+        "more": 1,
+    }
+    client.clear_samples(None, pid)
+
+
+def test_a_claim_on_a_partition_never_registered_says_so_and_how_to_fix_it(client, pid):
+    with pytest.raises(DataPlaneTimeout, match=r"never registered.*register_partition\(.*num_samples"):
+        client.claim_meta(pid, "train", ["x"], 2, timeout_s=0.05)
+
+
+def test_a_claim_on_a_partition_without_num_samples_says_so_and_how_to_fix_it(client, pid):
+    client.register_partition(pid, ["x"], None, ["train"])
+    client.put_samples(["k0"], pid, {"x": torch.ones(1)})
+    with pytest.raises(DataPlaneTimeout, match=r"without num_samples.*full batches of 2.*num_samples=N"):
+        client.claim_meta(pid, "train", ["x"], 2, timeout_s=0.05)
+    client.clear_samples(None, pid)
 
 
 def test_a_rejected_registration_keeps_the_previous_one(client, pid):
@@ -474,15 +625,23 @@ _BAD_FACADE_CALLS = {
 }
 
 
+@pytest.fixture
+def default_client():
+    """The process-default client (the embedded one unless a test session initialised another); never
+    closed here, so a shared deployment survives. After an earlier test's ``close()``, a new default."""
+    try:
+        return kvplane.get_client()
+    except DataPlaneNotReady:
+        return kvplane.init()
+
+
 @pytest.mark.parametrize("name", sorted(_BAD_FACADE_CALLS))
-def test_facade_rejects_bad_input_with_typed_errors_and_changes_nothing(pid, name):
-    # The process-default client (the embedded one unless a test session initialised another);
-    # never closed here, so a shared deployment survives.
-    client = kvplane.get_client()
+def test_facade_rejects_bad_input_with_typed_errors_and_changes_nothing(default_client, pid, name):
+    client = default_client
     _assert_rejected_without_trace(client, pid, lambda c, existing, fresh: _BAD_FACADE_CALLS[name](existing))
 
 
-def test_facade_missing_reads_are_key_errors(pid):
+def test_facade_missing_reads_are_key_errors(default_client, pid):
     kvplane.kv_put("k", pid, fields={"x": torch.ones(2)})
     with pytest.raises(KeyError):
         kvplane.kv_batch_get(["k", "nope"], pid)
@@ -491,7 +650,7 @@ def test_facade_missing_reads_are_key_errors(pid):
     kvplane.kv_clear(None, pid)
 
 
-def test_facade_object_values_round_trip(pid):
+def test_facade_object_values_round_trip(default_client, pid):
     kvplane.kv_put("k", pid, fields={"text": "hi", "obj": {"a": [1, 2]}, "x": torch.tensor([1.5, math.nan])})
     td = kvplane.kv_batch_get(["k"], pid)
     assert td.get("text").tolist() == ["hi"] and td.get("obj").tolist() == [{"a": [1, 2]}]

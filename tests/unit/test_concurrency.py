@@ -302,3 +302,50 @@ def test_memory_ping_honours_its_deadline_when_the_store_is_busy():
     client.close()
     with pytest.raises(DataPlaneUnavailable):
         client.ping(timeout_s=1)
+
+
+def test_memory_claim_deadline_includes_the_wait_for_the_stores_lock(pid):
+    from kvplane.adapters.memory import MemoryDataPlaneClient
+
+    client = MemoryDataPlaneClient()
+    client.put_samples(["a"], pid, {"x": torch.ones(1)})  # ready: only the lock stands in the way
+    outcome: list[BaseException | object] = []
+
+    def claim() -> None:
+        try:
+            outcome.append(client.claim_meta(pid, "t", ["x"], 1, timeout_s=0.05))
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome.append(exc)
+
+    with client._changed:  # the store's lock, held as a long listing used to hold it
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        claimer.join(timeout=30)  # released only after the claim gave up (or after 30 s if it blocks)
+        still_waiting = claimer.is_alive()
+    claimer.join(timeout=30)
+    assert not still_waiting, "the claim waited for the lock past its deadline"
+    assert len(outcome) == 1 and isinstance(outcome[0], DataPlaneTimeout), outcome
+    assert "lock" in str(outcome[0])
+    assert client.claim_meta(pid, "t", ["x"], 1, timeout_s=5).sample_ids == ["a"]  # nothing was consumed
+    client.close()
+
+
+def test_memory_listings_copy_tags_after_releasing_the_lock(pid, monkeypatch):
+    import kvplane.adapters.memory as memory
+
+    client = memory.MemoryDataPlaneClient()
+    client.put_samples(["a", "b"], pid, None, tags=[{"n": [1]}, {"n": [2]}])
+    lock_free_while_copying: list[bool] = []
+    real_copy = memory.copy_tags
+
+    def watching_copy(tag):
+        free = client._changed.acquire(blocking=False)
+        if free:
+            client._changed.release()
+        lock_free_while_copying.append(free)
+        return real_copy(tag)
+
+    monkeypatch.setattr(memory, "copy_tags", watching_copy)
+    assert client.list_keys(pid) == {pid: {"a": {"n": [1]}, "b": {"n": [2]}}}
+    assert lock_free_while_copying == [True, True]
+    client.close()

@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict
 
 import kvplane
-from kvplane import DataPlaneBadRequest, DataPlaneKeyError
+from kvplane import DataPlaneBadRequest, DataPlaneKeyError, DataPlaneNotReady
 
 
 class _Api:
@@ -28,6 +28,7 @@ class _Api:
 @pytest.fixture(params=["sync", "async"])
 def api(request):
     kvplane.close()
+    kvplane.init()
     yield _Api(request.param)
     kvplane.close()
 
@@ -94,14 +95,49 @@ def test_init_close_and_default_client():
         kvplane.init({"impl": "memory", "seq_len_tag": "other"})
     kvplane.close()
     kvplane.close()
-    assert kvplane.get_client() is not first
+    assert kvplane.init() is not first
     kvplane.close()
 
 
-def test_kv_call_before_init_uses_the_embedded_default(pid):
+def test_kv_call_before_any_init_uses_the_embedded_default_and_logs_it_once(pid, monkeypatch, caplog):
+    import kvplane._facade as facade
+
     kvplane.close()
-    kvplane.kv_put("a", pid, tag={"t": 1})
+    monkeypatch.setattr(facade, "_closed", False)  # a process that never called init() or close()
+    monkeypatch.setattr(facade, "_auto_logged", False)
+    with caplog.at_level("INFO", logger="kvplane._facade"):
+        kvplane.kv_put("a", pid, tag={"t": 1})
+        kvplane.kv_put("b", pid, tag={"t": 2})
     assert type(kvplane.get_client()).__name__ == "MemoryDataPlaneClient"
+    assert sorted(kvplane.kv_list(pid)[pid]) == ["a", "b"]
+    assert [r.message for r in caplog.records].count(
+        "no kvplane.init() before the first kv_* call: using the embedded store"
+    ) == 1
+    kvplane.close()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda pid: kvplane.kv_put("a", pid, tag={"t": 1}),
+        lambda pid: kvplane.kv_batch_put(["a"], pid, {"x": torch.ones(1)}),
+        lambda pid: kvplane.kv_batch_get(["a"], pid),
+        lambda pid: kvplane.kv_list(),
+        lambda pid: kvplane.kv_clear(None, pid),
+        lambda pid: kvplane.get_client(),
+        lambda pid: asyncio.run(kvplane.async_kv_list()),
+    ],
+)
+def test_a_kv_call_after_close_is_not_ready_until_init(call, pid):
+    kvplane.init()
+    kvplane.kv_put("kept", pid, tag={"t": 1})
+    kvplane.close()
+    with pytest.raises(DataPlaneNotReady, match=r"call kvplane\.init\(\)"):
+        call(pid)
+    with pytest.raises(DataPlaneNotReady):  # still closed: no silent fresh store was made
+        kvplane.kv_list()
+    kvplane.init()
+    assert kvplane.kv_list(pid) == {}  # init() re-enables (a new, empty embedded store)
     kvplane.close()
 
 

@@ -288,6 +288,7 @@ def test_instance_concat_keeps_nemo_rl_semantics_and_accepts_a_list():
 
 def test_tq_meta_pickles_and_reaches_kv_batch_get_by_meta(pid):
     kvplane.close()
+    kvplane.init()
     kvplane.kv_batch_put(["a", "b"], pid, {"x": torch.arange(4).view(2, 2)})
     meta = pickle.loads(pickle.dumps(KVBatchMeta(keys=["b", "a"], tags=[{}, {}], partition_id=pid, fields=["x"])))
     assert kvplane.kv_batch_get_by_meta(meta)["x"].tolist() == [[2, 3], [0, 1]]

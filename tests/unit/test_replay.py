@@ -325,3 +325,49 @@ def test_requeue_unfinished_streaming_keeps_taking_new_samples(client, pid):
 def test_requeue_unfinished_rejects_a_bad_task_name(client, pid):
     with pytest.raises(DataPlaneBadRequest):
         requeue_unfinished(client, pid, new_task="", fields=["x"])
+
+
+def test_groups_without_created_at_are_aged_from_when_first_seen(client, pid):
+    # Written with plain put_samples (no write_group): no created_at, never committed.
+    client.put_samples(
+        ["raw0", "raw1"], pid, {"x": torch.ones(2)}, tags=[{"group_id": "r"}, {"group_id": "r"}]
+    )
+    client.put_samples(["loose"], pid, {"x": torch.ones(1)})  # no tags at all: its own group
+    evict = dict(current_version=0, max_staleness=0, abandon_after_s=60)
+    assert evict_stale(client, pid, **evict, now=1000.0) == []  # first seen now: never evicted at first sight
+    assert select_groups(client, pid, current_version=0, max_staleness=0) == ([], [])
+    assert evict_stale(client, pid, **evict, now=1060.0) == []  # exactly at the deadline: still pending
+    client.put_samples(["late"], pid, {"x": torch.ones(1)})  # first seen at 1060.5, aged from then
+    doomed = evict_stale(client, pid, **evict, now=1060.5)
+    assert sorted(g.group_id for g in doomed) == ["loose", "r"]
+    assert client.list_sample_ids(pid) == ["late"]
+    assert evict_stale(client, pid, **evict, now=1120.0) == []
+    assert [g.keys for g in evict_stale(client, pid, **evict, now=1121.0)] == [["late"]]
+    assert evict_stale(client, pid, current_version=0, max_staleness=0) == []  # without abandon_after_s: kept
+
+
+def test_ageless_groups_are_tracked_per_client_and_forgotten_when_gone(pid):
+    from kvplane.adapters.memory import MemoryDataPlaneClient
+
+    first, second = MemoryDataPlaneClient(), MemoryDataPlaneClient()
+    for c in (first, second):
+        c.put_samples(["k"], pid, None, tags=[{"t": 1}])
+    evict = dict(current_version=0, max_staleness=0, abandon_after_s=10)
+    assert evict_stale(first, pid, **evict, now=0.0) == []
+    assert evict_stale(second, pid, **evict, now=100.0) == []  # its own first sight
+    assert [g.keys for g in evict_stale(first, pid, **evict, now=11.0)] == [["k"]]
+    first.put_samples(["k"], pid, None, tags=[{"t": 1}])  # the same name again: a new group, seen afresh
+    assert evict_stale(first, pid, **evict, now=15.0) == []
+    assert evict_stale(second, pid, **evict, now=105.0) == []
+
+
+def test_ls_groups_shows_groups_of_unknown_age(client, pid, capsys):
+    from kvplane.cli import main
+
+    client.put_samples(["raw"], pid, None, tags=[{"group_id": "r"}])
+    write_group(client, pid, ["w"], {"x": torch.ones(1)}, group_id="w", weight_version=1)
+    assert main(["ls", pid, "--groups"], client=client) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.split()[0] in ("r", "w")}
+    assert rows["r"][-1] == "unknown" and rows["w"][-1] != "unknown"
+    assert "1 group(s) carry no created_at tag" in out

@@ -67,12 +67,11 @@ from kvplane._errors import (
     DataPlaneClearError,
     DataPlaneKeyError,
     DataPlaneReadError,
-    DataPlaneTimeout,
     DataPlaneUnavailable,
     DataPlaneWriteError,
 )
 from kvplane._errors import StorageKeyNotFoundError as RacedClearError
-from kvplane._gated import GatedDataPlaneClient
+from kvplane._gated import GatedDataPlaneClient, claim_timeout
 from kvplane._meta import DataPlaneCapabilities, KVBatchMeta
 from kvplane._validation import Declaration
 
@@ -187,7 +186,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         while True:
             # Each attempt gets the full request deadline: abandoning a fetch the controller already
             # served would lose its samples for this task (TransferQueue has no un-claim).
-            meta = self._runner.run(
+            meta, registration = self._runner.run(
                 "claim_meta",
                 self._claim_once(pid, task_name, required, batch_size, dp_rank),
                 DataPlaneReadError,
@@ -198,15 +197,15 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
                 return KVBatchMeta(pid, task_name, [], fields=required, tags=[])
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DataPlaneTimeout(
-                    f"claim_meta(partition={pid!r}, task={task_name!r}, batch_size={batch_size}) "
-                    f"found too few ready samples within {timeout_s}s"
+                raise claim_timeout(
+                    pid, task_name, batch_size, timeout_s, exists=None, registration=registration
                 )
             time.sleep(min(self._cfg.claim_meta_poll_interval_s, remaining))
 
     async def _claim_once(
         self, pid: str, task: str, required: list[str], batch_size: int, dp_rank: int | None
-    ) -> KVBatchMeta | None:
+    ) -> tuple[KVBatchMeta | None, Registration | None]:
+        """One claim attempt: the batch (``None`` when too few samples are ready) and the registration."""
         state = await self._control.state(pid)
         registration = state.registration
         if (
@@ -223,7 +222,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         if counted:
             want = min(batch_size, registration.num_samples - state.claimed.get(task, 0))  # type: ignore[union-attr,operator]
             if want <= 0:
-                return KVBatchMeta(pid, task, [], fields=required, tags=[])
+                return KVBatchMeta(pid, task, [], fields=required, tags=[]), registration
         batch = await self._tq.async_get_meta(
             data_fields=required,
             batch_size=want,
@@ -233,14 +232,15 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             sampling_config={} if dp_rank is None else {"dp_rank": dp_rank},
         )
         if batch.size == 0:
-            return None
+            return None, registration
         lookups: list[Coroutine[Any, Any, Any]] = [
             self._tq.async_kv_retrieve_keys(list(batch.global_indexes), pid)
         ]
         if counted:
             lookups.append(self._count_claim(pid, task, registration.epoch, batch.size))  # type: ignore[union-attr]
         keys, *_ = await asyncio.gather(*lookups)
-        return self._meta(pid, task, list(keys), list(required), [dict(t) for t in batch.custom_meta])
+        tags = [dict(t) for t in batch.custom_meta]
+        return self._meta(pid, task, list(keys), list(required), tags), registration
 
     async def _count_claim(self, pid: str, task: str, epoch: str, n: int) -> None:
         slot = (pid, task, epoch)

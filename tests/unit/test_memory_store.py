@@ -1,0 +1,81 @@
+"""The embedded backend's own guarantees (issue 16): typed write failures, memory that comes back.
+
+The lock-deadline test lives in tests/unit/test_concurrency.py; backend-neutral bad input in
+tests/unit/test_bad_input.py.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from kvplane import DataPlaneWriteError
+from kvplane.adapters.memory import MemoryDataPlaneClient
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("value", [threading.Lock(), (i for i in range(3))], ids=["lock", "generator"])
+def test_an_uncopyable_object_is_a_write_error_with_its_cause(client, pid, value):
+    with pytest.raises(DataPlaneWriteError, match="cannot be copied into the store") as caught:
+        client.put_samples(["a"], pid, {"obj": [value]})
+    assert isinstance(caught.value.__cause__, TypeError)
+    assert client.list_keys(pid) == {}
+
+
+def test_evicting_most_of_a_put_returns_most_of_its_memory(client, pid):
+    keys = [f"k{i}" for i in range(256)]
+    client.put_samples(keys, pid, {"x": torch.zeros(256, MIB // 4)})  # 256 rows of 1 MiB
+    assert client.retained_nbytes() == 256 * MIB
+    client.pop(keys[:128], pid)
+    assert client.retained_nbytes() == 128 * MIB  # half gone: compacted
+    client.pop(keys[128:255], pid)
+    assert client.retained_nbytes() == 1 * MIB  # the one row left, alone
+    assert client.get_samples(["k255"], pid, ["x"])["x"].shape == (1, MIB // 4)
+    client.pop(["k255"], pid)
+    assert client.retained_nbytes() == 0
+
+
+def test_compaction_keeps_every_remaining_row_and_overwrites_release_rows(client, pid):
+    keys = [f"k{i}" for i in range(10)]
+    client.put_samples(keys, pid, {"x": torch.arange(10.0).unsqueeze(1).expand(10, 4).contiguous()})
+    client.put_samples(keys[:3], pid, {"x": torch.full((3, 4), -1.0)})  # overwrites release old rows
+    client.pop(keys[3:8], pid)  # 8 of the first chunk's rows gone: compacted to 2
+    assert client.retained_nbytes() == (3 + 2) * 4 * 4
+    got = client.get_samples(keys[:3] + keys[8:], pid, ["x"])["x"][:, 0].tolist()
+    assert got == [-1.0, -1.0, -1.0, 8.0, 9.0]
+
+
+def test_a_read_that_races_compaction_reads_the_rows_it_resolved(pid):
+    # Readers copy outside the lock from the tensor they resolved under it; compaction replaces the
+    # tensor rather than editing it, so rows never shift under a reader.
+    client = MemoryDataPlaneClient()
+    keys = [f"k{i}" for i in range(64)]
+    client.put_samples(keys, pid, {"x": torch.arange(64)})
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(200):
+                assert client.get_samples(["k62", "k63"], pid, ["x"])["x"].tolist() == [62, 63]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for key in keys[:62]:
+        client.pop([key], pid)
+    reader.join(timeout=60)
+    assert not reader.is_alive() and errors == []
+    assert client.retained_nbytes() == 2 * 8
+    client.close()
+
+
+def test_ragged_rows_free_one_by_one(client, pid):
+    rows = [torch.zeros(MIB // 4 + i) for i in range(4)]  # ragged: stored per row
+    client.put_samples(["a", "b", "c", "d"], pid, {"x": rows})
+    full = client.retained_nbytes()
+    client.pop(["a", "b", "c"], pid)
+    assert client.retained_nbytes() == 4 * (MIB // 4 + 3) < full / 3
