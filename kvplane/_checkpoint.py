@@ -1,34 +1,15 @@
 """Checkpoint directories: a store's durable state on disk, for any backend.
 
-A backend turns its state into a :class:`StoreSnapshot` (plain data: keys, tags, columns,
-registrations, claims) and back; this module owns the directory. ``write_checkpoint`` and
-``read_checkpoint`` follow TransferQueue 0.1.11's ``save_checkpoint``/``load_checkpoint``: the new
-checkpoint is written into ``<dir>.tmp`` beside the target, the previous one is moved to
-``<dir>.old``, the new one renamed into place, then ``<dir>.old`` removed. Every file is fsynced
-before the renames, so a save killed at any moment leaves the previous or the new checkpoint
-loadable, never a mix; ``read_checkpoint`` reads ``<dir>.old`` when ``<dir>`` is missing or
-unfinished (a save died between the two renames).
+A backend turns its state into a :class:`StoreSnapshot` (plain data) and back; this module owns the
+directory. ``write_checkpoint``/``read_checkpoint`` follow TransferQueue 0.1.11's
+``save_checkpoint``/``load_checkpoint``. A save killed at any moment leaves the previous or the new
+checkpoint loadable, never a mix. Every file's size and crc32 are checked before its content is used;
+a bad or foreign-version file is a :class:`~kvplane.DataPlaneCheckpointError` naming the file.
 
-Layout (format ``kvplane-checkpoint``, version 1)::
+**Trust boundary:** ``index.pkl`` and ``objects.pkl`` are pickles: load only checkpoints you (or a
+party you trust) wrote. The checksums catch corruption, not tampering.
 
-    manifest.json        format, version, every file's size and crc32; its own crc32 (written last)
-    metadata.json        TransferQueue's: {"storage_saved": bool, "user_metadata": {...}}
-    state.json           per partition: fields (kind, column blocks), per-key field layouts, tasks
-    index.pkl            per partition: keys, tags, layout of each key, registration, claimed keys
-    objects.pkl          non-tensor column values                     (only with include_storage)
-    tensors.safetensors  tensor column blocks, standard safetensors   (only with include_storage)
-
-Every file's size and crc32 are checked on load before its content is used; a missing, truncated,
-corrupted or foreign-version file is a :class:`~kvplane.DataPlaneCheckpointError` naming the file.
-crc32 (zlib) is used because it is the fastest checksum in the standard library here (2.1 GiB/s
-against sha256's 1.35); each 256 KiB piece is checksummed next to its read or write, while in the
-CPU cache, and a helper thread flushes a file being written every 64 MiB, so the disk works while
-the CPU copies.
-
-**Trust boundary:** ``index.pkl`` and ``objects.pkl`` are pickles (tags and non-tensor values are
-arbitrary Python objects). Unpickling runs code chosen by whoever wrote the file: load only
-checkpoints you (or a party you trust) wrote. The checksums catch corruption, not tampering.
-Tensors never go through pickle.
+Design: docs/internals.md#kvplane_checkpointpy--the-on-disk-format
 
 Examples:
     >>> import tempfile, torch

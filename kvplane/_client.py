@@ -1,30 +1,15 @@
 """``DataPlaneClient``: the contract every backend and middleware implements.
 
-NeMo-RL's ``DataPlaneClient``: the abstract methods are exactly NeMo-RL's eight (same names and
-signatures), so an adapter written for NeMo-RL subclasses this class unchanged; kvplane's extensions
-have concrete defaults (derived from ``list_keys`` or ``clear_samples``, or raising
-:class:`~kvplane.DataPlaneError` "not supported by this backend"). kvplane's own backends subclass
-:class:`kvplane._gated.GatedDataPlaneClient`, which validates every call once. The methods fall into
-four groups:
+The abstract methods are exactly NeMo-RL's eight (same names and signatures), so an adapter written
+for NeMo-RL subclasses this class unchanged; kvplane's extensions have concrete defaults. kvplane's
+own backends subclass :class:`kvplane._gated.GatedDataPlaneClient`, which validates every call once.
+There is no ``mark_consumed``: a stage signals that it is done by *producing a field*.
 
-(A) task-mediated: a consumer task discovers ready samples through its own cursor
-    (``register_partition``, ``claim_meta``, ``get_data``, ``check_consumption_status``);
-(B) direct-by-key: the caller knows the ids (``put_samples``, ``get_samples``, ``clear_samples``);
-(C) recovery / control plane: ``ping``, ``list_keys``, ``list_metadata``, ``list_sample_ids``,
-    ``depth``, ``pop``, ``evict``, ``get_capabilities``;
-(D) lifecycle: ``close``.
+Every implementation keeps the rules: a read of a missing partition, key or field raises
+:class:`~kvplane.DataPlaneKeyError`; a rejected write leaves no trace; what comes back has the shape
+and dtype that went in; every wait has a deadline.
 
-There is no ``mark_consumed``: a stage signals that it is done by *producing a field*; consumers that
-require that field then see the sample.
-
-Rules every implementation keeps (the shared contract suite checks them):
-
-- A read of a missing partition, key or field raises :class:`~kvplane.DataPlaneKeyError` naming what
-  is missing; it never returns fewer rows or an empty TensorDict.
-- A write is validated whole before anything is stored; a rejected write leaves no trace.
-- Dense ``[B, ...]`` fields come back dense, ``[B]`` fields come back ``[B]``, ragged rows come back
-  as a jagged nested tensor, non-tensor columns (``NonTensorStack``) round-trip.
-- Every wait has a deadline; backend failures surface as kvplane errors with the cause chained.
+Design: docs/internals.md#kvplane_clientpy--the-contract
 
 Examples:
     >>> import torch

@@ -1,30 +1,15 @@
 """``DataPlaneConfig``: which backend to build and how, validated when it is loaded.
 
 A config comes from a dict, a YAML file, an example's name, or ``None`` (the embedded backend). Every
-error names the offending key. ``impl: embedded`` (the default; ``memory`` is an accepted alias, read
-as ``embedded``) needs nothing else; ``impl: transfer_queue`` needs the TransferQueue keys, and
-``backend: mooncake_cpu`` also the Mooncake sizes.
+error names the offending key. ``impl: embedded`` (the default; ``memory`` is an alias) needs nothing
+else; ``impl: transfer_queue`` needs the TransferQueue keys, and ``backend: mooncake_cpu`` also the
+Mooncake sizes. A string that is not an existing file, with no path separator and no
+``.yaml``/``.yml`` suffix, names a packaged example (:func:`resolve_config_path`).
 
-A string that is not an existing file and has neither a path separator nor a ``.yaml``/``.yml``
-suffix names a packaged example (:func:`resolve_config_path`, :mod:`kvplane.examples`), so
-``DataPlaneConfig.load("transfer_queue")`` works from any directory.
+NeMo-RL's keys (``controller_address``, ``ack_timeout_ms``, the ``simple:``/``mooncake_cpu:`` blocks,
+...) are read as kvplane's; a key given both ways must agree.
 
-Keys beyond NeMo-RL's set (decisions written down here): ``ray_address`` joins an existing Ray
-cluster; ``ray_num_cpus`` sizes a local one (default: enough for the controller and every storage
-unit, at least 4); ``request_timeout_s`` is the deadline of every backend call that has no deadline
-of its own; ``bootstrap_timeout_s`` bounds a TransferQueue bootstrap; ``seq_len_tag`` names the tag
-that fills ``KVBatchMeta.sequence_lengths`` on claimed metas.
-
-NeMo-RL's keys are read as kvplane's (a key given both ways must agree): ``controller_address`` is
-the address of the Ray cluster whose TransferQueue controller to use (kvplane finds the controller
-as a named Ray actor there), i.e. ``ray_address``; ``ack_timeout_ms`` is the deadline of a backend
-call in milliseconds, i.e. ``request_timeout_s * 1000``; the per-backend blocks ``simple:``
-(``storage_capacity``, ``num_storage_units``) and ``mooncake_cpu:`` (``global_segment_size``,
-``local_buffer_size``) fill the flat keys, sizes a block omits take NeMo-RL's defaults (1 000 000
-samples; 64 GiB segment, 4 GiB buffer), only the selected backend's block is read, and
-``mooncake_cpu``'s RDMA pool knobs (``reuse_registered_buffers``, ``staging_buffer_size``) are
-validated but have no effect (kvplane uses TransferQueue's own Mooncake client);
-``observability.verify_tensor_hash`` may only be false (kvplane does not fingerprint tensors).
+Design: docs/internals.md#kvplane_configpy--configuration-keys
 
 Examples:
     >>> from kvplane import DataPlaneConfig

@@ -1,21 +1,17 @@
-"""The kvplane error tree.
+"""The kvplane error tree; backend exceptions are translated into it, the cause chained::
 
-Every error a kvplane call raises is a :class:`DataPlaneError`; backend exceptions (TransferQueue,
-Ray, ZMQ) are translated at the adapter boundary and chained as ``__cause__``.
-
-::
-
-    RuntimeError
-    └── DataPlaneError
-        ├── DataPlaneUnavailable        backend gone, closed client, deployment not reachable
-        ├── DataPlaneTimeout            a deadline passed (also a TimeoutError)
-        ├── DataPlaneReadError          a read failed for a reason that is not the caller's
-        ├── DataPlaneWriteError         a write failed for a reason that is not the caller's
-        ├── DataPlaneClearError         a clear / pop / evict failed
-        ├── DataPlaneNotReady           data is not (yet) produced where the call needs it
-        └── DataPlaneBadRequest         bad input (also a ValueError)
-            └── DataPlaneKeyError       missing partition, key or field (also a KeyError)
-                └── StorageKeyNotFoundError   a read raced a clear of its keys (TransferQueue's name)
+    DataPlaneError (a RuntimeError)
+    ├── DataPlaneUnavailable        backend gone, closed client, deployment not reachable
+    ├── DataPlaneTimeout            a deadline passed (also a TimeoutError)
+    ├── DataPlaneReadError          a read failed for a reason that is not the caller's
+    ├── DataPlaneWriteError         a write failed for a reason that is not the caller's
+    ├── DataPlaneClearError         a clear / pop / evict failed
+    ├── DataPlaneNotReady           data is not (yet) produced where the call needs it
+    └── DataPlaneBadRequest         bad input (also a ValueError)
+        ├── DataPlaneKeyError       missing partition, key or field (also a KeyError)
+        │   └── StorageKeyNotFoundError   a read raced a clear of its keys (TransferQueue's name)
+        └── DataPlaneCheckpointError      unusable checkpoint, the file named
+            └── CheckpointNotFoundError   missing checkpoint (also a FileNotFoundError)
 
 Examples:
     >>> from kvplane import DataPlaneKeyError, DataPlaneBadRequest

@@ -1,42 +1,13 @@
 """``MetricsDataPlaneClient``: a decorator client that measures every data plane operation.
 
-It wraps any :class:`~kvplane.DataPlaneClient` and, for each call, emits one flat event
+It wraps any :class:`~kvplane.DataPlaneClient` and, for each public call, emits exactly one flat event
 (:class:`DataPlaneEvent`: ``op``, ``partition_id``, ``n_keys``, ``n_bytes``, ``wall_ms``, ``status``)
-to its sinks, and keeps cumulative :class:`DataPlaneStats`. Errors are never swallowed: the event
-is emitted with status ``"error"`` (or ``"timeout"`` for any :class:`TimeoutError`, which includes
-:class:`~kvplane.DataPlaneTimeout`) and the exception is re-raised. A sink that raises is logged
-and ignored; it never breaks an operation.
+to its sinks, and keeps cumulative :class:`DataPlaneStats`. Errors are never swallowed: the event has
+status ``"error"`` (``"timeout"`` for any :class:`TimeoutError`) and the exception is re-raised. A
+sink that raises is logged and ignored. Bytes outstanding are tracked per partition, key and field,
+locally to this process; an upsert replaces a field's bytes, never double-counts.
 
-Operations and what they count (bytes are tensor payload bytes, :func:`kvplane._tensors.td_nbytes`):
-
-============================== ========================== ===================== ==========================
-method                         ``op``                     ``partition_id``      ``n_keys`` / ``n_bytes``
-============================== ========================== ===================== ==========================
-``register_partition``         register                   the partition         ``num_samples`` or 0 / 0
-``claim_meta``                 claim_meta                 the partition         keys claimed / 0
-``get_data``                   get_data                   ``meta.partition_id`` ``len(meta)`` / returned
-``check_consumption_status``   check_consumption_status   the partition         0 / 0
-``put_samples``                put                        the partition         ids / bytes of the input
-``get_samples``                get                        the partition         ids / bytes returned
-``clear_samples``              clear                      the partition         ids (0 for None) / 0
-``ping``                       ping                       ``""``                0 / 0
-``list_keys``                  list_keys                  the partition or ""   keys listed / 0
-``list_metadata``              list_metadata              the partition         groups listed / 0
-``list_sample_ids``            list_sample_ids            the partition         ids listed / 0
-``depth``                      depth                      the partition         0 / 0
-``pop`` / ``evict``            pop / evict                the partition         keys / 0
-``close``                      close                      ``""``                0 / 0
-============================== ========================== ===================== ==========================
-
-``get_capabilities`` is forwarded without an event. Each public call emits exactly one event: the
-wrapper delegates to the inner client's own method, so ``pop`` never also emits a ``clear``.
-
-**Outstanding bytes** are tracked per partition, per key and per field, locally to this process
-(not authoritative against a shared backend). A successful ``put`` records each written column's
-bytes split evenly over its rows; writing a field a key already has *replaces* that field's bytes
-(an upsert never double-counts), writing a new field adds to the key. ``clear``/``pop``/``evict``
-free the keys named; ``clear_samples(None, p)`` frees the whole partition. Failed calls never change
-the accounting. ``peak_bytes_outstanding`` is the high-water mark.
+Design: docs/internals.md#kvplane_observabilitypy--events-and-byte-accounting
 
 Examples:
     >>> import torch

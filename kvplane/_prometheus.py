@@ -1,31 +1,14 @@
 """Optional Prometheus export of :class:`~kvplane._observability.MetricsDataPlaneClient` events.
 
 Needs the ``metrics`` extra (``pip install 'kvplane[metrics]'``); ``prometheus_client`` is imported
-only when an exporter is built. Each exporter owns a private ``CollectorRegistry``, so several
-clients (or tests) in one process never collide, and nothing is added to the global registry.
+only when an exporter is built. Each exporter owns a private ``CollectorRegistry`` (nothing goes to
+the global one), so several clients or tests in one process never collide. The metrics (labels
+``op``/``status``/``partition``, never per-key ones): ``kvplane_op_duration_seconds``,
+``kvplane_ops_total``, ``kvplane_bytes_total``, ``kvplane_keys_total``, ``kvplane_bytes_outstanding``,
+``kvplane_bytes_outstanding_peak``, ``kvplane_keys_outstanding``, ``kvplane_partition_keys``,
+``kvplane_partition_depth``; the outstanding-bytes gauges are read from the tracked client at scrape time.
 
-========================================= ========= ============= =========================================
-metric                                    type      labels        meaning
-========================================= ========= ============= =========================================
-``kvplane_op_duration_seconds``           histogram op, status    wall time of each operation
-``kvplane_ops_total``                     counter   op, status    operations, by outcome (ok/error/timeout)
-``kvplane_bytes_total``                   counter   op            tensor payload bytes of successful ops
-                                                                  (put: bytes sent; get/get_data: received)
-``kvplane_keys_total``                    counter   op            keys named by successful operations
-``kvplane_bytes_outstanding``             gauge                   bytes put and not yet cleared, as tracked
-                                                                  by this process's client
-``kvplane_bytes_outstanding_peak``        gauge                   high-water mark of the above
-``kvplane_keys_outstanding``              gauge                   keys holding outstanding bytes
-``kvplane_partition_keys``                gauge     partition     keys stored per partition (set by
-                                                                  :meth:`PrometheusExporter.set_inventory`,
-                                                                  e.g. ``kvplane stats --prometheus``)
-``kvplane_partition_depth``               gauge     partition     committed, complete groups per partition
-                                                                  (same source)
-========================================= ========= ============= =========================================
-
-``op`` takes the event names of :mod:`kvplane._observability` (``put``, ``get``, ``claim_meta``, ...);
-there are never per-key labels. The outstanding gauges are read from the tracked client at scrape
-time.
+Design: docs/internals.md#kvplane_prometheuspy--the-exported-metrics
 
 Examples:
     >>> import torch

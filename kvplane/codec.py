@@ -1,22 +1,13 @@
 """Jagged codec helpers: NeMo-RL's padded <-> jagged bridge, same names, signatures and results.
 
 Variable-length (per-token) fields travel as ``torch.jagged`` nested tensors, so no padding is
-stored or moved; a reader pads them back only when it needs rectangles.
-
-- :func:`to_nested_by_length` strips right padding off ``(N, S, ...)`` rows by per-row lengths.
-- :func:`pack_per_token_field` does that for a field known to be per-token, tolerating a sequence
-  dimension wider than ``max(lengths)`` (sequence-parallel rounding); other shapes pass through.
-- :func:`pack_jagged_fields` packs a column dict into the wire ``TensorDict`` for a put.
-- :func:`materialize` turns a fetched ``TensorDict`` back into rectangles (``layout="padded"``,
-  per-field pad values, ``pad_to_seqlen``: one pad length shared by every DP rank) or leaves nested
-  leaves jagged (``layout="jagged"``).
-- :func:`response_from_nested` cuts the response slice (shifted left by one token) out of
-  prompt+response rows.
-
+stored or moved; a reader pads them back (:func:`materialize`) only when it needs rectangles.
 Dtypes are preserved (bf16 included); bad shapes raise :class:`~kvplane._errors.DataPlaneBadRequest`
-(a ``ValueError``). Differences from NeMo-RL: ``materialize`` returns a plain ``dict`` (NeMo-RL's
-``BatchedDataDict`` is a dict subclass), and inputs NeMo-RL would slice silently into garbage
-(negative or too-long lengths, a response longer than its row) are rejected.
+(a ``ValueError``). Differences from NeMo-RL: ``materialize`` returns a plain ``dict``, and inputs
+NeMo-RL would slice silently into garbage (negative or too-long lengths, a response longer than its
+row) are rejected.
+
+Design: docs/internals.md#kvplanecodecpy--the-jagged-codec-helpers
 
 Examples:
     >>> import torch

@@ -1,26 +1,13 @@
 """``kvplane demo``: a small but real GRPO-style data flow through kvplane.
 
-What runs (threads in one process; the data plane is the embedded backend, or TransferQueue with
-``--config transfer_queue``, the packaged example):
+Threads in one process, on the embedded backend (or TransferQueue with ``--config transfer_queue``):
+producers write tagged rollout groups with :func:`kvplane.replay.write_group`; a replay buffer admits
+fresh, complete groups and evicts stale ones from metadata alone; DP ranks iterate
+:class:`~loaders.StreamingDataLoader` with ``balance="tokens"``, train on their shard and pop it. The
+report: trained samples/s and per-step rank imbalance next to NeMo-RL's contiguous split. Options and
+pre-flight checks: the ``demo`` command of :mod:`kvplane_tools.commands`.
 
-1. **Producers** (rollout workers) write rollout groups — one prompt, ``--group-size`` responses of
-   lognormal length — with :func:`kvplane.replay.write_group`: data first, tagged with the group's
-   ``group_id``, ``weight_version`` and ``created_at``, then the commit. A ``--stale-fraction`` of
-   groups comes from a straggling actor whose weights are too old.
-2. A **replay buffer** reads only metadata (:func:`kvplane.replay.select_groups`): it *admits*
-   fresh, committed, complete groups by writing a one-byte ``admitted`` field on their keys (a stage
-   signals "done" by producing a field, so only admitted samples become claimable), and *evicts*
-   stale ones.
-3. **DP ranks** iterate :class:`~loaders.StreamingDataLoader` with ``balance="tokens"``: each step is
-   one claim of ``--batch-size`` samples for all ranks, split so the most-loaded rank carries as few
-   tokens as possible; each rank fetches only its shard, "trains" (sleeps in proportion to its
-   tokens), and pops the keys it trained on. Rank 0 advances the policy's weight version each step.
-
-The report: trained samples per second, per-step rank imbalance (most-loaded rank / mean) next to
-what NeMo-RL's default contiguous split would have given on the same samples, bytes outstanding and
-their peak (from :class:`kvplane.MetricsDataPlaneClient`), admissions and evictions. ``--plot
-FILE.png`` draws per-rank token load per step. The options, and the checks that run before any
-thread starts, are :mod:`kvplane_tools.commands`' ``demo`` command's.
+Design: docs/internals.md#kvplane_toolsdemopy--the-demos-data-flow
 """
 
 from __future__ import annotations

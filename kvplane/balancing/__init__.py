@@ -2,40 +2,14 @@
 
 Pure metadata, no I/O, deterministic (every process computing the same split gets the same answer).
 The batch is cut into global batches of ``batch_size`` rows; each is split over ``dp_world`` ranks.
+``balance=None`` gives NeMo-RL's three modes (contiguous, dynamic batching, sequence packing; same
+``extra_info`` keys and structures); ``balance="tokens"`` or ``"flops"`` minimises the most-loaded
+rank's load (``equal_count=True`` keeps sample counts equal, ``group_tag`` keeps groups on one rank).
+Every rank gets the same number of micro-batches per global batch. The second return value is the
+forward permutation (rank-order concatenation → original index), or ``None`` when no row moved. Tags
+travel with their rows; bad arguments raise :class:`~kvplane._errors.DataPlaneBadRequest`.
 
-NeMo-RL's three modes (``balance=None``; same ``extra_info`` keys and structures as NeMo-RL):
-
-- *contiguous* (no packing arguments): rank ``r`` gets rows ``[r·S, (r+1)·S)`` of every global batch,
-  ``S = batch_size / dp_world``; no plan keys.
-- *dynamic batching* (``dynamic_batching_args``): rows sorted by length and dealt round-robin; one
-  plan shared by every rank: ``micro_batch_indices[batch] = [[start, end], ...]`` (positions in the
-  rank's slice) and ``micro_batch_lengths[batch] = [padded max length, ...]``.
-- *sequence packing* (``sequence_packing_args``): each global batch packed into bins of at most
-  ``max_tokens_per_microbatch`` padded tokens (``concatenative``, ``first_fit_decreasing``,
-  ``first_fit_shuffle`` or ``modified_first_fit_decreasing``), bin count raised to a multiple of
-  ``dp_world``, bins dealt round-robin. Per rank: ``micro_batch_indices[batch] = [[start, end], ...]``,
-  ``micro_batch_lengths[batch] = [padded token sum, ...]``, ``elem_counts_per_gb[batch] = rows``.
-  Row counts may differ between ranks; micro-batch counts never do.
-
-Balanced mode (``balance="tokens"`` or ``"flops"``, weight ``a·L + L²`` with ``a = flops_coeff``):
-each global batch goes to the partition with the lightest most-loaded rank among Karmarkar–Karp,
-LPT, their equal-count variants, sort-and-stride and contiguous (so it is never worse than any of
-them), then polished by swapping items off the most-loaded rank. ``equal_count=True`` keeps the
-number of samples per rank equal; ``group_tag="group_id"`` balances whole groups (rows sharing the
-tag's value stay on one rank; a group may not span two global batches). Every rank gets the same
-number of micro-batches per global batch:
-
-- without packing arguments: one micro-batch per rank and global batch, in the packing structure
-  (``micro_batch_indices``, ``micro_batch_lengths`` = token sums, ``elem_counts_per_gb``), so ranks
-  with different row counts still know where each global batch starts;
-- with dynamic batching: equal-count balancing (the shared plan walks row positions), each rank's
-  rows sorted by length;
-- with packing: balanced rows packed per rank and bins split until all ranks have as many, or
-  NeMo-RL's bins dealt to ranks by balanced equal-count partitioning, whichever is lighter.
-
-The second return value is the forward permutation (rank-order concatenation → original index), or
-``None`` when no row moved (NeMo-RL's convention: its contiguous mode always gives ``None``). Tags travel with their rows. Bad arguments raise
-:class:`~kvplane._errors.DataPlaneBadRequest`.
+Design: docs/internals.md#kvplanebalancing__init__py--splitting-a-batch-over-ranks
 
 Examples:
     >>> from kvplane import KVBatchMeta, shard_meta_for_dp

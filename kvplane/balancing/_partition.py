@@ -1,20 +1,13 @@
 """Number partitioning: split weighted items over ``k`` ranks so the most-loaded rank is light.
 
-Every algorithm returns an *assignment*: an ``int64`` array giving the rank of each item. Ranks are
-relabelled canonically (ordered by their smallest item index), so equal splits compare equal.
+Every algorithm returns an *assignment*: an ``int64`` array giving the rank of each item, ranks
+relabelled canonically (ordered by their smallest item index) so equal splits compare equal.
+:func:`contiguous` and :func:`sort_and_stride` are NeMo-RL's splits, :func:`lpt` and
+:func:`karmarkar_karp` balance, :func:`improve_by_swaps` polishes, and :func:`best_assignment` keeps
+the best candidate. ``equal_count=True`` keeps ``n/k`` items on every rank (``n`` must be a multiple
+of ``k``); free-count results never leave a rank empty when ``n >= k``.
 
-- :func:`contiguous`: NeMo-RL's unbalanced split, ``n/k`` consecutive items per rank.
-- :func:`sort_and_stride`: sort ascending, deal round-robin (NeMo-RL's dynamic batching).
-- :func:`lpt`: longest processing time first: each item, largest first, goes to the least-loaded
-  rank (Graham's 4/3 bound when counts are free).
-- :func:`karmarkar_karp`: k-way largest differencing (LDM): merge the two partial solutions with the
-  largest spread, pairing the heaviest part of one with the lightest of the other.
-- :func:`improve_by_swaps`: local search that swaps (or moves) items off the most-loaded rank.
-- :func:`best_assignment`: runs the candidates, keeps the lowest most-loaded rank (never worse than
-  any of them, by construction) and polishes it with :func:`improve_by_swaps`.
-
-``equal_count=True`` keeps ``n/k`` items on every rank (``n`` must be a multiple of ``k``). Free-count
-results never leave a rank empty when ``n >= k``.
+Design: docs/internals.md#kvplanebalancing_partitionpy--the-partitioning-algorithms
 
 Examples:
     >>> import numpy as np

@@ -1,22 +1,11 @@
 """Balance suite: most-loaded rank / mean, side by side on the same batches, and sharding time.
 
-For each length distribution of ``reference/peers.md`` §4.4 (``lognormal``: median 1500, σ 0.9,
-clipped to 32–8192; ``bimodal``: 70% in 100–800, 30% in 4000–8192), each number of samples per rank
-(8, 64, 512) and each DP size (2, 8, 64), the same generated batches are split by:
+Generated batches (lognormal and bimodal lengths; 8, 64, 512 samples per rank; DP 2, 8, 64) are split
+by NeMo-RL's, verl's and textbook partitioners and by kvplane's ``shard_meta_for_dp`` with
+``balance="tokens"``. Each cell reports ``max_over_mean`` (mean and worst over trials) and median
+milliseconds per method; ``targets`` checks the balance and scale targets of docs/design.md.
 
-- ``contiguous`` (NeMo-RL without packing), ``sort_and_stride`` (NeMo-RL dynamic batching),
-  ``kk_equal_count`` (verl), ``lpt``, ``lpt_equal_count``, ``kk`` (free count),
-  ``group_kk``/``group_lpt`` (whole GRPO groups per rank, as TransferQueue's sampler: groups of 8,
-  of 2 at 8 samples per rank so that every rank holds 4 groups);
-- kvplane's ``shard_meta_for_dp`` with ``balance="tokens"``: ``kvplane_balanced``,
-  ``kvplane_balanced_equal_count`` and ``kvplane_balanced_groups`` (``group_tag``), timed end to end
-  (metas included).
-
-Each cell reports ``max_over_mean`` (mean and worst over trials, weight = tokens) and the median
-milliseconds per method. ``shard_4096_over_64`` times ``shard_meta_for_dp`` on 4096 lognormal samples
-over 64 ranks; ``packing_4096_over_64`` compares NeMo-RL's packing with balanced packing (16384-token
-micro-batches, padding 64) on one such batch. ``targets`` checks DESIGN.md's balance and scale
-targets (worst trial counts).
+Design: docs/internals.md#kvplane_toolsbenchbalancepy--the-balance-suite
 
 Examples:
     >>> from kvplane_tools.bench import balance

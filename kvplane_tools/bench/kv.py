@@ -1,23 +1,10 @@
 """KV suite: put/get throughput, sweeps, small-op latency and metadata scale, as ratios.
 
-Measured side by side in one run, on the embedded backend (and on TransferQueue, when a deployment
-is requested with ``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu``: see :mod:`kvplane_tools.bench.tq`):
+Measured side by side in one run on the embedded backend, and on TransferQueue when
+``KVPLANE_BENCH_TQ=simple`` or ``mooncake_cpu`` asks for it (:mod:`kvplane_tools.bench.tq`). Every
+figure is a median over repeats with its min and max.
 
-- ``grpo``: the GRPO batch of ``perf_baselines.md`` (512 samples: int64 [512, 4096], f32 [512, 4096],
-  f32 [512], tags) put and get through the client.
-- ``roundtrip_vs_clone``: put + get of 256 MiB against single-thread ``torch.clone`` of the same bytes
-  (target ≥ 0.45×; a round trip is two copies, so 0.5× is the ceiling without buffer reuse).
-- ``byte_sweep`` (16 MiB → 1 GiB, 512 keys) and ``key_sweep`` (100 → 100k tiny samples): put, get,
-  ``kv_list``/``list_metadata`` and ``kv_clear`` times.
-- ``small_ops``: p50/p99 latency of single-key ``kv_put`` and ``kv_batch_get``.
-- ``eviction_memory`` (embedded backend): tensor bytes the store keeps after one put of 256 rows and
-  after evicting 255 of them one by one, as a replay buffer evicting by age does (before issue 16's
-  compaction the whole put stayed alive until its last row went).
-- ``comparison`` (with TransferQueue): every implementation's GRPO put/get side by side, as ratios
-  against raw TransferQueue, Ray and a clone (:func:`kvplane_tools.bench.tq.comparison`); a TransferQueue
-  backend that cannot run reports its error in place of its results.
-
-Every figure is a median over repeats with its min and max.
+Design: docs/internals.md#kvplane_toolsbenchkvpy--the-kv-suite
 
 Examples:
     >>> from kvplane_tools.bench import kv

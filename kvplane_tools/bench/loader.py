@@ -1,36 +1,12 @@
 """Loader suite: delivered samples/s against a raw ``get_samples`` of the same batch, and latency.
 
-Measured side by side in one run on the embedded backend:
+On the embedded backend: ``throughput`` (the loader's steady-state samples/s over a raw read's,
+target ≥ 0.9) and ``latency`` (a put reaching a waiting consumer, p99 target < 50 ms). With
+``KVPLANE_BENCH_TQ=simple`` (never in quick mode), ``transfer_queue`` also sets kvplane's loader over
+TransferQueue against raw ``kv_batch_get`` and TransferQueue's own loader. On a shared 2-core machine
+the figures move by ±50% between runs: compare ratios from one run, never across runs.
 
-- ``throughput``: several GRPO batches of ``perf_baselines.md`` (512 samples: int64 [512, 4096],
-  f32 [512, 4096], f32 [512]; 24 MiB each) read raw (one ``get_samples`` per batch: the call
-  ``kv_batch_get`` makes) and delivered by a ``StreamingDataset`` (claim, plan, fetch,
-  micro-batches), with one rank, with one rank cut into 64-sample micro-batches, and with two ranks
-  (threads) that each fetch half. ``ratio_vs_raw_get`` is the loader's steady-state delivered
-  samples/s over the faster raw read's (target ≥ 0.9; the consumer does no work, so nothing hides
-  the loader's own cost); ``whole_run_ratio_vs_raw_get`` includes the start-up steps (see
-  :func:`bench_throughput`). On a shared 2-core machine these figures move by ±50% from run to
-  run: compare ratios from one run, never across runs.
-- ``latency``: a consumer waits in the loader on a streaming partition (``num_samples=None``,
-  ``batch_size`` one sample per rank) while a producer writes one sample at a time; the time from
-  the start of the put to the consumer receiving the row, p50/p99 (target < 50 ms). With two ranks
-  the follower learns the plan by polling, so its latency includes the poll interval.
-
-- ``transfer_queue`` (only when ``KVPLANE_BENCH_TQ`` names ``simple``; quick mode never starts Ray):
-  on a TransferQueue SimpleStorage deployment (opened like the kv suite's, :mod:`kvplane_tools.bench.tq`,
-  and torn down afterwards), one partition is filled once with GRPO batches, and in every round, in
-  a rotating order, read raw (TransferQueue's ``kv_batch_get`` per batch), delivered by kvplane's
-  loader over the TransferQueue client (one rank; one rank in 64-sample micro-batches) and by
-  TransferQueue's own ``StreamingDataset``/``StreamingDataLoader`` (``num_workers=0``, 512-sample
-  fetches in 512- and 64-sample micro-batches, finite mode), each loader pass under a fresh task
-  name so it consumes the same stored samples again. Ratios are paired per round (median, min,
-  max) on the steady state; every pass is checked to deliver each sample exactly once. Latency is
-  measured as on the embedded backend, through the TransferQueue client, with the producer pausing
-  50 ms before each put (``latency``: the consumer is waiting, which is what the target is about)
-  and 10 ms as on the embedded backend (``latency_gap_10ms``: the next put lands while the loader
-  still does its per-step bookkeeping, whose time it then includes). Targets: loader ≥ 0.9×
-  raw ``kv_batch_get``, ≥ 2× TransferQueue's loader, p99 < 50 ms. See
-  :func:`bench_transfer_queue` for the sampler decision.
+Design: docs/internals.md#kvplane_toolsbenchloaderpy--the-loader-suite
 
 Examples:
     >>> from kvplane_tools.bench import loader

@@ -1,31 +1,15 @@
 """The TransferQueue part of the KV suite: kvplane's adapter against raw TransferQueue, Ray and memcpy.
 
-Run only when asked: ``kvplane bench --suite kv`` measures TransferQueue when the environment variable
-``KVPLANE_BENCH_TQ`` names backends (``simple``, ``mooncake_cpu`` or both, comma-separated)::
+Run only when ``KVPLANE_BENCH_TQ`` names backends (``simple``, ``mooncake_cpu`` or both)::
 
     KVPLANE_BENCH_TQ=simple,mooncake_cpu kvplane bench --suite kv --output benchmarks/results-2core.json
 
-Each backend gets its own deployment (a local Ray plus TransferQueue with one storage unit, the
-fastest layout on a 2-core box; see ``benchmarks/README.md``), started through the adapter's own
-bootstrap and torn down afterwards. ``mooncake_cpu`` refuses to start while a ``mooncake_master``
-this process did not start is running: TransferQueue's MooncakeStore bootstrap kills every master on
-the host. On that deployment, in one process and one run:
+Each backend gets its own deployment, torn down afterwards. ``mooncake_cpu`` refuses to start while a
+``mooncake_master`` this process did not start is running (TransferQueue's bootstrap kills every
+master on the host). A ratio is kvplane's throughput over the baseline's (> 1: kvplane is faster);
+contenders take turns in every repetition, and a ratio is the median of per-repetition ratios.
 
-- ``grpo``: the GRPO batch of ``perf_baselines.md`` (512 samples, 24 MiB, tags) put, got and
-  cleared by kvplane (dense tensors back) and by raw ``kv_batch_put``/``kv_batch_get``/``kv_clear``
-  (jagged tensors back; ``get_densify_s``/``get_stack_s`` add what a raw user pays for dense ones:
-  a zero-copy view, or ``torch.stack`` of the rows), against ``ray.put``/``ray.get`` of the same dict
-  (default pickling, and zero-copy with the tensors as NumPy views, what
-  ``RAY_ENABLE_ZERO_COPY_TORCH_TENSORS`` does) and a single-thread ``clone`` of the batch. The
-  contenders take turns within every repetition, in a rotating order, so drift on a shared machine
-  hits them alike; every ratio is the median (with min and max) of the per-repetition ratios.
-- ``byte_sweep`` (512 keys, 16 MiB → 1 GiB) and ``key_sweep`` (100 → 100k tiny tagged samples,
-  with ``kv_list``/``list_keys``/``list_metadata`` and ``kv_clear`` at each size): kvplane against raw,
-  interleaved the same way.
-- ``small_ops``: p50/p99 latency of one-key put, get and tag-only put, kvplane and raw alternating.
-
-A ratio is kvplane's throughput over the baseline's (> 1: kvplane is faster). Every round trip is
-checked for exact equality once, outside the timings (``exact``).
+Design: docs/internals.md#kvplane_toolsbenchtqpy--kvplane-against-raw-transferqueue
 
 Examples:
     >>> from kvplane_tools.bench.tq import interleave, paired_ratio
