@@ -5,7 +5,8 @@ already holds the session's Ray connection. The driver starts in a new session, 
 starts (the cluster's GCS and raylets, Ray workers, TransferQueue's actors) shares its session id:
 afterwards every process left in that session is killed by its PID, whether the driver finished,
 failed or overran its deadline. Ray runs with token authentication (``RAY_AUTH_MODE=token`` and a
-fresh ``RAY_AUTH_TOKEN`` that every node and worker inherits).
+fresh ``RAY_AUTH_TOKEN`` that every node and worker inherits), and a process with another token is
+refused with a typed error.
 """
 
 from __future__ import annotations
@@ -106,3 +107,8 @@ def test_a_producer_on_one_node_and_two_dp_ranks_on_another_get_each_sample_once
     steps = [sorted({item["step"] for item in r["steps"]}) for r in ranks]
     assert steps[0] == steps[1] == list(range(-(-NUM_SAMPLES // BATCH_SIZE)))
     assert seen["consumed"] is True
+
+    # Ray enforced its token: a process outside the cluster with another token could not attach.
+    refused = seen["wrong_token"]
+    assert refused["error"] == "DataPlaneUnavailable", refused
+    assert any("token" in cause.lower() for cause in refused["causes"]), refused

@@ -12,7 +12,8 @@ the alive nodes: one per node), registers a finite partition, then runs
   attaching through ``config=`` (``bootstrap=False``), each checking every row it receives
   against what the producer wrote for that key (bit-exact, :func:`tests.e2e.workers.check_rows`),
 
-and writes what happened where to ``OUT.json`` for the test to check. Every wait is bounded by the
+while a process outside the cluster tries to attach with a token that is not the cluster's, and
+writes what happened where to ``OUT.json`` for the test to check. Every wait is bounded by the
 deadline; TransferQueue, Ray and the cluster are stopped on the way out, and the test kills whatever
 is left in the session by PID. Ray's token authentication is whatever the environment says
 (the test sets ``RAY_AUTH_MODE=token`` and a fresh ``RAY_AUTH_TOKEN``; every node started here
@@ -23,6 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
+import subprocess
 import sys
 import time
 import uuid
@@ -96,6 +100,33 @@ def _storage_unit_nodes() -> dict[str, str]:
     }
 
 
+def _attach_with_wrong_token(cfg: dict[str, Any]) -> subprocess.Popen[str]:
+    """Start a process that attaches from outside the cluster with a token that is not the cluster's."""
+    env = dict(os.environ, RAY_AUTH_TOKEN=secrets.token_hex(32))
+    return subprocess.Popen(
+        [sys.executable, "-m", __spec__.name, "attach", json.dumps(cfg)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def attach(cfg_json: str) -> dict[str, Any]:
+    """Attach (``bootstrap=False``) and detach; report the error type and message instead of raising."""
+    from kvplane import build_data_plane_client
+
+    try:
+        build_data_plane_client(json.loads(cfg_json), bootstrap=False).close()
+    except Exception as exc:  # reported to the driver, which checks the type and the cause
+        causes, seen = [], exc.__cause__
+        while seen is not None:
+            causes.append(f"{type(seen).__name__}: {seen}")
+            seen = seen.__cause__ or seen.__context__
+        return {"error": type(exc).__name__, "message": str(exc), "causes": causes}
+    return {"error": None}
+
+
 def _get(refs: list[Any], deadline: float, what: str) -> list[Any]:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -115,7 +146,7 @@ def run(deadline_s: float) -> dict[str, Any]:
         initialize_head=True,
         head_node_args={"num_cpus": NODE_CPUS, "resources": {"node_a": 1}, "include_dashboard": False},
     )
-    client = None
+    client = intruder = None
     try:
         cluster.add_node(num_cpus=NODE_CPUS, resources={"node_b": 1})
         ray.init(address=cluster.address)
@@ -134,6 +165,7 @@ def run(deadline_s: float) -> dict[str, Any]:
         units = _storage_unit_nodes()
         pid = f"two-nodes-{uuid.uuid4().hex[:8]}"
         client.register_partition(pid, FIELDS, num_samples=NUM_SAMPLES, consumer_tasks=[TASK])
+        intruder = _attach_with_wrong_token(cfg)  # Ray refuses it after its connect retries (~20 s)
 
         on_b = consume.options(resources={"node_b": 0.01})
         ranks = [on_b.remote(cfg, pid, r, 2) for r in range(2)]
@@ -141,6 +173,7 @@ def run(deadline_s: float) -> dict[str, Any]:
         written = _get([producer], deadline, "the producer")[0]
         results = _get(ranks, deadline, "the consumers")
         consumed = client.check_consumption_status(pid, [TASK])
+        out, _ = intruder.communicate(timeout=max(1.0, deadline - time.monotonic()))
         return {
             "driver_node": _node_id(),
             "nodes": nodes,
@@ -148,9 +181,13 @@ def run(deadline_s: float) -> dict[str, Any]:
             "producer": written,
             "ranks": results,
             "consumed": consumed,
+            "wrong_token": json.loads(out.splitlines()[-1]),
             "num_samples": NUM_SAMPLES,
         }
     finally:
+        if intruder is not None and intruder.poll() is None:
+            intruder.kill()
+            intruder.wait()
         if client is not None:
             client.close()  # tears TransferQueue down (this process bootstrapped it)
         ray.shutdown()
@@ -159,6 +196,9 @@ def run(deadline_s: float) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if argv[0] == "attach":
+        print(json.dumps(attach(argv[1])), flush=True)
+        return 0
     out_path, deadline_s = argv[0], float(argv[1])
     result = run(deadline_s)
     with open(out_path, "w") as f:
