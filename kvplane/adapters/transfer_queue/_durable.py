@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tensordict import TensorDict
@@ -48,8 +48,8 @@ from ._consumption import claimed_samples, mark_claimed
 from ._control import ControlPlane, ControlState, FieldSpec, Registration, user_partition
 from ._wire import prepare_batch
 
-if TYPE_CHECKING:
-    from ._client import TransferQueueDataPlaneClient
+#: The adapter (``._client.TransferQueueDataPlaneClient``; not imported here: it imports this module).
+Client = Any
 
 __all__ = ["chunks", "restore", "take_snapshot"]
 
@@ -66,7 +66,7 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 # ---------------------------------------------------------------------------------------- save
-def take_snapshot(client: TransferQueueDataPlaneClient) -> StoreSnapshot:
+def take_snapshot(client: Client) -> StoreSnapshot:
     """Every partition of the deployment (kvplane's own included), read through the client.
 
     Not atomic across requests: take it while nothing writes, claims or clears (as TransferQueue's own
@@ -93,7 +93,7 @@ def take_snapshot(client: TransferQueueDataPlaneClient) -> StoreSnapshot:
 
 
 def _snapshot_partition(
-    client: TransferQueueDataPlaneClient,
+    client: Client,
     pid: str,
     keys: list[str],
     tags: dict[str, dict[str, Any]],
@@ -133,7 +133,7 @@ def _snapshot_partition(
     )
 
 
-def _block(client: TransferQueueDataPlaneClient, pid: str, keys: list[str], name: str) -> Block:
+def _block(client: Client, pid: str, keys: list[str], name: str) -> Block:
     column = client._runner.run("save_checkpoint", client._get(pid, keys, [name]), DataPlaneReadError).get(name)
     if not isinstance(column, torch.Tensor):
         return ObjectRows(list(column.tolist()))
@@ -171,7 +171,7 @@ def _tasks(indexes: list[int], state: ControlState, claims: dict[str, list[int]]
 
 
 # ---------------------------------------------------------------------------------------- load
-def restore(client: TransferQueueDataPlaneClient, snapshot: StoreSnapshot) -> None:
+def restore(client: Client, snapshot: StoreSnapshot) -> None:
     """Replace the deployment's whole state with ``snapshot``'s (see the module docstring).
 
     Raises:
@@ -201,7 +201,7 @@ def restore(client: TransferQueueDataPlaneClient, snapshot: StoreSnapshot) -> No
         raise
 
 
-def _check_capacity(client: TransferQueueDataPlaneClient, snapshot: StoreSnapshot) -> None:
+def _check_capacity(client: Client, snapshot: StoreSnapshot) -> None:
     capacity = client._cfg.storage_capacity if not client._kv_storage else None
     if capacity is None:
         return
@@ -215,7 +215,7 @@ def _check_capacity(client: TransferQueueDataPlaneClient, snapshot: StoreSnapsho
         )
 
 
-def _replace(client: TransferQueueDataPlaneClient, snapshot: StoreSnapshot) -> None:
+def _replace(client: Client, snapshot: StoreSnapshot) -> None:
     run = client._runner.run
     listing = run("load_checkpoint", client._tq.async_kv_list(None), DataPlaneReadError)
     for pid in listing:
@@ -241,7 +241,7 @@ def _rows(block: Block) -> Iterator[Any]:
         yield from block.values
 
 
-def _write_partition(client: TransferQueueDataPlaneClient, pid: str, part: PartitionSnapshot) -> None:
+def _write_partition(client: Client, pid: str, part: PartitionSnapshot) -> None:
     run = client._runner.run
     epoch = uuid.uuid4().hex
     if part.registration is not None:
@@ -281,7 +281,7 @@ def _column(name: str, kind: str, values: list[Any]) -> Any:
     return stack_rows(name, values)
 
 
-def _restore_claims(client: TransferQueueDataPlaneClient, pid: str, part: PartitionSnapshot, epoch: str) -> None:
+def _restore_claims(client: Client, pid: str, part: PartitionSnapshot, epoch: str) -> None:
     run = client._runner.run
     if not part.tasks:
         return
