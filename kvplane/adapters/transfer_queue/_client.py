@@ -55,12 +55,14 @@ import threading
 import time
 import uuid
 from collections.abc import Coroutine, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tensordict import TensorDict
 from transfer_queue import BatchMeta, StorageKeyNotFoundError
 
+from kvplane._checkpoint import read_checkpoint, write_checkpoint
 from kvplane._config import DataPlaneConfig
 from kvplane._errors import (
     DataPlaneBadRequest,
@@ -78,6 +80,7 @@ from kvplane._validation import Declaration
 from ._calls import LoopRunner, set_tags
 from ._control import ControlPlane, ControlState, FieldSpec, Registration, user_partition
 from ._deployment import open_deployment
+from ._durable import restore, take_snapshot
 from ._kvstore import get_rows, put_rows
 from ._wire import prepare_batch, read_dense, shape_column
 
@@ -530,6 +533,21 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             if owner is not None and ControlState.parse(records).registration is not None:
                 out.setdefault(owner, {})
         return out
+
+    # ------------------------------------------------------------------ durable state
+    def _save_checkpoint(self, path: Path, include_storage: bool, metadata: dict[str, Any]) -> None:
+        """kvplane's checkpoint format, read through kvplane (:mod:`._durable`; decisions.md says why)."""
+        if not include_storage:
+            logger.warning(
+                "include_storage=False has no effect on TransferQueue (%s): the deployment keeps its data "
+                "nowhere that outlives it, so it would be lost on restart; saving the storage too",
+                self.storage_backend,
+            )
+        write_checkpoint(path, take_snapshot(self), include_storage=True, metadata=metadata)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Replace the deployment's whole state with the checkpoint's; all or nothing (:mod:`._durable`)."""
+        restore(self, read_checkpoint(path))
 
     def get_capabilities(self) -> DataPlaneCapabilities:
         """All False on TransferQueue 0.1.11, for these reasons.
