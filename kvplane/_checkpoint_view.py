@@ -99,8 +99,10 @@ class CheckpointView:
                 "groups": len(groups),
                 "depth": self.depth(name),
                 "num_samples": None if reg is None else reg.num_samples,
-                "tasks": {t: {"claimed": len(s.claimed), "claimed_total": s.claimed_total}
-                          for t, s in sorted(part.tasks.items())},
+                "tasks": {
+                    t: {"claimed": len(s.claimed), "claimed_total": s.claimed_total}
+                    for t, s in sorted(part.tasks.items())
+                },
                 "fields": {
                     f: {
                         "kind": c.kind,
@@ -110,7 +112,9 @@ class CheckpointView:
                     for f, c in sorted(part.fields.items())
                 },
             }
-        sizes = [f["bytes"] for p in by_partition.values() for f in p["fields"].values() if f["bytes"] is not None]
+        sizes = [
+            f["bytes"] for p in by_partition.values() for f in p["fields"].values() if f["bytes"] is not None
+        ]
         return {
             "checkpoint": self.path,
             "storage_saved": self.snapshot.storage_saved,

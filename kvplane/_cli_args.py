@@ -178,7 +178,9 @@ def new_dir(value: str) -> Path:
     """An argument type for a directory the command (re)writes: not a file, its parent exists."""
     path = Path(value).expanduser()
     if not value or path.is_file():
-        raise argparse.ArgumentTypeError(f"{value!r} is a file, not a directory" if value else "must be a path")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is a file, not a directory" if value else "must be a path"
+        )
     if not path.resolve().parent.is_dir():
         raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} does not exist (for {value!r})")
     return path

@@ -70,7 +70,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from kvplane._cli_args import config_source, existing_dir, integer, json_object, new_dir, non_empty, number, output_file
+from kvplane._cli_args import (
+    config_source,
+    existing_dir,
+    integer,
+    json_object,
+    new_dir,
+    non_empty,
+    number,
+    output_file,
+)
 from kvplane._client import DataPlaneClient
 from kvplane._deps import install_hint, is_missing_dependency, require
 from kvplane._errors import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, DataPlaneUnavailable
@@ -143,8 +152,8 @@ def main(
 
     Args:
         argv: The arguments (default: ``sys.argv[1:]``).
-        client: Use this client for ``ls``/``stats``/``ping``/``save``/``load`` instead of building one (it is not
-            closed); ``--config`` is then not allowed.
+        client: Use this client for ``ls``/``stats``/``ping``/``save``/``load`` instead of building
+            one (it is not closed); ``--config`` is then not allowed.
         commands: The commands to add to the core ones (default: :func:`installed_commands`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -505,7 +514,8 @@ def _checkpoint_stats(args: argparse.Namespace) -> int:
         return 0
     rows = [[p, s["keys"], s["groups"], s["depth"], s["num_samples"]] for p, s in parts.items()]
     print("\n" + table(["PARTITION", "KEYS", "GROUPS", "DEPTH", "NUM_SAMPLES"], rows))
-    rows = [[p, f, v["kind"], v["rows"], v["bytes"]] for p, s in parts.items() for f, v in s["fields"].items()]
+    fields = [(p, f, v) for p, s in parts.items() for f, v in s["fields"].items()]
+    rows = [[p, f, v["kind"], v["rows"], v["bytes"]] for p, f, v in fields]
     if rows:
         print("\n" + table(["PARTITION", "FIELD", "KIND", "ROWS", "BYTES"], rows))
     rows = [[p, t, v["claimed"], v["claimed_total"]] for p, s in parts.items() for t, v in s["tasks"].items()]
@@ -548,7 +558,9 @@ def _check_attached(args: argparse.Namespace) -> None:
 
 def _check_stats(args: argparse.Namespace) -> None:
     if args.checkpoint is not None and args.prometheus:
-        raise DataPlaneBadRequest("--prometheus reports a live backend; it cannot be combined with --checkpoint")
+        raise DataPlaneBadRequest(
+            "--prometheus reports a live backend; it cannot be combined with --checkpoint"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- ping
@@ -627,10 +639,15 @@ _MAX_TIMEOUT_S = 86400.0  # a day: beyond any sensible ping, far below threading
 
 
 def _save_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", type=new_dir, help="the checkpoint directory (replaced if it is one)")
+    parser.add_argument(
+        "dir", metavar="DIR", type=new_dir, help="the checkpoint directory (replaced if it is one)"
+    )
     _attach_argument(parser)
     parser.add_argument(
-        "--metadata", metavar="JSON", type=json_object, help="a JSON object kept in the checkpoint's metadata.json"
+        "--metadata",
+        metavar="JSON",
+        type=json_object,
+        help="a JSON object kept in the checkpoint's metadata.json",
     )
     parser.add_argument(
         "--no-storage", action="store_true", help="save keys, tags, registrations and claims, not the values"

@@ -283,7 +283,7 @@ class StreamingDataset(IterableDataset):
         return self.deliver(self._micro_batches())
 
     def deliver(self, micro_batches: Iterator[Any]) -> Iterator[Any]:
-        """The trainer's micro-batches: as they are, or also broadcast (with the epoch) to the replica group."""
+        """The trainer's micro-batches: as they are, or also broadcast (with the epoch) to the group."""
         if self._group is None:
             return micro_batches
         return (item for item, _epoch in _broadcast.send(self._with_epoch(micro_batches), self._group))

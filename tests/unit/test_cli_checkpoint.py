@@ -31,7 +31,9 @@ def saved(client, tmp_path):
     'eval' (a tag-only key), saved with user metadata."""
     client.register_partition("rollouts", ["x", "note"], num_samples=4, consumer_tasks=["train"])
     tags = {"group_id": "g0", "committed": True, "expected_num_keys": 2}
-    client.put_samples(["k0", "k1"], "rollouts", {"x": torch.zeros(2, 4), "note": ["a", "b"]}, tags=[tags] * 2)
+    client.put_samples(
+        ["k0", "k1"], "rollouts", {"x": torch.zeros(2, 4), "note": ["a", "b"]}, tags=[tags] * 2
+    )
     client.put_samples(["e0"], "eval", tags=[{"note": "tag only"}])
     client.claim_meta("rollouts", "train", ["x"], 1)
     path = tmp_path / "ckpt"
@@ -85,7 +87,11 @@ def test_save_and_load_require_a_config_that_is_not_embedded(capsys, tmp_path, c
 def test_bad_arguments_are_usage_errors_before_any_work(capsys, tmp_path, argv, message):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "d").mkdir()
-    names = {"missing": str(tmp_path / "missing"), "file": str(tmp_path / "a_file"), "dir": str(tmp_path / "d")}
+    names = {
+        "missing": str(tmp_path / "missing"),
+        "file": str(tmp_path / "a_file"),
+        "dir": str(tmp_path / "d"),
+    }
     for name, value in names.items():
         argv = [a.replace("{" + name + "}", value) for a in argv]
     code, out, err = _run(capsys, argv)
@@ -110,7 +116,7 @@ def test_loading_a_corrupted_checkpoint_is_a_runtime_error_and_changes_nothing(c
         other.close()
 
 
-# ---------------------------------------------------------------------------------------------- offline inspection
+# ------------------------------------------------------------------------------ offline inspection
 def test_ls_checkpoint_lists_partitions_keys_tags_and_groups(capsys, saved):
     code, out, err = _run(capsys, ["ls", "--checkpoint", str(saved)])
     assert code == 0 and err == ""  # no note about an empty embedded store: nothing was started
@@ -125,7 +131,10 @@ def test_ls_checkpoint_lists_partitions_keys_tags_and_groups(capsys, saved):
     code, out, _ = _run(capsys, ["ls", "rollouts", "--groups", "--json", "--checkpoint", str(saved)])
     [group] = json.loads(out)["rollouts"]
     assert (group["group_id"], group["keys"], group["committed"], group["is_complete"]) == (
-        "g0", ["k0", "k1"], True, True
+        "g0",
+        ["k0", "k1"],
+        True,
+        True,
     )
 
 
@@ -133,7 +142,12 @@ def test_stats_checkpoint_reports_metadata_claims_and_bytes_per_field(capsys, sa
     code, out, _ = _run(capsys, ["stats", "--checkpoint", str(saved), "--json"])
     doc = json.loads(out)
     assert code == 0
-    assert (doc["storage_saved"], doc["user_metadata"], doc["partitions"], doc["keys"]) == (True, {"step": 12}, 2, 3)
+    assert (doc["storage_saved"], doc["user_metadata"], doc["partitions"], doc["keys"]) == (
+        True,
+        {"step": 12},
+        2,
+        3,
+    )
     rollouts = doc["by_partition"]["rollouts"]
     assert rollouts["num_samples"] == 4 and rollouts["tasks"] == {"train": {"claimed": 1, "claimed_total": 1}}
     assert rollouts["fields"] == {

@@ -88,7 +88,11 @@ def test_state_dict_points_at_the_next_micro_batch(client, pid):
     assert positions == [(0, 0, 0, 1), (0, 1, 1, 0), (1, 0, 1, 1), (1, 1, 2, 0), (2, 0, 2, 1), (2, 1, 3, 0)]
     epoch = PlanLog(client, pid, TASK).snapshot().epoch
     assert epoch and dataset(client, pid).state_dict()["epoch"] is None  # a fresh start names no epoch
-    assert loader.state_dict() == dataset(client, pid).state_dict() | {"step": 4, "micro_batch": 0, "epoch": epoch}
+    assert loader.state_dict() == dataset(client, pid).state_dict() | {
+        "step": 4,
+        "micro_batch": 0,
+        "epoch": epoch,
+    }
 
 
 def test_a_new_loader_continues_after_the_last_finished_step(client, pid, monkeypatch):
@@ -126,7 +130,15 @@ def test_a_finished_stream_continues_when_the_partition_is_refilled(client, pid)
 
 
 # ------------------------------------------------------------ state validation
-_GOOD = {"format": 2, "task_name": TASK, "dp_rank": 0, "dp_world": 1, "epoch": "e0", "step": 3, "micro_batch": 1}
+_GOOD = {
+    "format": 2,
+    "task_name": TASK,
+    "dp_rank": 0,
+    "dp_world": 1,
+    "epoch": "e0",
+    "step": 3,
+    "micro_batch": 1,
+}
 
 
 @pytest.mark.parametrize(
