@@ -3,7 +3,8 @@
 A :class:`~kvplane.cli.Command` passes these as ``type=`` to ``parser.add_argument``; a bad value is
 then a usage error (exit 2, one line naming the option) before the command does any work. Numbers
 must be finite and in range; an output file's directory must exist and take a new file; a config is
-loaded (and so validated) on the spot.
+loaded (and so validated) on the spot; a directory to read must exist, one to write must have an
+existing parent.
 
 Examples:
     >>> import argparse
@@ -20,21 +21,38 @@ Examples:
     argparse.ArgumentTypeError: must be a number >= 0 and < 1, got '1.0'
     >>> config_source("transfer_queue").impl
     'transfer_queue'
+    >>> json_object('{"step": 10}')
+    {'step': 10}
+    >>> json_object("[1]")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a JSON object, got '[1]'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kvplane._config import DataPlaneConfig
 from kvplane._errors import DataPlaneBadRequest
 
-__all__ = ["config_source", "integer", "non_empty", "number", "output_file"]
+__all__ = [
+    "config_source",
+    "existing_dir",
+    "integer",
+    "json_object",
+    "new_dir",
+    "non_empty",
+    "number",
+    "output_file",
+]
 
 
 def integer(*, minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
@@ -142,3 +160,38 @@ def output_file(*suffixes: str) -> Callable[[str], Path]:
         return path
 
     return parse
+
+
+def existing_dir(value: str) -> Path:
+    """An argument type for a directory that must exist (a checkpoint to load or inspect).
+
+    A directory whose save died between its renames exists as ``<dir>.old`` only; that is accepted
+    too (loading reads it, as ``load_checkpoint`` does).
+    """
+    path = Path(value).expanduser()
+    if not value or not (path.is_dir() or path.with_name(path.name + ".old").is_dir()):
+        raise argparse.ArgumentTypeError(f"directory {value!r} does not exist")
+    return path
+
+
+def new_dir(value: str) -> Path:
+    """An argument type for a directory the command (re)writes: not a file, its parent exists."""
+    path = Path(value).expanduser()
+    if not value or path.is_file():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is a file, not a directory" if value else "must be a path"
+        )
+    if not path.resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {str(path.parent)!r} does not exist (for {value!r})")
+    return path
+
+
+def json_object(value: str) -> dict[str, Any]:
+    """An argument type for a JSON object (``--metadata '{"step": 10}'``)."""
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {value!r}")
+    return doc

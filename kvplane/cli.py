@@ -7,6 +7,14 @@ Core commands (here):
 - ``kvplane stats [--prometheus]``: inventory, capabilities and ping latency of the backend
   (``--prometheus``: the same as Prometheus text exposition).
 - ``kvplane ping [--timeout S]``: ``PONG`` or exit 1 with ``unavailable: ...``.
+- ``kvplane save DIR --config FILE [--metadata JSON] [--no-storage]`` and ``kvplane load DIR --config
+  FILE``: the attached deployment's ``save_checkpoint``/``load_checkpoint``. ``--config`` is
+  required and may not name the embedded backend: its store lives inside the process that made it,
+  so the command's own would be empty (call ``kvplane.save_checkpoint(DIR)`` in that process).
+- ``ls``/``stats`` with ``--checkpoint DIR`` (instead of ``--config``) inspect a checkpoint directory
+  offline (:mod:`kvplane._checkpoint_view`: no backend is started): partitions, keys, tags, groups;
+  ``stats`` adds ``storage_saved``, the user metadata, registrations, each task's claims and the
+  bytes of each field (it reads, and so verifies, every file).
 
 ``ls``, ``stats`` and ``ping`` take ``--config FILE`` (a data plane YAML, or the name of a packaged
 example such as ``transfer_queue``, see :mod:`kvplane.examples`) and ``--json``. With a
@@ -62,7 +70,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from kvplane._cli_args import config_source, integer, non_empty, number, output_file
+from kvplane._cli_args import (
+    config_source,
+    existing_dir,
+    integer,
+    json_object,
+    new_dir,
+    non_empty,
+    number,
+    output_file,
+)
 from kvplane._client import DataPlaneClient
 from kvplane._deps import install_hint, is_missing_dependency, require
 from kvplane._errors import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, DataPlaneUnavailable
@@ -135,8 +152,8 @@ def main(
 
     Args:
         argv: The arguments (default: ``sys.argv[1:]``).
-        client: Inspect this client with ``ls``/``stats``/``ping`` instead of building one (it is not
-            closed); ``--config`` is then not allowed.
+        client: Use this client for ``ls``/``stats``/``ping``/``save``/``load`` instead of building
+            one (it is not closed); ``--config`` is then not allowed.
         commands: The commands to add to the core ones (default: :func:`installed_commands`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -151,12 +168,12 @@ def main(
     if args.log_level not in _LOG_LEVELS:  # from $KVPLANE_LOG_LEVEL: argparse checks only given values
         levels = ", ".join(_LOG_LEVELS)
         return _usage_error(parser.prog, f"KVPLANE_LOG_LEVEL={args.log_level!r} is not one of {levels}")
+    args.injected_client = client
     if args.check is not None:
         try:
             args.check(args)
         except DataPlaneBadRequest as exc:
             return _usage_error(prog, str(exc))
-    args.injected_client = client
     with _cli_logging(args.log_level):
         try:
             return int(args.handler(args) or 0)
@@ -298,6 +315,20 @@ def _inspection_client(args: argparse.Namespace) -> Iterator[tuple[DataPlaneClie
         client.close()
 
 
+@contextmanager
+def _inspected(args: argparse.Namespace, *, storage: bool = False) -> Iterator[Any]:
+    """What ``ls``/``stats`` inspect: the checkpoint of ``--checkpoint`` (read offline), or a client."""
+    if args.checkpoint is None:
+        with _inspection_client(args) as (client, _label):
+            yield client
+        return
+    if args.injected_client is not None:
+        raise DataPlaneBadRequest("--checkpoint cannot be combined with an explicit client")
+    from kvplane._checkpoint_view import CheckpointView
+
+    yield CheckpointView(args.checkpoint, storage=storage)
+
+
 def _print_json(doc: Any) -> None:
     print(json.dumps(doc, indent=2, sort_keys=True, default=json_default))
 
@@ -356,7 +387,7 @@ def _cell(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- ls
 def _cmd_ls(args: argparse.Namespace) -> int:
-    with _inspection_client(args) as (client, _label):
+    with _inspected(args) as client:
         listing = client.list_keys(args.partition)
         if args.partition is None and not (args.tags or args.groups):
             summary = {p: _partition_summary(client, p, len(keys)) for p, keys in sorted(listing.items())}
@@ -415,7 +446,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 _NOTHING = "(no partitions)"
 
 
-def _partition_summary(client: DataPlaneClient, partition: str, n_keys: int) -> dict[str, int]:
+def _partition_summary(client: Any, partition: str, n_keys: int) -> dict[str, int]:
     groups = client.list_metadata(partition)
     return {"keys": n_keys, "groups": len(groups), "depth": client.depth(partition)}
 
@@ -435,6 +466,9 @@ def _age(age_s: float | None) -> str:
 # ---------------------------------------------------------------------------------------------- stats
 def _cmd_stats(args: argparse.Namespace) -> int:
     from kvplane._observability import MetricsDataPlaneClient
+
+    if args.checkpoint is not None:
+        return _checkpoint_stats(args)
 
     exporter = None
     if args.prometheus:
@@ -481,6 +515,69 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_stats(args: argparse.Namespace) -> int:
+    with _inspected(args, storage=True) as view:
+        doc = view.stats()
+    if args.json:
+        _print_json(doc)
+        return 0
+    keys = ("checkpoint", "storage_saved", "partitions", "keys", "groups", "depth", "tensor_bytes")
+    print(table(["STAT", "VALUE"], [[k, doc[k]] for k in keys] + [["user_metadata", doc["user_metadata"]]]))
+    parts = doc["by_partition"]
+    if not parts:
+        print("\n" + _NOTHING)
+        return 0
+    rows = [[p, s["keys"], s["groups"], s["depth"], s["num_samples"]] for p, s in parts.items()]
+    print("\n" + table(["PARTITION", "KEYS", "GROUPS", "DEPTH", "NUM_SAMPLES"], rows))
+    fields = [(p, f, v) for p, s in parts.items() for f, v in s["fields"].items()]
+    rows = [[p, f, v["kind"], v["rows"], v["bytes"]] for p, f, v in fields]
+    if rows:
+        print("\n" + table(["PARTITION", "FIELD", "KIND", "ROWS", "BYTES"], rows))
+    rows = [[p, t, v["claimed"], v["claimed_total"]] for p, s in parts.items() for t, v in s["tasks"].items()]
+    if rows:
+        print("\n" + table(["PARTITION", "TASK", "CLAIMED", "CLAIMED_TOTAL"], rows))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- save, load
+def _cmd_save(args: argparse.Namespace) -> int:
+    with _inspection_client(args) as (client, label):
+        client.save_checkpoint(args.dir, include_storage=not args.no_storage, metadata=args.metadata)
+    print(f"saved {label} to {args.dir} ({'without' if args.no_storage else 'with'} storage)")
+    return 0
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    with _inspection_client(args) as (client, label):
+        client.load_checkpoint(args.dir)
+    print(f"loaded {args.dir} into {label}")
+    return 0
+
+
+def _check_attached(args: argparse.Namespace) -> None:
+    """``save``/``load`` act on a deployment they attach to: an embedded store here would be empty."""
+    if args.injected_client is not None:
+        return
+    if args.config is None:
+        raise DataPlaneBadRequest(
+            f"{args.command} needs --config FILE naming the deployment to attach to (e.g. --config "
+            "transfer_queue); an embedded store lives inside its own process: call "
+            f"kvplane.{args.command}_checkpoint(DIR) there"
+        )
+    if args.config.impl == "embedded":
+        raise DataPlaneBadRequest(
+            f"--config names the embedded backend, whose store lives inside the process that made it (this "
+            f"command's own would be empty): call kvplane.{args.command}_checkpoint(DIR) in that process"
+        )
+
+
+def _check_stats(args: argparse.Namespace) -> None:
+    if args.checkpoint is not None and args.prometheus:
+        raise DataPlaneBadRequest(
+            "--prometheus reports a live backend; it cannot be combined with --checkpoint"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- ping
 def _cmd_ping(args: argparse.Namespace) -> int:
     try:
@@ -502,7 +599,7 @@ def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- registry
-def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+def _inspect_arguments(parser: Any) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -512,8 +609,19 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _inspect_or_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    _inspect_arguments(source)
+    source.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        type=existing_dir,
+        help="inspect this checkpoint directory offline instead (no backend is started)",
+    )
+
+
 def _ls_arguments(parser: argparse.ArgumentParser) -> None:
-    _inspect_arguments(parser)
+    _inspect_or_checkpoint_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "partition", nargs="?", type=non_empty, help="list this partition's keys (default: list partitions)"
@@ -524,7 +632,7 @@ def _ls_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stats_arguments(parser: argparse.ArgumentParser) -> None:
-    _inspect_arguments(parser)
+    _inspect_or_checkpoint_arguments(parser)
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON instead of a table")
     output.add_argument("--prometheus", action="store_true", help="print Prometheus text exposition")
@@ -545,9 +653,49 @@ def _ping_arguments(parser: argparse.ArgumentParser) -> None:
 _MAX_TIMEOUT_S = 86400.0  # a day: beyond any sensible ping, far below threading.TIMEOUT_MAX
 
 
+def _save_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dir", metavar="DIR", type=new_dir, help="the checkpoint directory (replaced if it is one)"
+    )
+    _attach_argument(parser)
+    parser.add_argument(
+        "--metadata",
+        metavar="JSON",
+        type=json_object,
+        help="a JSON object kept in the checkpoint's metadata.json",
+    )
+    parser.add_argument(
+        "--no-storage", action="store_true", help="save keys, tags, registrations and claims, not the values"
+    )
+
+
+def _load_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", type=existing_dir, help="the checkpoint directory")
+    _attach_argument(parser)
+
+
+def _attach_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=config_source,
+        help="the deployment to attach to: a data plane YAML or an example name (required; not embedded)",
+    )
+
+
 #: kvplane's own commands (plugged-in commands cannot replace them).
 CORE_COMMANDS: dict[str, Command] = {
     "ls": Command("list partitions, keys, tags or groups", _cmd_ls, _ls_arguments),
-    "stats": Command("backend inventory, capabilities and latency", _cmd_stats, _stats_arguments),
+    "stats": Command(
+        "backend inventory, capabilities and latency", _cmd_stats, _stats_arguments, check=_check_stats
+    ),
     "ping": Command("check that the backend answers", _cmd_ping, _ping_arguments),
+    "save": Command(
+        "save the attached deployment's store to a checkpoint directory", _cmd_save, _save_arguments,
+        check=_check_attached,
+    ),
+    "load": Command(
+        "replace the attached deployment's store with a checkpoint's", _cmd_load, _load_arguments,
+        check=_check_attached,
+    ),
 }

@@ -18,6 +18,12 @@ out, and ``kv_list(name)`` shows it for inspection). It holds three kinds of key
   and ``previous_checkpoint`` (the steps of its two latest ``state_dict()``s or of the state it
   resumed from; ``None`` when it holds none). Every replica keeps its own record.
 - ``gc``: tag ``below``, the step under which plans have been garbage-collected.
+- ``epoch``: tag ``id``, a random id the leader writes when it first opens the stream. It names
+  this incarnation of the log: every ``state_dict()`` records it, and ``load_state_dict`` refuses a
+  state whose epoch the store does not hold (a fresh store, a rebuilt deployment, another
+  checkpoint) instead of silently starting over. A checkpoint holds the log, epoch included, so a
+  store restored from the checkpoint saved with the state matches it. Clearing the log (forgetting
+  the stream) drops the epoch: states saved before are refused.
 - ``seat-{k}`` (field ``seat``): replica seats, for streams whose replicas are not numbered by the
   trainer (TransferQueue's arguments without ``replica_rank``): a process takes the first free seat
   with an atomic ``claim_meta`` (task ``__seats__``), adding a seat when none is free; seat 0 leads.
@@ -46,6 +52,8 @@ Examples:
     >>> log = PlanLog(build_data_plane_client({"impl": "embedded"}), "rollouts", "train")
     >>> log.partition_id
     '__kvplane__/plans/rollouts:train'
+    >>> epoch = log.ensure_epoch(); epoch == log.ensure_epoch() == log.snapshot().epoch
+    True
     >>> log.write(StepPlan(0, dp_world=2)); log.write(StepPlan.terminal(1, dp_world=2))
     >>> log.read(1).final, log.snapshot().plans
     (True, {0: False, 1: True})
@@ -87,6 +95,7 @@ GC_EVERY_STEPS = 8
 
 _PLAN_FIELD = "plan"
 _GC_KEY = "gc"
+_EPOCH_KEY = "epoch"
 _SEAT_TASK = "__seats__"
 _SEAT_FIELD = "seat"
 _ACK_KEYS = ("progress", "checkpoint", "previous_checkpoint")
@@ -122,6 +131,7 @@ class LogSnapshot:
     acks: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (rank, replica) -> tags
     gc_below: int = 0
     seats: int = 0
+    epoch: str | None = None
 
     def keep_from(self, rank: int, replica: int = 0) -> int | None:
         """The oldest step a replica of a rank may still need (``None`` if it has not acknowledged)."""
@@ -169,7 +179,21 @@ class PlanLog:
                 snap.gc_below = int(tags.get("below", 0))
             elif key.startswith("seat-"):
                 snap.seats += 1
+            elif key == _EPOCH_KEY:
+                snap.epoch = tags.get("id")
         return snap
+
+    def ensure_epoch(self) -> str:
+        """The log's epoch (see the module docstring), written first if it has none.
+
+        Only the leader calls it (one process per log), so no two epochs race.
+        """
+        epoch = self.snapshot().epoch
+        if epoch is None:
+            epoch = uuid.uuid4().hex
+            self.client.put_samples([_EPOCH_KEY], self.partition_id, None, tags=[{"id": epoch}])
+            logger.debug("stream %s: new epoch %s", self.partition_id, epoch)
+        return epoch
 
     def _plan_tags(self, step: int) -> dict[str, Any] | None:
         listed = self.client.list_keys(self.partition_id).get(self.partition_id, {})

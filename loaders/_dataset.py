@@ -34,7 +34,7 @@ from loaders._plan import ShardOptions
 from loaders._ranks import resolve_topology
 from loaders._source import ClientSource
 from loaders._steps import StepBatch, StepProducer, StreamSpec
-from loaders._stream import STATE_FORMAT, Position, RankStream, check_state
+from loaders._stream import STATE_FORMAT, Position, RankStream, check_epoch, check_state
 
 __all__ = ["StreamingDataset"]
 
@@ -245,8 +245,10 @@ class StreamingDataset(IterableDataset):
         options.check(batch_size, self.spec.plan_world)
         self._receiver = broadcast and topo.replica_rank != 0
         self._received: Position | None = None  # a broadcast receiver's position
+        self._received_epoch: str | None = None  # and the epoch its source sent
         self._seat: int | None = None  # with replica seats: the one this dataset holds
         self._resume: Position | None = None
+        self._resume_epoch: str | None = None  # the loaded state's epoch (checked against the store)
         self._stream: RankStream | None = None
         self._worker_start: int | None = None  # set by StreamingDataLoader for its worker processes
 
@@ -281,13 +283,20 @@ class StreamingDataset(IterableDataset):
         return self.deliver(self._micro_batches())
 
     def deliver(self, micro_batches: Iterator[Any]) -> Iterator[Any]:
-        """The trainer's micro-batches: as they are, or also broadcast to the replica group."""
-        return micro_batches if self._group is None else _broadcast.send(micro_batches, self._group)
+        """The trainer's micro-batches: as they are, or also broadcast (with the epoch) to the group."""
+        if self._group is None:
+            return micro_batches
+        return (item for item, _epoch in _broadcast.send(self._with_epoch(micro_batches), self._group))
+
+    def _with_epoch(self, micro_batches: Iterator[Any]) -> Iterator[tuple[Any, str | None]]:
+        for item in micro_batches:
+            yield item, None if self._stream is None else self._stream.epoch
 
     def received_micro_batches(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
         """A broadcast receiver's iteration: what the group's source sends (tracking the position)."""
         self._resume = None
-        for data, meta in _broadcast.receive(self._group):
+        for (data, meta), epoch in _broadcast.receive(self._group):
+            self._received_epoch = epoch
             info = meta.extra_info
             after = info["micro_batch_index"] + 1
             last = after >= info["num_micro_batches"]
@@ -344,11 +353,11 @@ class StreamingDataset(IterableDataset):
         Taking it also tells the plan log to keep the plans from that step on, so the state stays
         resumable (a rank keeps the plans of its two latest states).
         """
-        position = self._resume
+        position, epoch = self._resume, self._resume_epoch
         if self._receiver and self._resume is None:
-            position = self._received
+            position, epoch = self._received, self._received_epoch
         elif self._stream is not None and self._resume is None:
-            position = self._stream.position
+            position, epoch = self._stream.position, self._stream.epoch
             self._stream.mark_checkpoint()
         return {
             "format": STATE_FORMAT,
@@ -356,6 +365,7 @@ class StreamingDataset(IterableDataset):
             "task_name": self.spec.task_name,
             "dp_rank": self.spec.dp_rank,
             "dp_world": self.spec.dp_world,
+            "epoch": None if position is None else epoch,
             "step": None if position is None else position.step,
             "micro_batch": 0 if position is None else position.micro_batch,
         }
@@ -363,17 +373,28 @@ class StreamingDataset(IterableDataset):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the next iteration at the micro-batch ``state_dict`` names (from any process).
 
+        The state must belong to this store: its ``epoch`` must be the one in the stream's plan log
+        (a store restored from the checkpoint saved together with the state has it; see
+        :mod:`loaders._stream`). A broadcast receiver never touches the data plane and checks only
+        the state's form: its group's source checks the store.
+
         Raises:
-            DataPlaneBadRequest: The state is malformed or belongs to another stream or rank.
+            DataPlaneBadRequest: The state is malformed, belongs to another stream or rank, or the
+                store lacks the plan log it was saved with (restore the matching checkpoint first).
         """
         spec = self.spec
-        self._resume = check_state(
+        position = check_state(
             state_dict,
             partition_id=spec.partition_id,
             task_name=spec.task_name,
             dp_rank=spec.dp_rank,
             dp_world=spec.dp_world,
         )
+        epoch = state_dict["epoch"]
+        if not self._receiver:
+            log = spec.plan_log(self.source.get())
+            check_epoch(epoch, log.snapshot().epoch, log.partition_id)
+        self._resume, self._resume_epoch = position, epoch
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -15,21 +15,32 @@ DataLoader workers). It
   every rank is done with (see :mod:`loaders._control`).
 
 The state (``state_dict()``) is ``{"format", "partition_id", "task_name", "dp_rank", "dp_world",
-"step", "micro_batch"}``: the next micro-batch to yield. ``step`` is ``None`` before the first
+"epoch", "step", "micro_batch"}``: the next micro-batch to yield. ``step`` is ``None`` before the first
 iteration (a fresh loader's start). A restarted trainer that loads it, in any process, continues
 with that micro-batch: plans that exist for it and later steps are re-read and their rows
 re-fetched by key, never claimed again.
 
+``epoch`` binds the state to the store: it is the plan log's epoch (see :mod:`loaders._control`),
+``None`` only for a fresh start. :func:`check_epoch` refuses a state whose epoch the store does not
+hold (the store was rebuilt, or restored from another checkpoint): its plan log and claims are gone,
+and resuming from a fresh cursor would deliver again what the trainer already consumed. Restore the
+checkpoint saved together with the state (``kvplane.load_checkpoint``) first.
+
 Examples:
     >>> from loaders._stream import Position, check_state
-    >>> state = {"format": 1, "partition_id": "p", "task_name": "t", "dp_rank": 0, "dp_world": 2,
-    ...          "step": 4, "micro_batch": 1}
+    >>> from loaders._stream import check_epoch
+    >>> state = {"format": 2, "partition_id": "p", "task_name": "t", "dp_rank": 0, "dp_world": 2,
+    ...          "epoch": "3f2a", "step": 4, "micro_batch": 1}
     >>> check_state(state, partition_id="p", task_name="t", dp_rank=0, dp_world=2)
     Position(step=4, micro_batch=1)
     >>> check_state({**state, "dp_rank": 1}, partition_id="p", task_name="t", dp_rank=0, dp_world=2)
     Traceback (most recent call last):
     ...
     kvplane._errors.DataPlaneBadRequest: Invalid state_dict: it was saved by dp_rank=1 of dp_world=2; ...
+    >>> check_epoch("3f2a", None, "__kvplane__/plans/p:t")
+    Traceback (most recent call last):
+    ...
+    kvplane._errors.DataPlaneBadRequest: Cannot resume from this state_dict: the store holds no plan log ...
 """
 
 from __future__ import annotations
@@ -47,13 +58,13 @@ from loaders._control import GC_EVERY_STEPS
 from loaders._exit import exiting
 from loaders._steps import STOP_JOIN_S, StepBatch, StreamSpec
 
-__all__ = ["STATE_FORMAT", "Position", "RankStream", "check_state"]
+__all__ = ["STATE_FORMAT", "Position", "RankStream", "check_epoch", "check_state"]
 
 logger = logging.getLogger(__name__)
 
-#: Version of the ``state_dict()`` layout.
-STATE_FORMAT = 1
-_STATE_KEYS = {"format", "partition_id", "task_name", "dp_rank", "dp_world", "step", "micro_batch"}
+#: Version of the ``state_dict()`` layout (2: with ``epoch``).
+STATE_FORMAT = 2
+_STATE_KEYS = {"format", "partition_id", "task_name", "dp_rank", "dp_world", "epoch", "step", "micro_batch"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,12 @@ def check_state(
     """
     if not isinstance(state, Mapping):
         raise _bad_state(f"expected a dict, got {type(state).__name__}")
+    if state.get("format") == 1:
+        raise _bad_state(
+            "it has format 1, saved by an earlier kvplane without the store's epoch, so it cannot be "
+            "checked against this store; start the stream afresh (or continue without load_state_dict: "
+            "a loader resumes after the last step each rank finished in the store)"
+        )
     if set(state) != _STATE_KEYS:
         raise _bad_state(f"expected the keys {sorted(_STATE_KEYS)}, got {sorted(map(str, state))}")
     if state["format"] != STATE_FORMAT:
@@ -96,7 +113,11 @@ def check_state(
             f"it was saved by dp_rank={state['dp_rank']} of dp_world={state['dp_world']}; this loader is "
             f"dp_rank={dp_rank} of dp_world={dp_world}"
         )
-    step, micro = state["step"], state["micro_batch"]
+    step, micro, epoch = state["step"], state["micro_batch"], state["epoch"]
+    if not (epoch is None or (isinstance(epoch, str) and epoch)):
+        raise _bad_state(f"epoch must be a non-empty string or None, got {epoch!r}")
+    if step is not None and epoch is None:
+        raise _bad_state("a state with a step must name the store's epoch, got None")
     if not _is_count(micro):
         raise _bad_state(f"micro_batch must be an integer >= 0, got {micro!r}")
     if step is None:
@@ -106,6 +127,32 @@ def check_state(
     if not _is_count(step):
         raise _bad_state(f"step must be an integer >= 0 or None, got {step!r}")
     return Position(step, micro)
+
+
+def check_epoch(saved: str | None, current: str | None, log_partition: str) -> None:
+    """Refuse a state whose epoch ``saved`` is not the store's (``current``) for the plan log
+    ``log_partition`` (a fresh-start state, ``saved=None``, fits any store).
+
+    Raises:
+        DataPlaneBadRequest: The store lacks that stream's plan log, or holds another incarnation.
+    """
+    if saved is None or saved == current:
+        return
+    restore = (
+        "restore the checkpoint saved together with this state (kvplane.load_checkpoint, or `kvplane "
+        "load DIR`) before load_state_dict; starting from a fresh cursor would deliver again what was "
+        "already consumed"
+    )
+    if current is None:
+        raise DataPlaneBadRequest(
+            f"Cannot resume from this state_dict: the store holds no plan log {log_partition!r} of epoch "
+            f"{saved!r} (a fresh or rebuilt store); {restore}"
+        )
+    raise DataPlaneBadRequest(
+        f"Cannot resume from this state_dict: it belongs to epoch {saved!r} of {log_partition!r}, but the "
+        f"store holds epoch {current!r} (another store, or a store restored from another checkpoint); "
+        f"{restore}"
+    )
 
 
 class RankStream:
@@ -123,6 +170,14 @@ class RankStream:
         self._marked: int | None = None
         self._acked = 0
         self._collector: threading.Thread | None = None
+        self._epoch: str | None = None
+
+    @property
+    def epoch(self) -> str | None:
+        """The plan log's epoch (read from the store until the leader has written it)."""
+        if self._epoch is None:
+            self._epoch = self.log.snapshot().epoch
+        return self._epoch
 
     def open(self, resume: Position | None) -> Position:
         """Decide where this iteration starts and acknowledge it.
@@ -131,7 +186,10 @@ class RankStream:
             DataPlaneBadRequest: ``resume`` points below the plans still kept (they were collected).
         """
         spec = self.spec
+        if spec.is_leader:
+            self._epoch = self.log.ensure_epoch()
         snap = self.log.snapshot()
+        self._epoch = self._epoch or snap.epoch
         if resume is not None:
             if resume.step < snap.gc_below:
                 raise DataPlaneBadRequest(

@@ -86,7 +86,13 @@ def test_state_dict_points_at_the_next_micro_batch(client, pid):
             )
         )
     assert positions == [(0, 0, 0, 1), (0, 1, 1, 0), (1, 0, 1, 1), (1, 1, 2, 0), (2, 0, 2, 1), (2, 1, 3, 0)]
-    assert loader.state_dict() == dataset(client, pid).state_dict() | {"step": 4, "micro_batch": 0}
+    epoch = PlanLog(client, pid, TASK).snapshot().epoch
+    assert epoch and dataset(client, pid).state_dict()["epoch"] is None  # a fresh start names no epoch
+    assert loader.state_dict() == dataset(client, pid).state_dict() | {
+        "step": 4,
+        "micro_batch": 0,
+        "epoch": epoch,
+    }
 
 
 def test_a_new_loader_continues_after_the_last_finished_step(client, pid, monkeypatch):
@@ -124,7 +130,15 @@ def test_a_finished_stream_continues_when_the_partition_is_refilled(client, pid)
 
 
 # ------------------------------------------------------------ state validation
-_GOOD = {"format": 1, "task_name": TASK, "dp_rank": 0, "dp_world": 1, "step": 3, "micro_batch": 1}
+_GOOD = {
+    "format": 2,
+    "task_name": TASK,
+    "dp_rank": 0,
+    "dp_world": 1,
+    "epoch": "e0",
+    "step": 3,
+    "micro_batch": 1,
+}
 
 
 @pytest.mark.parametrize(
@@ -134,7 +148,11 @@ _GOOD = {"format": 1, "task_name": TASK, "dp_rank": 0, "dp_world": 1, "step": 3,
         [],
         {"step": 3},
         {**_GOOD, "extra": 1},
-        {**_GOOD, "format": 2},
+        {**_GOOD, "format": 3},
+        {**_GOOD, "format": 1},
+        {**_GOOD, "epoch": None},
+        {**_GOOD, "epoch": ""},
+        {**_GOOD, "epoch": 7},
         {**_GOOD, "dp_rank": 1, "dp_world": 2},
         {**_GOOD, "task_name": "other"},
         {**_GOOD, "step": -1},
@@ -163,7 +181,8 @@ def test_resuming_past_the_last_micro_batch_of_a_step_is_rejected(client, pid):
     fill(client, pid, range(8))
     consume(dataset(client, pid, batch_size=4), 1)
     ds = dataset(client, pid, batch_size=4)
-    ds.load_state_dict({**_GOOD, "partition_id": pid, "step": 0, "micro_batch": 5})
+    epoch = PlanLog(client, pid, TASK).snapshot().epoch
+    ds.load_state_dict({**_GOOD, "partition_id": pid, "epoch": epoch, "step": 0, "micro_batch": 5})
     with pytest.raises(DataPlaneBadRequest, match="cannot resume at micro-batch 5"):
         consume(ds)
 
