@@ -55,7 +55,7 @@ def ray_address() -> Iterator[str]:
     """Start the session's local Ray (explicit CPUs); its GCS address, for worker processes."""
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in the test process; the e2e session owns Ray")
-    ray.init(num_cpus=RAY_NUM_CPUS, include_dashboard=False)
+    ray.init(address="local", num_cpus=RAY_NUM_CPUS, include_dashboard=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

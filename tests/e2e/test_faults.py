@@ -54,7 +54,7 @@ def _config() -> dict[str, Any]:
 
 def lab_start() -> str:
     """Start the lab's own Ray; its GCS address (for processes that attach)."""
-    ray.init(num_cpus=LAB_CPUS, include_dashboard=False)
+    ray.init(address="local", num_cpus=LAB_CPUS, include_dashboard=False)
     return ray.get_runtime_context().gcs_address
 
 

@@ -235,7 +235,7 @@ def _connect_ray(cfg: DataPlaneConfig, *, bootstrap: bool) -> bool:
             ray.init(address=cfg.ray_address or "auto")
             return False
         num_cpus = cfg.ray_num_cpus or default_num_cpus(cfg)
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
         logger.info("started a local Ray with %d CPUs", num_cpus)
         return True
     except Exception as exc:
