@@ -7,8 +7,7 @@ through that client's public, read-only properties):
 
 - :class:`RawKV`: the KV API (``kv_batch_put``, ``kv_batch_get``, ``kv_list``, ``kv_clear``) through
   TransferQueue's process-wide client;
-- :class:`RawStreamingLoader`: TransferQueue's own ``StreamingDataset`` and ``StreamingDataLoader``;
-- :class:`SimpleBeside`: the KV API on a SimpleStorage unit started beside a ``columnar`` deployment.
+- :class:`RawStreamingLoader`: TransferQueue's own ``StreamingDataset`` and ``StreamingDataLoader``.
 
 Results come back as TransferQueue returns them (jagged tensors, fewer rows for missing keys); no
 kvplane check or reshaping is added. The streaming loader gets two things TransferQueue lacks, both
@@ -31,7 +30,6 @@ Examples:
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -39,20 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import ray
 import transfer_queue as tq
-from omegaconf import OmegaConf
 from tensordict import TensorDict
-from transfer_queue import TransferQueueClient
-from transfer_queue import interface as tq_interface
-from transfer_queue.storage.bootstrap.provider import StorageBootstrapProvider
 
 from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, DataPlaneReadError, DataPlaneTimeout
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 
-__all__ = ["RawKV", "RawStreamingLoader", "SimpleBeside", "StreamDelivery"]
-
-_UNIT_CAPACITY = 200_000
+__all__ = ["RawKV", "RawStreamingLoader", "StreamDelivery"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,59 +141,6 @@ class RawKV:
         keys = list(self.list_keys(partition_id).get(partition_id, {}))
         if keys:
             self.clear(keys, partition_id)
-
-
-class SimpleBeside(RawKV):
-    """Raw ``tq.kv_*`` on one SimpleStorage unit started beside the process's running deployment.
-
-    The anchor of ``backend: columnar``'s targets (issue 17): TransferQueue allows one deployment per
-    process and the bench interleaves contenders within one process, so this starts one
-    SimpleStorage unit on the running deployment (TransferQueue's own SimpleStorage bootstrap, same
-    controller) and a second TransferQueue client with SimpleStorage's storage manager, which is
-    TransferQueue's process-wide client for the duration of each call.
-    """
-
-    storage_backend = "SimpleStorage"
-
-    def __init__(self) -> None:  # noqa: D107 (no kvplane client: the deployment is this process's)
-        controller = ray.get_actor("TransferQueueController", namespace="transfer_queue")
-        conf = OmegaConf.merge(
-            copy.deepcopy(ray.get(controller.get_config.remote(), timeout=60)),
-            {"backend": {"storage_backend": "SimpleStorage",
-                         "SimpleStorage": {"total_storage_size": _UNIT_CAPACITY, "num_data_storage_units": 1}}},
-        )
-        self._units = StorageBootstrapProvider.get_provider("SimpleStorage")(conf)
-        self._client = TransferQueueClient(client_id="kvplane-bench-simple-beside",
-                                           controller_info=conf.controller.zmq_info)
-        self._client.initialize_storage_manager(manager_type="SimpleStorage", config=conf.backend.SimpleStorage)
-
-    def _as_process_client(self, fn: Callable[[], T]) -> T:
-        own = tq_interface._TQ_CLIENT
-        tq_interface._TQ_CLIENT = self._client
-        try:
-            return fn()
-        finally:
-            tq_interface._TQ_CLIENT = own
-
-    def put(self, keys, partition_id, fields, tags):  # type: ignore[override]
-        return self._as_process_client(lambda: tq.kv_batch_put(keys=keys, partition_id=partition_id,
-                                                                fields=fields, tags=tags))
-
-    def get(self, keys, partition_id, select_fields):  # type: ignore[override]
-        return self._as_process_client(lambda: tq.kv_batch_get(keys=keys, partition_id=partition_id,
-                                                                select_fields=select_fields))
-
-    def list_keys(self, partition_id):  # type: ignore[override]
-        return self._as_process_client(lambda: tq.kv_list(partition_id))
-
-    def clear(self, keys, partition_id):  # type: ignore[override]
-        self._as_process_client(lambda: tq.kv_clear(keys=keys, partition_id=partition_id))
-
-    def close(self) -> None:
-        """Stop the client and the unit this baseline started."""
-        self._client.close()
-        for unit in self._units.values():
-            ray.kill(unit)
 
 
 @dataclass

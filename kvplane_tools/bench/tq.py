@@ -442,7 +442,8 @@ def run_backend(backend: str, *, quick: bool = False, client: Any = None) -> dic
     Raises:
         DataPlaneUnavailable: The deployment cannot start (or a foreign ``mooncake_master`` runs).
     """
-    from kvplane_tools.bench.raw_tq import RawKV, SimpleBeside
+    from kvplane_tools.bench._simple_beside import SimpleBeside
+    from kvplane_tools.bench.raw_tq import RawKV
 
     with bench_deployment(backend, client) as (client, bootstrap_s):
         # columnar's anchor is raw SimpleStorage (issue 17), on a unit started beside it
