@@ -53,7 +53,7 @@ DEFAULT_IMPL = "embedded"
 _IMPLS = (DEFAULT_IMPL, "transfer_queue")
 #: Accepted spellings of an impl and the name they mean (``memory``: kvplane's earlier name).
 _IMPL_ALIASES = {"memory": DEFAULT_IMPL}
-_BACKENDS = ("simple", "mooncake_cpu")
+_BACKENDS = ("simple", "mooncake_cpu", "columnar")
 _TQ_REQUIRED = ("backend", "storage_capacity", "num_storage_units", "claim_meta_poll_interval_s")
 _MOONCAKE_REQUIRED = ("global_segment_size", "local_buffer_size")
 

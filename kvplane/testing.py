@@ -31,7 +31,8 @@ def transfer_queue_config(backend: str = "simple", **overrides: Any) -> dict[str
     """A TransferQueue deployment config (a new dict) for ``backend``, with ``overrides`` applied.
 
     Args:
-        backend: ``simple`` (SimpleStorage) or ``mooncake_cpu`` (MooncakeStore over TCP).
+        backend: ``simple`` (SimpleStorage), ``mooncake_cpu`` (MooncakeStore over TCP) or ``columnar``
+            (one Ray object per field per put).
         overrides: Config keys to set on top (checked like any config).
 
     Raises:

@@ -10,6 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("kvplane", "loaders", "kvplane_tools")
 RAW_BASELINE = ROOT / "kvplane_tools" / "bench" / "raw_tq.py"
+#: Raw SimpleStorage beside a columnar deployment (swaps TransferQueue's process-wide client; decision 77).
+SIMPLE_BESIDE = ROOT / "kvplane_tools" / "bench" / "_simple_beside.py"
 
 
 def _module(path: Path) -> str:
@@ -107,7 +109,7 @@ def test_only_the_raw_baseline_imports_transfer_queue_among_the_tools():
         if (isinstance(node, ast.Import) and any(a.name.split(".")[0] == "transfer_queue" for a in node.names))
         or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "transfer_queue")
     )
-    assert set(importers) == {str(RAW_BASELINE.relative_to(ROOT))}
+    assert set(importers) == {str(RAW_BASELINE.relative_to(ROOT)), str(SIMPLE_BESIDE.relative_to(ROOT))}
 
 
 def test_the_raw_baseline_uses_only_public_kvplane_names():

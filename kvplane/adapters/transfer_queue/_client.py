@@ -99,6 +99,10 @@ async def _put_simple(manager: Any, data: TensorDict, meta: BatchMeta) -> None:
     await manager.put_data(data, meta)
 
 
+async def _get_own(manager: Any, meta: BatchMeta) -> TensorDict:
+    return await manager.get_data(meta)
+
+
 class _Raced(Exception):
     """A read's checks saw a concurrent write land between two requests (retried once)."""
 
@@ -136,6 +140,11 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         self._id = uuid.uuid4().hex[:12]
         self._control = ControlPlane(self._tq, self._id)
         self._kv_storage = self._deployment.storage_backend == "MooncakeStore"
+        # How a read fetches: SimpleStorage stacked dense, MooncakeStore minus zero-byte rows, or
+        # the storage manager's own get_data (columnar).
+        self._read = get_rows if self._kv_storage else read_dense
+        if self._deployment.storage_backend not in ("MooncakeStore", "SimpleStorage"):
+            self._read = _get_own
         self._claimed: dict[tuple[str, str, str], int] = {}  # this client's own claim totals per epoch
         self._count_writes = asyncio.Lock()
         self._lock = threading.Lock()
@@ -404,7 +413,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             _custom_backend_meta=meta._custom_backend_meta,
         )
         try:
-            data = await (get_rows if self._kv_storage else read_dense)(self._tq.storage_manager, read)
+            data = await self._read(self._tq.storage_manager, read)
         except Exception as exc:
             # A clear racing the fetch fails it in a backend's own words (SimpleStorage: key not found;
             # MooncakeStore: error codes such as -703/-704): if some key lost its slot meanwhile the

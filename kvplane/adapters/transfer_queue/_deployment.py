@@ -55,6 +55,7 @@ from transfer_queue import interface as tq_interface
 from kvplane._config import DataPlaneConfig
 from kvplane._errors import DataPlaneBadRequest, DataPlaneError, DataPlaneUnavailable
 
+from . import _columnar as columnar
 from ._calls import run_bounded, translate
 
 __all__ = ["Deployment", "default_num_cpus", "open_deployment", "required_cpus", "tq_conf"]
@@ -64,7 +65,7 @@ logger = logging.getLogger(__name__)
 CONTROLLER_NAME = "TransferQueueController"
 NAMESPACE = "transfer_queue"
 #: kvplane backend name → TransferQueue storage backend name.
-STORAGE_BACKENDS = {"simple": "SimpleStorage", "mooncake_cpu": "MooncakeStore"}
+STORAGE_BACKENDS = {"simple": "SimpleStorage", "mooncake_cpu": "MooncakeStore", "columnar": columnar.BACKEND}
 MOONCAKE_METADATA_PORT = 50050
 MOONCAKE_MASTER_PORT = 50051
 #: TransferQueue names SimpleStorage unit ``rank`` so (in the bootstrapping process's Ray namespace).
@@ -95,6 +96,8 @@ def tq_conf(cfg: DataPlaneConfig, *, node_ip: str) -> dict[str, Any]:
             "total_storage_size": cfg.storage_capacity,
             "num_data_storage_units": cfg.num_storage_units,
         }
+    elif cfg.backend == "columnar":
+        storage = {}
     else:
         storage = {
             "auto_init": True,
@@ -167,7 +170,10 @@ class Deployment:
         """Tear down (bootstrapping process) or detach (any other); never raises."""
         mooncake_store = getattr(getattr(self.client, "storage_manager", None), "storage_client", None)
         if self.bootstrapped:
+            columnar_owners = (tq_interface._TQ_STORAGE or {}).pop(columnar.BACKEND, None)
             _quietly("TransferQueue teardown", tq.close, timeout_s)
+            if columnar_owners is not None:
+                columnar.stop_owners()
         elif self.owns_client:
             _quietly("closing the TransferQueue client", self.client.close, timeout_s)
         if mooncake_store is not None and (self.bootstrapped or self.owns_client):
