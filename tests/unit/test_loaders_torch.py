@@ -47,8 +47,11 @@ def test_a_plain_dataloader_with_two_workers_on_the_embedded_backend_is_a_typed_
     register(client, pid, 8)
     fill(client, pid, range(8))
     loader = DataLoader(dataset(client, pid), batch_size=None, num_workers=2, multiprocessing_context="fork")
+    it = iter(loader)
     with pytest.raises(DataPlaneBadRequest, match="num_workers=2 needs a backend"):
-        next(iter(loader))
+        next(it)
+    del it  # shut its worker processes down here, not in whichever thread collects it later
+    gc.collect()
     assert client.list_keys(pid)[pid]  # nothing was claimed in this process's store
     assert _xs(DataLoader(dataset(client, pid), batch_size=None)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
@@ -64,7 +67,8 @@ def test_stateful_dataloader_resumes_exactly_from_its_state_dict(client, pid, st
     before = [next(it) for _ in range(stop_after)]
     state = json.loads(json.dumps(first.state_dict()))  # what a trainer writes to disk
     lost = [next(it) for _ in range(2)]  # trained after the checkpoint, then the process dies
-    del it
+    del it, first  # its prefetch threads stop, so only one leader is left
+    gc.collect()
     second = StatefulDataLoader(dataset(client, pid, **kw), batch_size=None)
     second.load_state_dict(state)
     after = list(second)
