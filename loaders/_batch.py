@@ -14,7 +14,8 @@ Examples:
     >>> from torch.utils.data._utils.collate import default_convert
     >>> from kvplane import KVBatchMeta
     >>> from loaders import MicroBatch
-    >>> item = MicroBatch(TensorDict({"x": torch.arange(2)}, batch_size=[2]), KVBatchMeta("p", None, ["a", "b"]))
+    >>> data = TensorDict({"x": torch.arange(2)}, batch_size=[2])
+    >>> item = MicroBatch(data, KVBatchMeta("p", None, ["a", "b"]))
     >>> default_convert(item) is item
     True
     >>> data, meta = item

@@ -382,13 +382,20 @@ class PlanLog:
         gen = snap.gc_gen
         stuck = snap.lease_since is not None and time.time() - snap.lease_since > LEASE_BREAK_S
         if stuck and snap.lease_gen == gen:
-            logger.warning("%s: breaking the GC lease of generation %d (held for over %.0fs)",
-                           self.partition_id, gen, LEASE_BREAK_S)
+            logger.warning(
+                "%s: breaking the GC lease of generation %d (held for over %.0fs)",
+                self.partition_id,
+                gen,
+                LEASE_BREAK_S,
+            )
             self.ack(_GC_KEY, gen=gen + 1)
             gen += 1
         if _lease_key(gen) not in snap.leases:  # written once per generation: its time is its creation
             self.client.put_samples(
-                [_lease_key(gen)], self.partition_id, {_LEASE_FIELD: torch.zeros(1)}, tags=[{"at": time.time()}]
+                [_lease_key(gen)],
+                self.partition_id,
+                {_LEASE_FIELD: torch.zeros(1)},
+                tags=[{"at": time.time()}],
             )
         meta = self.client.claim_meta(self.partition_id, _LEASE_TASK, [_LEASE_FIELD], 1, blocking=False)
         if not meta.size:

@@ -223,7 +223,8 @@ class RankStream:
     def micro_batches(
         self, batches: Iterable[StepBatch], start: Position, step_done: Callable[[], None] | None = None
     ) -> Iterator[MicroBatch]:
-        """Yield a :class:`~loaders.MicroBatch` ``(rows, meta)`` per micro-batch of each step, from ``start`` to the end of the stream.
+        """Yield a :class:`~loaders.MicroBatch` ``(rows, meta)`` per micro-batch of each step, from
+        ``start`` to the end of the stream.
 
         ``step_done`` is called when the trainer asks for more after a step's last micro-batch.
         """

@@ -174,7 +174,11 @@ def test_two_dataloader_workers_deliver_no_duplicates(
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_plain_dataloader_without_collate_fn_delivers_each_sample_once_in_order(
-    deployment: Deployment, client: TransferQueueDataPlaneClient, pid: str, pool: ProcessPoolExecutor, num_workers
+    deployment: Deployment,
+    client: TransferQueueDataPlaneClient,
+    pid: str,
+    pool: ProcessPoolExecutor,
+    num_workers: int,
 ):
     n = 44
     client.register_partition(pid, FIELDS, num_samples=n, consumer_tasks=[TASK])

@@ -6,7 +6,6 @@ import gc
 import json
 
 import pytest
-import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_convert
 
