@@ -79,8 +79,9 @@ def run_rank(
     if plain:
         from torch.utils.data import DataLoader
 
+        context = "spawn" if num_workers else None  # DataLoader refuses a context without workers
         loader: Any = DataLoader(
-            dataset, batch_size=None, num_workers=num_workers, multiprocessing_context="spawn"
+            dataset, batch_size=None, num_workers=num_workers, multiprocessing_context=context
         )
     else:
         loader = StreamingDataLoader(dataset, num_workers=num_workers, multiprocessing_context="spawn")
