@@ -156,6 +156,14 @@ class _Failure:
     error: BaseException
 
 
+@dataclass
+class _Handoff:
+    """A planned step whose rows the consumer reads itself (it was waiting when the plan arrived)."""
+
+    plan: StepPlan
+    published: Future[None] | None
+
+
 class StepProducer:
     """Produce the :class:`StepBatch` of steps ``first, first + stride, ...`` in two background threads.
 
@@ -184,7 +192,8 @@ class StepProducer:
         self._permits = threading.Semaphore(spec.prefetch)
         # A plan, and for a plan this producer claims, when it is in the log. None: planning stopped.
         self._plans: queue.Queue[tuple[StepPlan, Future[None] | None] | _Failure | None] = queue.Queue()
-        self._out: queue.Queue[StepBatch | _Failure] = queue.Queue()
+        self._out: queue.Queue[StepBatch | _Handoff | _Failure] = queue.Queue()
+        self._waiting = threading.Event()  # the consumer is in next(): it reads the rows itself
         self._stop = threading.Event()
         name = f"kvplane-r{spec.dp_rank}-s{first}"
         self._planner = threading.Thread(target=self._plan_steps, name=f"{name}-plan", daemon=True)
@@ -196,19 +205,28 @@ class StepProducer:
     def next(self) -> StepBatch:
         """The next step (blocks; every wait inside the producer has a deadline).
 
+        While the consumer waits here, the fetcher hands it the next planned step to read on its own
+        thread instead of reading it in the background (see the module docstring).
+
         Raises:
             Whatever the producer raised (claim timeout, missing key, bad plan...).
         """
-        while True:
-            try:
-                item = self._out.get(timeout=1.0)
-            except queue.Empty:
-                if not self._fetcher.is_alive() and self._out.empty():
-                    raise DataPlaneError("the step producer ended without a result") from None
-                continue
-            if isinstance(item, _Failure):
-                raise item.error
-            return item
+        self._waiting.set()
+        try:
+            while True:
+                try:
+                    item = self._out.get(timeout=1.0)
+                except queue.Empty:
+                    if not self._fetcher.is_alive() and self._out.empty():
+                        raise DataPlaneError("the step producer ended without a result") from None
+                    continue
+                if isinstance(item, _Failure):
+                    raise item.error
+                if isinstance(item, _Handoff):
+                    return self._rows_of(item.plan, item.published)
+                return item
+        finally:
+            self._waiting.clear()
 
     def done(self) -> None:
         """The consumer is done with one step: let the producer start another."""
@@ -266,7 +284,6 @@ class StepProducer:
 
     def _fetch_steps(self) -> None:
         """Fetcher: read this rank's rows of each planned step (overlapping the next claim)."""
-        spec = self.spec
         try:
             while True:
                 item = self._plans.get()
@@ -276,19 +293,26 @@ class StepProducer:
                     self._out.put(item)
                     return
                 plan, published = item
-                rows = None if plan.final else self._fetch(plan)
-                if published is not None:  # rows are handed out only once their plan is in the log
-                    try:
-                        published.result(timeout=spec.timeout_s)
-                    except TimeoutError:
-                        raise DataPlaneTimeout(
-                            f"the plan of step {plan.step} was not stored within {spec.timeout_s}s"
-                        ) from None
-                self._out.put(StepBatch(plan, rows))
+                if not plan.final and self._waiting.is_set() and self._out.empty():
+                    self._out.put(_Handoff(plan, published))  # the consumer is idle: it reads
+                else:
+                    self._out.put(self._rows_of(plan, published))
                 if plan.final:
                     return
         except BaseException as exc:
             self._out.put(_Failure(exc))
+
+    def _rows_of(self, plan: StepPlan, published: Future[None] | None) -> StepBatch:
+        """``plan`` with this rank's rows, once the plan is in the log (read on the calling thread)."""
+        rows = None if plan.final else self._fetch(plan)
+        if published is not None:  # rows are handed out only once their plan is in the log
+            try:
+                published.result(timeout=self.spec.timeout_s)
+            except TimeoutError:
+                raise DataPlaneTimeout(
+                    f"the plan of step {plan.step} was not stored within {self.spec.timeout_s}s"
+                ) from None
+        return StepBatch(plan, rows)
 
     def _fetch(self, plan: StepPlan) -> TensorDict:
         """This rank's rows of ``plan``; an empty shard keeps the fields' schema (module docstring)."""
