@@ -65,7 +65,7 @@ from kvplane import (
     KVBatchMeta,
 )
 from loaders._control import PlanLog
-from loaders._exit import exiting
+from loaders._exit import exiting, on_exit
 from loaders._plan import ShardOptions, StepPlan, plan_step
 
 __all__ = ["StepBatch", "StepProducer", "StreamSpec"]
@@ -156,6 +156,11 @@ class _Failure:
     error: BaseException
 
 
+def _smooth(average: float | None, value: float) -> float:
+    """An exponentially weighted moving average (weight 1/4 on the new value)."""
+    return value if average is None else 0.75 * average + 0.25 * value
+
+
 @dataclass
 class _Handoff:
     """A planned step whose rows the consumer reads itself (it was waiting when the plan arrived)."""
@@ -193,13 +198,19 @@ class StepProducer:
         # A plan, and for a plan this producer claims, when it is in the log. None: planning stopped.
         self._plans: queue.Queue[tuple[StepPlan, Future[None] | None] | _Failure | None] = queue.Queue()
         self._out: queue.Queue[StepBatch | _Handoff | _Failure] = queue.Queue()
-        self._waiting = threading.Event()  # the consumer is in next(): it reads the rows itself
+        self._waiting = threading.Event()  # the consumer is in next()
+        # Who reads a step's rows (see the module docstring): smoothed seconds the consumer spends
+        # between next() calls (its work) and a read takes; None until measured.
+        self._work_s: float | None = None
+        self._read_s: float | None = None
+        self._returned_at: float | None = None
         self._stop = threading.Event()
         name = f"kvplane-r{spec.dp_rank}-s{first}"
         self._planner = threading.Thread(target=self._plan_steps, name=f"{name}-plan", daemon=True)
         self._fetcher = threading.Thread(target=self._fetch_steps, name=f"{name}-fetch", daemon=True)
         self._planner.start()
         self._fetcher.start()
+        on_exit(self, self._halt)
 
     # ------------------------------------------------------------------ consumer side
     def next(self) -> StepBatch:
@@ -211,6 +222,8 @@ class StepProducer:
         Raises:
             Whatever the producer raised (claim timeout, missing key, bad plan...).
         """
+        if self._returned_at is not None:
+            self._work_s = _smooth(self._work_s, time.perf_counter() - self._returned_at)
         self._waiting.set()
         try:
             while True:
@@ -227,6 +240,7 @@ class StepProducer:
                 return item
         finally:
             self._waiting.clear()
+            self._returned_at = time.perf_counter()
 
     def done(self) -> None:
         """The consumer is done with one step: let the producer start another."""
@@ -246,6 +260,12 @@ class StepProducer:
             thread.join(STOP_JOIN_S)
             if thread.is_alive():
                 logger.warning("%s did not stop within %.0fs", thread.name, STOP_JOIN_S)
+
+    def _halt(self) -> list[threading.Thread]:
+        """Ask the threads to stop, without waiting (the exit hook waits, briefly)."""
+        self._stop.set()
+        self._permits.release()
+        return [self._planner, self._fetcher]
 
     # ------------------------------------------------------------------ producer threads
     def _plan_steps(self) -> None:
@@ -293,8 +313,8 @@ class StepProducer:
                     self._out.put(item)
                     return
                 plan, published = item
-                if not plan.final and self._waiting.is_set() and self._out.empty():
-                    self._out.put(_Handoff(plan, published))  # the consumer is idle: it reads
+                if not plan.final and self._consumer_reads():
+                    self._out.put(_Handoff(plan, published))
                 else:
                     self._out.put(self._rows_of(plan, published))
                 if plan.final:
@@ -302,9 +322,20 @@ class StepProducer:
         except BaseException as exc:
             self._out.put(_Failure(exc))
 
+    def _consumer_reads(self) -> bool:
+        """Whether the consumer reads the next step itself: it waits in next() now, or its work
+        between steps is too short for a background read to hide (under half a read)."""
+        if self._waiting.is_set() and self._out.empty():
+            return True
+        work, read = self._work_s, self._read_s
+        return work is not None and read is not None and work < read / 2
+
     def _rows_of(self, plan: StepPlan, published: Future[None] | None) -> StepBatch:
         """``plan`` with this rank's rows, once the plan is in the log (read on the calling thread)."""
+        started = time.perf_counter()
         rows = None if plan.final else self._fetch(plan)
+        if rows is not None:
+            self._read_s = _smooth(self._read_s, time.perf_counter() - started)
         if published is not None:  # rows are handed out only once their plan is in the log
             try:
                 published.result(timeout=self.spec.timeout_s)
