@@ -7,7 +7,10 @@ pipeline, so that the claim and plan of the next step overlap the fetch of this 
 claims (or reads) plans, the *fetcher* reads the rows. The pipeline runs ahead of the consumer by at
 most ``prefetch`` steps: a permit is taken *before* a step is claimed or read and given back only when
 the consumer is done with the step, so the number of steps claimed (or read) and not yet fully
-yielded never exceeds ``prefetch``.
+yielded never exceeds ``prefetch``. The fetcher hands a planned step to the consumer instead, which
+reads it on its own thread in :meth:`StepProducer.next`, when the consumer is waiting there or its
+work between steps is under half a read: a background read would then hide nothing and costs more
+(another thread's allocator arena faults its pages in again, and the GIL changes hands mid-read).
 
 The leader (DP rank 0, replica 0; with TransferQueue-style per-rank batches, replica 0 of every
 ``dp_rank``) re-reads a plan that already exists for a step (a previous incarnation claimed
