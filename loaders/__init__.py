@@ -8,7 +8,11 @@ exactly once across ranks, processes and DataLoader workers, and resumable with
 replicas) receive identical micro-batches; TransferQueue 0.1.11's ``StreamingDataset`` arguments
 (``config=``, ``data_fields=``, per-``dp_rank`` ``batch_size``) are accepted too.
 
-Modules: :mod:`~loaders._dataset`, :mod:`~loaders._dataloader` (the two public classes);
+Both yield :class:`MicroBatch` items, ``(TensorDict, KVBatchMeta)`` pairs that ``torch.utils.data.DataLoader``
+(``batch_size=None``) and torchdata's ``StatefulDataLoader`` pass through without a ``collate_fn``.
+
+Modules: :mod:`~loaders._dataset`, :mod:`~loaders._dataloader` (the two public classes),
+:mod:`~loaders._batch` (the yielded item);
 :mod:`~loaders._plan` (how a step is split), :mod:`~loaders._control` (the plan log in the data
 plane), :mod:`~loaders._steps` (claiming or reading plans and fetching, in a prefetch thread),
 :mod:`~loaders._stream` (start position, delivery, acknowledgements, state),
@@ -18,7 +22,8 @@ plane), :mod:`~loaders._steps` (claiming or reading plans and fetching, in a pre
 This package imports only kvplane's public API; kvplane never imports it.
 """
 
+from loaders._batch import MicroBatch
 from loaders._dataloader import StreamingDataLoader
 from loaders._dataset import StreamingDataset
 
-__all__ = ["StreamingDataLoader", "StreamingDataset"]
+__all__ = ["MicroBatch", "StreamingDataLoader", "StreamingDataset"]

@@ -17,7 +17,14 @@ out, and ``kv_list(name)`` shows it for inspection). It holds three kinds of key
   of rank ``r``, as tags: ``progress`` (the first step it has not finished yielding), ``checkpoint``
   and ``previous_checkpoint`` (the steps of its two latest ``state_dict()``s or of the state it
   resumed from; ``None`` when it holds none). Every replica keeps its own record.
-- ``gc``: tag ``below``, the step under which plans have been garbage-collected.
+- ``gc``: tag ``below``, the step under which plans have been garbage-collected, and tag ``gen``,
+  the GC generation.
+- ``gclease-{gen:012d}`` (field ``lease``, tag ``at``): the lease of a GC generation. Collections
+  run one at a time over every process: a collector claims the current generation's lease
+  (task ``__gc__``, exactly once), lists the log, clears only keys it listed, then opens the next
+  generation. So no key is cleared twice or after it is gone (TransferQueue's controller warns
+  about every cleared key it does not find). A lease held for ``LEASE_BREAK_S`` without its
+  generation advancing (its holder died) is broken by the next collector.
 - ``epoch``: tag ``id``, a random id the leader writes when it first opens the stream. It names
   this incarnation of the log: every ``state_dict()`` records it, and ``load_state_dict`` refuses a
   state whose epoch the store does not hold (a fresh store, a rebuilt deployment, another
@@ -97,6 +104,14 @@ _PLAN_FIELD = "plan"
 _GC_KEY = "gc"
 _EPOCH_KEY = "epoch"
 _SEAT_TASK = "__seats__"
+_LEASE_TASK = "__gc__"
+_LEASE_FIELD = "lease"
+_LEASE_PREFIX = "gclease-"
+
+#: The longest a collector waits for another process's collection to finish before skipping its own.
+LEASE_WAIT_S = 10.0
+#: A GC lease held this long without its generation advancing is taken to be a dead holder's.
+LEASE_BREAK_S = 60.0
 _SEAT_FIELD = "seat"
 _ACK_KEYS = ("progress", "checkpoint", "previous_checkpoint")
 
@@ -112,6 +127,10 @@ def plan_partition_id(partition_id: str, task_name: str) -> str:
 
 def _plan_key(step: int) -> str:
     return f"step-{step:012d}"
+
+
+def _lease_key(gen: int) -> str:
+    return f"{_LEASE_PREFIX}{gen:012d}"
 
 
 def _rank_key(rank: int, replica: int = 0) -> str:
@@ -130,6 +149,10 @@ class LogSnapshot:
     plans: dict[int, bool] = field(default_factory=dict)  # step -> final
     acks: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (rank, replica) -> tags
     gc_below: int = 0
+    gc_gen: int = 0  # the GC generation: the lease of this one is the collector's
+    leases: list[str] = field(default_factory=list)  # the lease keys present
+    lease_gen: int | None = None  # the newest lease's generation and creation time (wall clock)
+    lease_since: float | None = None
     seats: int = 0
     epoch: str | None = None
 
@@ -177,6 +200,12 @@ class PlanLog:
                 snap.acks[_parse_rank_key(key)] = dict(tags)
             elif key == _GC_KEY:
                 snap.gc_below = int(tags.get("below", 0))
+                snap.gc_gen = int(tags.get("gen", 0))
+            elif key.startswith(_LEASE_PREFIX):
+                snap.leases.append(key)
+                gen = int(key[len(_LEASE_PREFIX) :])
+                if snap.lease_gen is None or gen > snap.lease_gen:
+                    snap.lease_gen, snap.lease_since = gen, tags.get("at")
             elif key.startswith("seat-"):
                 snap.seats += 1
             elif key == _EPOCH_KEY:
@@ -308,20 +337,98 @@ class PlanLog:
 
     def collect_garbage(self, dp_world: int, replica_world: int | None = 1) -> int:
         """Delete the plans every rank and replica is done with (see the module docstring); returns
-        the GC floor. ``replica_world=None``: the replicas are the seats taken."""
-        snap = self.snapshot()
+        the GC floor. ``replica_world=None``: the replicas are the seats taken.
+
+        One collector at a time, over every process: a collection holds the lease of the log's
+        current GC generation (an exactly-once claim) and clears only keys it listed while holding
+        it, so no key is cleared twice or after it is gone. A collector that finds the lease held
+        waits (up to :data:`LEASE_WAIT_S`) for the holder to finish, then collects what is left.
+        """
+        deadline = time.monotonic() + LEASE_WAIT_S
+        while True:
+            snap = self.snapshot()
+            doomed, horizon = self._doomed(snap, dp_world, replica_world)
+            if horizon is None or (not doomed and horizon <= snap.gc_below):
+                return snap.gc_below if horizon is None else max(horizon, snap.gc_below)
+            held = self._take_lease(snap)
+            if held is not None:
+                return self._collect_holding(held, dp_world, replica_world)
+            if not self._wait_for_generation(snap.gc_gen, deadline):
+                logger.debug("%s: the GC lease stayed held; this collection is skipped", self.partition_id)
+                return snap.gc_below
+
+    def _doomed(
+        self, snap: LogSnapshot, dp_world: int, replica_world: int | None
+    ) -> tuple[list[str], int | None]:
+        """The plan keys below the horizon (the last, final plan kept) and the horizon (``None``:
+        some rank or replica has not acknowledged yet)."""
         replicas = snap.seats if replica_world is None else replica_world
         keep = [snap.keep_from(r, k) for r in range(dp_world) for k in range(replicas)]
         if any(k is None for k in keep):
-            return snap.gc_below
+            return [], None
         horizon = min(k for k in keep if k is not None)
         last = max(snap.plans, default=-1)
         doomed = [
             _plan_key(s) for s, final in snap.plans.items() if s < horizon and not (final and s == last)
         ]
-        if horizon > snap.gc_below:
-            self.ack(_GC_KEY, below=horizon)
+        return doomed, horizon
+
+    def _take_lease(self, snap: LogSnapshot) -> int | None:
+        """Claim the lease of ``snap``'s generation: the generation held, or ``None`` (held elsewhere).
+
+        A lease older than :data:`LEASE_BREAK_S` whose generation never advanced (its holder died)
+        is broken: the next generation is opened.
+        """
+        gen = snap.gc_gen
+        stuck = snap.lease_since is not None and time.time() - snap.lease_since > LEASE_BREAK_S
+        if stuck and snap.lease_gen == gen:
+            logger.warning(
+                "%s: breaking the GC lease of generation %d (held for over %.0fs)",
+                self.partition_id,
+                gen,
+                LEASE_BREAK_S,
+            )
+            self.ack(_GC_KEY, gen=gen + 1)
+            gen += 1
+        if _lease_key(gen) not in snap.leases:  # written once per generation: its time is its creation
+            self.client.put_samples(
+                [_lease_key(gen)],
+                self.partition_id,
+                {_LEASE_FIELD: torch.zeros(1)},
+                tags=[{"at": time.time()}],
+            )
+        meta = self.client.claim_meta(self.partition_id, _LEASE_TASK, [_LEASE_FIELD], 1, blocking=False)
+        if not meta.size:
+            return None
+        key = meta.sample_ids[0]
+        held = int(key[len(_LEASE_PREFIX) :])
+        if held != self.snapshot().gc_gen:  # a lease key re-created after its generation ended
+            self.client.clear_samples([key], self.partition_id)  # ours: we just claimed it
+            return None
+        return held
+
+    def _collect_holding(self, held: int, dp_world: int, replica_world: int | None) -> int:
+        snap = self.snapshot()  # listed under the lease: these keys exist until we clear them
+        doomed, horizon = self._doomed(snap, dp_world, replica_world)
+        floor = snap.gc_below if horizon is None else max(horizon, snap.gc_below)
+        if floor > snap.gc_below:
+            self.ack(_GC_KEY, below=floor)  # before deleting, so a resume below it fails loudly
+        doomed += [k for k in snap.leases if k != _lease_key(held)]  # earlier generations' leases
         if doomed:
             self.client.clear_samples(doomed, self.partition_id)
-            logger.debug("collected %d plans of %s below step %d", len(doomed), self.partition_id, horizon)
-        return max(horizon, snap.gc_below)
+            logger.debug("collected %d keys of %s below step %d", len(doomed), self.partition_id, floor)
+        self.ack(_GC_KEY, gen=held + 1)  # releases the lease
+        return floor
+
+    def _wait_for_generation(self, gen: int, deadline: float) -> bool:
+        """Wait until the GC generation passes ``gen`` (the lease holder finished); ``False``: deadline."""
+        delay = 0.001
+        while time.monotonic() < deadline:
+            snap = self.snapshot()
+            if snap.gc_gen > gen or (
+                snap.lease_since is not None and time.time() - snap.lease_since > LEASE_BREAK_S
+            ):
+                return True
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.05)
+        return False

@@ -9,8 +9,9 @@ once for all ranks, so nothing is duplicated (TransferQueue 0.1.11's loader deli
 twice with two workers) or lost; ranks may even use different ``num_workers``. A broadcast
 receiver (a ``replica_group`` member other than its rank 0) starts no workers: it only receives.
 
-TransferQueue's ``StreamingDataLoader`` arguments are accepted: ``collate_fn`` (applied to each
-``(TensorDict, KVBatchMeta)`` micro-batch in the trainer's process), ``pin_memory`` (pins each
+It yields :class:`~loaders.MicroBatch` items (``data, meta = item``). TransferQueue's
+``StreamingDataLoader`` arguments are accepted: ``collate_fn`` (applied to each
+:class:`~loaders.MicroBatch` in the trainer's process), ``pin_memory`` (pins each
 micro-batch there), ``persistent_workers`` (``False`` only: every iteration hands its start position
 to fresh workers). TransferQueue's ``reset()``/``step(partition_id)``/``get_buffer()`` have no
 counterpart: ``load_state_dict(saved)`` replays from a saved position, and a loader over another
@@ -42,10 +43,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
-from kvplane import DataPlaneBadRequest, KVBatchMeta
+from kvplane import DataPlaneBadRequest
+from loaders._batch import MicroBatch
 from loaders._dataset import StreamingDataset
 
 __all__ = ["StreamingDataLoader"]
@@ -73,7 +74,7 @@ class StreamingDataLoader(DataLoader):
         prefetch_factor: Steps each worker keeps in flight (DataLoader's default 2; ignored without
             workers, as ``multiprocessing_context`` is).
         worker_init_fn: As for ``DataLoader``.
-        collate_fn: Applied to each ``(TensorDict, KVBatchMeta)`` micro-batch (default: none).
+        collate_fn: Applied to each :class:`~loaders.MicroBatch` (default: none).
         pin_memory: Pin each micro-batch's TensorDict (``TensorDict.pin_memory()``).
         persistent_workers: ``False`` only (TransferQueue's argument; see the module docstring).
 
@@ -120,12 +121,12 @@ class StreamingDataLoader(DataLoader):
         )
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        for data, meta in self._micro_batches():
+        for item in self._micro_batches():
             if self._pin:
-                data = data.pin_memory()
-            yield (data, meta) if self._collate is None else self._collate((data, meta))
+                item = item.pin_memory()
+            yield item if self._collate is None else self._collate(item)
 
-    def _micro_batches(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
+    def _micro_batches(self) -> Iterator[MicroBatch]:
         dataset: StreamingDataset = self.dataset  # type: ignore[assignment]
         if self.num_workers == 0 or dataset.is_replica_receiver:
             yield from dataset

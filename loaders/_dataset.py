@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from tensordict import TensorDict
 from torch.utils.data import IterableDataset, get_worker_info
 
-from kvplane import DataPlaneBadRequest, KVBatchMeta
+from kvplane import DataPlaneBadRequest
 from loaders import _broadcast
+from loaders._batch import MicroBatch
 from loaders._control import plan_partition_id
 from loaders._plan import ShardOptions
 from loaders._ranks import resolve_topology
@@ -49,6 +49,12 @@ def _check_names(value: Any, what: str) -> list[str]:
 
 class StreamingDataset(IterableDataset):
     """An ``IterableDataset`` of ``(TensorDict, KVBatchMeta)`` micro-batches for one DP rank.
+
+    Each item is a :class:`~loaders.MicroBatch`: it unpacks as ``data, meta`` and passes through
+    ``torch.utils.data.DataLoader(dataset, batch_size=None)`` and torchdata's ``StatefulDataLoader``
+    without a ``collate_fn``. In such a loader's worker processes (a TransferQueue config as the
+    source), worker 0 delivers the stream in order and the others deliver nothing;
+    :class:`~loaders.StreamingDataLoader` spreads whole steps over its workers.
 
     One *step* is one global batch of ``batch_size`` samples, claimed once for all DP ranks by the
     leader (``dp_rank`` 0) with ``claim_meta``, split with :func:`kvplane.shard_meta_for_dp`, and
@@ -277,6 +283,8 @@ class StreamingDataset(IterableDataset):
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[Any]:
         if get_worker_info() is not None:
+            if self._worker_start is None:
+                return self._plain_worker_micro_batches()
             return self._worker_steps()
         if self._receiver:
             return self.received_micro_batches()
@@ -292,7 +300,7 @@ class StreamingDataset(IterableDataset):
         for item in micro_batches:
             yield item, None if self._stream is None else self._stream.epoch
 
-    def received_micro_batches(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
+    def received_micro_batches(self) -> Iterator[MicroBatch]:
         """A broadcast receiver's iteration: what the group's source sends (tracking the position)."""
         self._resume = None
         for (data, meta), epoch in _broadcast.receive(self._group):
@@ -301,7 +309,7 @@ class StreamingDataset(IterableDataset):
             after = info["micro_batch_index"] + 1
             last = after >= info["num_micro_batches"]
             self._received = Position(info["step"] + 1) if last else Position(info["step"], after)
-            yield data, meta
+            yield MicroBatch(data, meta)
 
     def open_stream(self) -> tuple[RankStream, Position]:
         """Start an iteration in this process: decide where it starts (used by the loader)."""
@@ -315,7 +323,7 @@ class StreamingDataset(IterableDataset):
         self._resume, self._stream = None, stream
         return stream, start
 
-    def _micro_batches(self) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
+    def _micro_batches(self) -> Iterator[MicroBatch]:
         stream, start = self.open_stream()
         producer = StepProducer(self.source.get(), self.spec, first=start.step)
         try:
@@ -323,16 +331,33 @@ class StreamingDataset(IterableDataset):
         finally:
             producer.stop()
 
-    def _worker_steps(self) -> Iterator[StepBatch]:
-        """In DataLoader worker ``w`` of ``W``: steps ``start + w, start + w + W, ...``, whole."""
+    def _plain_worker_micro_batches(self) -> Iterator[MicroBatch]:
+        """In a worker of a plain ``DataLoader`` (or ``StatefulDataLoader``): worker 0 runs the stream.
+
+        A plain ``DataLoader`` interleaves its workers' items one by one, which would mix
+        micro-batches of different steps; so worker 0 delivers every micro-batch, in order, and the
+        other workers deliver none. :class:`~loaders.StreamingDataLoader` spreads whole steps over
+        its workers instead.
+
+        Raises:
+            DataPlaneBadRequest: The source cannot be reached from a worker process (a client object
+                or the embedded backend), or the dataset has a ``replica_group``.
+        """
         info = get_worker_info()
-        if self._worker_start is None:
+        self.source.check_workers(info.num_workers)
+        if self._group is not None:
             raise DataPlaneBadRequest(
-                "StreamingDataset in DataLoader worker processes needs StreamingDataLoader (it assigns "
-                "steps to workers and keeps them in order); a plain DataLoader would mix micro-batches "
-                "of different steps"
+                "a dataset with replica_group broadcasts from the trainer's process: use num_workers=0 "
+                "or StreamingDataLoader"
             )
+        if info.id == 0:
+            yield from self._micro_batches()
+
+    def _worker_steps(self) -> Iterator[StepBatch]:
+        """In StreamingDataLoader worker ``w`` of ``W``: steps ``start + w, start + w + W, ...``, whole."""
+        info = get_worker_info()
         start = self._worker_start
+        assert start is not None  # set by StreamingDataLoader before its workers start
         producer = StepProducer(
             self.source.get(), self.spec, first=start + info.id, stride=info.num_workers, since=start
         )

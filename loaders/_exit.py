@@ -9,6 +9,11 @@ cleanup skips acknowledgements and thread joins and says so at debug level. Noth
 unacknowledged step is delivered again to the rank's next iteration, and ``state_dict()`` resumes
 exactly as always.
 
+The hook also asks every live step producer to stop and gives their threads up to
+:data:`EXIT_GRACE_S` in all to return: a daemon thread still inside torch while the interpreter tears
+down can abort the process ("terminate called without an active exception"); a thread blocked in a
+data-plane call is not waited for beyond that.
+
 Examples:
     >>> from loaders._exit import exiting
     >>> exiting()
@@ -19,15 +24,34 @@ from __future__ import annotations
 
 import atexit
 import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
 
-__all__ = ["exiting"]
+__all__ = ["EXIT_GRACE_S", "exiting", "on_exit"]
+
+#: The longest the exit hook waits, in all, for producer threads to return.
+EXIT_GRACE_S = 1.0
 
 _exiting = False
+_stoppers: weakref.WeakKeyDictionary[object, Callable[[], list[threading.Thread]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def on_exit(owner: object, stop: Callable[[], list[threading.Thread]]) -> None:
+    """At exit, call ``stop()`` (while ``owner`` lives) and wait briefly for the threads it returns."""
+    _stoppers[owner] = stop
 
 
 def _mark_exit() -> None:
     global _exiting
     _exiting = True
+    threads = [t for stop in list(_stoppers.values()) for t in stop()]
+    deadline = time.monotonic() + EXIT_GRACE_S
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def exiting() -> bool:

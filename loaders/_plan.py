@@ -212,7 +212,7 @@ class StepPlan:
                 "dp_rank": dp_rank,
                 "dp_world": self.dp_world,
             },
-            tags=None if shard.tags is None else [dict(t) for t in shard.tags[start:end]],
+            tags=None if shard.tags is None else shard.tags[start:end],  # KVBatchMeta copies each dict
         )
 
     def to_bytes(self) -> bytes:

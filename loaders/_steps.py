@@ -7,7 +7,10 @@ pipeline, so that the claim and plan of the next step overlap the fetch of this 
 claims (or reads) plans, the *fetcher* reads the rows. The pipeline runs ahead of the consumer by at
 most ``prefetch`` steps: a permit is taken *before* a step is claimed or read and given back only when
 the consumer is done with the step, so the number of steps claimed (or read) and not yet fully
-yielded never exceeds ``prefetch``.
+yielded never exceeds ``prefetch``. The fetcher hands a planned step to the consumer instead, which
+reads it on its own thread in :meth:`StepProducer.next`, when the consumer is waiting there or its
+work between steps is under half a read: a background read would then hide nothing and costs more
+(another thread's allocator arena faults its pages in again, and the GIL changes hands mid-read).
 
 The leader (DP rank 0, replica 0; with TransferQueue-style per-rank batches, replica 0 of every
 ``dp_rank``) re-reads a plan that already exists for a step (a previous incarnation claimed
@@ -65,7 +68,7 @@ from kvplane import (
     KVBatchMeta,
 )
 from loaders._control import PlanLog
-from loaders._exit import exiting
+from loaders._exit import exiting, on_exit
 from loaders._plan import ShardOptions, StepPlan, plan_step
 
 __all__ = ["StepBatch", "StepProducer", "StreamSpec"]
@@ -156,6 +159,19 @@ class _Failure:
     error: BaseException
 
 
+def _smooth(average: float | None, value: float) -> float:
+    """An exponentially weighted moving average (weight 1/4 on the new value)."""
+    return value if average is None else 0.75 * average + 0.25 * value
+
+
+@dataclass
+class _Handoff:
+    """A planned step whose rows the consumer reads itself (it was waiting when the plan arrived)."""
+
+    plan: StepPlan
+    published: Future[None] | None
+
+
 class StepProducer:
     """Produce the :class:`StepBatch` of steps ``first, first + stride, ...`` in two background threads.
 
@@ -184,31 +200,50 @@ class StepProducer:
         self._permits = threading.Semaphore(spec.prefetch)
         # A plan, and for a plan this producer claims, when it is in the log. None: planning stopped.
         self._plans: queue.Queue[tuple[StepPlan, Future[None] | None] | _Failure | None] = queue.Queue()
-        self._out: queue.Queue[StepBatch | _Failure] = queue.Queue()
+        self._out: queue.Queue[StepBatch | _Handoff | _Failure] = queue.Queue()
+        self._waiting = threading.Event()  # the consumer is in next()
+        # Who reads a step's rows (see the module docstring): smoothed seconds the consumer spends
+        # between next() calls (its work) and a read takes; None until measured.
+        self._work_s: float | None = None
+        self._read_s: float | None = None
+        self._returned_at: float | None = None
         self._stop = threading.Event()
         name = f"kvplane-r{spec.dp_rank}-s{first}"
         self._planner = threading.Thread(target=self._plan_steps, name=f"{name}-plan", daemon=True)
         self._fetcher = threading.Thread(target=self._fetch_steps, name=f"{name}-fetch", daemon=True)
         self._planner.start()
         self._fetcher.start()
+        on_exit(self, self._halt)
 
     # ------------------------------------------------------------------ consumer side
     def next(self) -> StepBatch:
         """The next step (blocks; every wait inside the producer has a deadline).
 
+        While the consumer waits here, the fetcher hands it the next planned step to read on its own
+        thread instead of reading it in the background (see the module docstring).
+
         Raises:
             Whatever the producer raised (claim timeout, missing key, bad plan...).
         """
-        while True:
-            try:
-                item = self._out.get(timeout=1.0)
-            except queue.Empty:
-                if not self._fetcher.is_alive() and self._out.empty():
-                    raise DataPlaneError("the step producer ended without a result") from None
-                continue
-            if isinstance(item, _Failure):
-                raise item.error
-            return item
+        if self._returned_at is not None:
+            self._work_s = _smooth(self._work_s, time.perf_counter() - self._returned_at)
+        self._waiting.set()
+        try:
+            while True:
+                try:
+                    item = self._out.get(timeout=1.0)
+                except queue.Empty:
+                    if not self._fetcher.is_alive() and self._out.empty():
+                        raise DataPlaneError("the step producer ended without a result") from None
+                    continue
+                if isinstance(item, _Failure):
+                    raise item.error
+                if isinstance(item, _Handoff):
+                    return self._rows_of(item.plan, item.published)
+                return item
+        finally:
+            self._waiting.clear()
+            self._returned_at = time.perf_counter()
 
     def done(self) -> None:
         """The consumer is done with one step: let the producer start another."""
@@ -228,6 +263,12 @@ class StepProducer:
             thread.join(STOP_JOIN_S)
             if thread.is_alive():
                 logger.warning("%s did not stop within %.0fs", thread.name, STOP_JOIN_S)
+
+    def _halt(self) -> list[threading.Thread]:
+        """Ask the threads to stop, without waiting (the exit hook waits, briefly)."""
+        self._stop.set()
+        self._permits.release()
+        return [self._planner, self._fetcher]
 
     # ------------------------------------------------------------------ producer threads
     def _plan_steps(self) -> None:
@@ -266,7 +307,6 @@ class StepProducer:
 
     def _fetch_steps(self) -> None:
         """Fetcher: read this rank's rows of each planned step (overlapping the next claim)."""
-        spec = self.spec
         try:
             while True:
                 item = self._plans.get()
@@ -276,19 +316,37 @@ class StepProducer:
                     self._out.put(item)
                     return
                 plan, published = item
-                rows = None if plan.final else self._fetch(plan)
-                if published is not None:  # rows are handed out only once their plan is in the log
-                    try:
-                        published.result(timeout=spec.timeout_s)
-                    except TimeoutError:
-                        raise DataPlaneTimeout(
-                            f"the plan of step {plan.step} was not stored within {spec.timeout_s}s"
-                        ) from None
-                self._out.put(StepBatch(plan, rows))
+                if not plan.final and self._consumer_reads():
+                    self._out.put(_Handoff(plan, published))
+                else:
+                    self._out.put(self._rows_of(plan, published))
                 if plan.final:
                     return
         except BaseException as exc:
             self._out.put(_Failure(exc))
+
+    def _consumer_reads(self) -> bool:
+        """Whether the consumer reads the next step itself: it waits in next() now, or its work
+        between steps is too short for a background read to hide (under half a read)."""
+        if self._waiting.is_set() and self._out.empty():
+            return True
+        work, read = self._work_s, self._read_s
+        return work is not None and read is not None and work < read / 2
+
+    def _rows_of(self, plan: StepPlan, published: Future[None] | None) -> StepBatch:
+        """``plan`` with this rank's rows, once the plan is in the log (read on the calling thread)."""
+        started = time.perf_counter()
+        rows = None if plan.final else self._fetch(plan)
+        if rows is not None:
+            self._read_s = _smooth(self._read_s, time.perf_counter() - started)
+        if published is not None:  # rows are handed out only once their plan is in the log
+            try:
+                published.result(timeout=self.spec.timeout_s)
+            except TimeoutError:
+                raise DataPlaneTimeout(
+                    f"the plan of step {plan.step} was not stored within {self.spec.timeout_s}s"
+                ) from None
+        return StepBatch(plan, rows)
 
     def _fetch(self, plan: StepPlan) -> TensorDict:
         """This rank's rows of ``plan``; an empty shard keeps the fields' schema (module docstring)."""

@@ -51,9 +51,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tensordict import TensorDict
-
-from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError, KVBatchMeta
+from kvplane import DataPlaneBadRequest, DataPlaneClient, DataPlaneError
+from loaders._batch import MicroBatch
 from loaders._control import GC_EVERY_STEPS
 from loaders._exit import exiting
 from loaders._steps import STOP_JOIN_S, StepBatch, StreamSpec
@@ -223,8 +222,9 @@ class RankStream:
 
     def micro_batches(
         self, batches: Iterable[StepBatch], start: Position, step_done: Callable[[], None] | None = None
-    ) -> Iterator[tuple[TensorDict, KVBatchMeta]]:
-        """Yield ``(rows, meta)`` per micro-batch of each step, from ``start`` to the end of the stream.
+    ) -> Iterator[MicroBatch]:
+        """Yield a :class:`~loaders.MicroBatch` ``(rows, meta)`` per micro-batch of each step, from
+        ``start`` to the end of the stream.
 
         ``step_done`` is called when the trainer asks for more after a step's last micro-batch.
         """
@@ -255,7 +255,7 @@ class RankStream:
                     self.position = (
                         Position(plan.step, index + 1) if index + 1 < count else Position(plan.step + 1)
                     )
-                    yield data, meta
+                    yield MicroBatch(data, meta)
                 if step_done is not None:
                     step_done()
                 self._advance(plan.step)

@@ -1,7 +1,9 @@
 """Loader suite: delivered samples/s against a raw ``get_samples`` of the same batch, and latency.
 
 On the embedded backend: ``throughput`` (the loader's steady-state samples/s over a raw read's,
-target ≥ 0.9) and ``latency`` (a put reaching a waiting consumer, p99 target < 50 ms). With
+target ≥ 0.9), ``latency`` (a put reaching a waiting consumer, p99 target < 50 ms) and
+``first_batch`` (``iter(loader)`` to the first micro-batch with 0 and 2 DataLoader workers; the
+embedded backend refuses workers, and TransferQueue's workers are spawned and attach). With
 ``KVPLANE_BENCH_TQ=simple`` (never in quick mode), ``transfer_queue`` also sets kvplane's loader over
 TransferQueue against raw ``kv_batch_get`` and TransferQueue's own loader. On a shared 2-core machine
 the figures move by ±50% between runs: compare ratios from one run, never across runs.
@@ -12,7 +14,9 @@ Examples:
     >>> from kvplane_tools.bench import loader
     >>> report = loader.run(quick=True)
     >>> sorted(report)
-    ['latency', 'targets', 'throughput', 'transfer_queue']
+    ['first_batch', 'latency', 'targets', 'throughput', 'transfer_queue']
+    >>> report["first_batch"]["num_workers_2"]["refused"]       # the embedded store is in-process
+    'num_workers=2 needs a backend that DataLoader worker processes can reach'
     >>> report["throughput"]["dp1"]["delivered"] == report["throughput"]["dp1"]["expected"]
     True
     >>> report["throughput"]["dp1"]["exactly_once"], report["transfer_queue"]
@@ -29,6 +33,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -38,9 +43,9 @@ from kvplane_tools.batches import grpo_batch
 from kvplane_tools.bench.backends import TQ_BACKENDS_ENV, per_backend, requested_backends
 from kvplane_tools.bench.stats import ratio, summarize
 from kvplane_tools.bench.tq import bench_config, bench_deployment, interleave, paired_ratio
-from loaders import StreamingDataset
+from loaders import StreamingDataLoader, StreamingDataset
 
-__all__ = ["bench_latency", "bench_throughput", "bench_transfer_queue", "run"]
+__all__ = ["bench_first_batch", "bench_latency", "bench_throughput", "bench_transfer_queue", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +287,45 @@ def bench_latency(
     }
 
 
+def bench_first_batch(
+    client: DataPlaneClient, source: Any, *, num_workers: int, repeats: int
+) -> dict[str, Any]:
+    """Seconds from ``iter(loader)`` to the first micro-batch of a fresh ``StreamingDataLoader``.
+
+    ``client`` writes one GRPO batch per repeat into a fresh partition; the loader reads it through
+    ``source`` (a client object, or a config that ``num_workers`` spawned worker processes attach
+    with: their start, imports and attach are what this measures). A source that cannot have
+    workers (the embedded backend) reports the loader's refusal instead of a time.
+    """
+    keys, td, tags = grpo_batch()
+    fields = list(td.keys())
+    seconds: list[float] = []
+    for rep in range(repeats):
+        partition = f"bench-loader-first-w{num_workers}-{rep}-{uuid.uuid4().hex[:6]}"
+        client.register_partition(partition, fields, num_samples=len(keys), consumer_tasks=[TASK])
+        client.put_samples(keys, partition, td, tags=tags)
+        try:
+            dataset = StreamingDataset(
+                source, partition_id=partition, task_name=TASK, fields=fields, batch_size=len(keys)
+            )
+            try:
+                loader = StreamingDataLoader(
+                    dataset, num_workers=num_workers, multiprocessing_context="spawn"
+                )
+            except DataPlaneBadRequest as exc:
+                return {"num_workers": num_workers, "refused": str(exc).split(":")[0]}
+            start = time.perf_counter()
+            it = iter(loader)
+            next(it)
+            seconds.append(time.perf_counter() - start)
+            for _ in it:  # to the end: the workers stop, the plans are collected
+                pass
+        finally:
+            client.clear_samples(None, partition)
+            client.clear_samples(None, StreamingDataset.plan_partition_id(partition, TASK))
+    return {"num_workers": num_workers, "repeats": repeats, "first_batch_s": summarize(seconds)}
+
+
 # ---------------------------------------------------------------------------------------------- TransferQueue
 def _batch_marks(seconds: Sequence[float], sizes: Sequence[int], n: int) -> list[float]:
     """When each ``n``-sample batch was complete, from per-micro-batch arrival times and sizes.
@@ -388,6 +432,7 @@ def _tq_rates_and_ratios(
     times: dict[str, dict[str, list[float]]], n: int, steps: int, warm: int
 ) -> dict[str, Any]:
     """Median samples/s per contender (whole run, steady state) and the paired ratios of :data:`TQ_RATIOS`."""
+
     def ratios(part: str) -> dict[str, Any]:
         return {
             name: paired_ratio(times[base][part], times[cand][part])
@@ -452,6 +497,7 @@ def bench_transfer_queue(
             "latency_gap_s": TQ_LATENCY_GAP_S,
             "latency": _latencies(tq_client, 20 if small else 200, TQ_LATENCY_GAP_S),
             "latency_gap_10ms": _latencies(tq_client, 20 if small else 200, 0.01),
+            "first_batch": _tq_first_batch(tq_client, 1 if small else 3),
         }
     report["targets"] = _tq_targets(report)
     return report
@@ -486,6 +532,16 @@ def _tq_backend(backend: str) -> dict[str, Any]:
     return bench_transfer_queue(backend)
 
 
+def _tq_first_batch(client: Any, repeats: int) -> dict[str, Any]:
+    """:func:`bench_first_batch` on TransferQueue with 0 and 2 workers (they attach to this Ray)."""
+    import ray
+
+    source = replace(client._cfg, ray_address=ray.get_runtime_context().gcs_address)
+    return {
+        f"num_workers_{w}": bench_first_batch(client, source, num_workers=w, repeats=repeats) for w in (0, 2)
+    }
+
+
 def _latencies(client: DataPlaneClient, samples: int, gap_s: float = 0.01) -> dict[str, Any]:
     """:func:`bench_latency` with one rank and with two (threads)."""
     return {f"dp{w}": bench_latency(client, samples=samples, world=w, gap_s=gap_s) for w in (1, 2)}
@@ -507,6 +563,10 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     try:
         throughput = bench_throughput(client, steps=3 if quick else 24, repeats=1 if quick else 4)
         latency = _latencies(client, 20 if quick else 200)
+        first_batch = {
+            f"num_workers_{w}": bench_first_batch(client, client, num_workers=w, repeats=1 if quick else 3)
+            for w in (0, 2)
+        }
     finally:
         client.close()
     transfer_queue = _transfer_queue_section(quick)
@@ -520,6 +580,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     return {
         "throughput": throughput,
         "latency": latency,
+        "first_batch": first_batch,
         "transfer_queue": transfer_queue,
         "targets": targets,
     }

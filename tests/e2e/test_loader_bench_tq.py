@@ -61,6 +61,10 @@ def test_small_tq_loader_bench_delivers_exactly_once_and_reports_positive_ratios
             assert latency["samples"] == 20, (run, world)
             assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"], latency
 
+    for workers in (0, 2):  # spawned workers attach and deliver: a time, not a refusal
+        first = report["first_batch"][f"num_workers_{workers}"]
+        assert first["num_workers"] == workers and _positive_finite(first["first_batch_s"]), first
+
     assert set(report["targets"]) == {
         "loader_ratio_vs_raw_get>=0.9",
         "loader_ratio_vs_tq_streaming_dataloader>=2",

@@ -54,8 +54,12 @@ def run_rank(
     state: dict[str, Any] | None = None,
     checkpoint_after: int | None = None,
     then: int = 0,
+    plain: bool = False,
 ) -> dict[str, Any]:
     """Iterate a rank's StreamingDataLoader; check every row; report what was received.
+
+    With ``plain``, iterate ``torch.utils.data.DataLoader(dataset, batch_size=None)`` instead (no
+    collate_fn; its worker 0 delivers the stream).
 
     With ``checkpoint_after``, take ``state_dict()`` after that many micro-batches, receive ``then``
     more (work a crash would lose) and stop.
@@ -72,7 +76,15 @@ def run_rank(
         timeout_s=120.0,
         **loader_kw,
     )
-    loader = StreamingDataLoader(dataset, num_workers=num_workers, multiprocessing_context="spawn")
+    if plain:
+        from torch.utils.data import DataLoader
+
+        context = "spawn" if num_workers else None  # DataLoader refuses a context without workers
+        loader: Any = DataLoader(
+            dataset, batch_size=None, num_workers=num_workers, multiprocessing_context=context
+        )
+    else:
+        loader = StreamingDataLoader(dataset, num_workers=num_workers, multiprocessing_context="spawn")
     if state is not None:
         loader.load_state_dict(state)
     items: list[dict[str, Any]] = []
@@ -159,6 +171,29 @@ def test_two_dataloader_workers_deliver_no_duplicates(
         order = [(item["step"], item["micro"]) for item in result["items"]]
         assert order == sorted(set(order))
     assert [len(v) for v in _steps(results[0]).values()] == [len(v) for v in _steps(results[1]).values()]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_plain_dataloader_without_collate_fn_delivers_each_sample_once_in_order(
+    deployment: Deployment,
+    client: TransferQueueDataPlaneClient,
+    pid: str,
+    pool: ProcessPoolExecutor,
+    num_workers: int,
+):
+    n = 44
+    client.register_partition(pid, FIELDS, num_samples=n, consumer_tasks=[TASK])
+    _fill(client, pid, n)
+    kw = {"batch_size": 8, "micro_batch_size": 2}
+    ranks = [
+        pool.submit(run_rank, deployment.worker_config, pid, r, 2, kw, num_workers=num_workers, plain=True)
+        for r in range(2)
+    ]
+    results = [r.result(timeout=TIMEOUT_S) for r in ranks]
+    assert _received(results) == [key_of(i) for i in range(n)]
+    for result in results:  # worker 0 delivers every micro-batch, in order
+        order = [(item["step"], item["micro"]) for item in result["items"]]
+        assert order == sorted(set(order)) and len(order) == 11  # 5 steps of 2 micro-batches, 1 short
 
 
 def test_a_checkpoint_resumes_exactly_in_new_processes(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from kvplane import DataPlaneBadRequest, DataPlaneError, DataPlaneTimeout, KVBatchMeta
+from kvplane.adapters.memory import MemoryDataPlaneClient
 from loaders._control import PlanLog, plan_partition_id
 from loaders._plan import ShardOptions, StepPlan, even_bounds, plan_step
+from tests.unit.test_loaders import TASK, consume, dataset, run_ranks
 
 PACKING = {"algorithm": "modified_first_fit_decreasing", "max_tokens_per_microbatch": 1024}
 DYNAMIC = {"max_tokens_per_microbatch": 1024, "sequence_length_round": 64}
@@ -218,6 +222,66 @@ def test_garbage_collection_waits_for_every_rank_and_keeps_checkpoints(client):
     with pytest.raises(DataPlaneBadRequest, match="garbage-collected"):
         _wait(log, 2)
     assert not _wait(log, 2, body=False).final  # a collected plan existed and was not final
+
+
+class _ClearRecorder(MemoryDataPlaneClient):
+    """Records every clear of a plan log, with the keys it named that were already gone.
+
+    Listings are slowed down, so concurrent collectors would overlap if nothing serialised them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clears: list[list[str]] = []
+        self.missing: list[str] = []
+
+    def list_keys(self, partition_id=None):
+        listed = super().list_keys(partition_id)
+        if partition_id is not None and partition_id.startswith("__kvplane__/plans/"):
+            time.sleep(0.005)
+        return listed
+
+    def clear_samples(self, sample_ids, partition_id):
+        if sample_ids is not None and partition_id.startswith("__kvplane__/plans/"):
+            present = set(super().list_keys(partition_id).get(partition_id, {}))
+            self.clears.append(list(sample_ids))
+            self.missing += [k for k in sample_ids if k not in present]
+        super().clear_samples(sample_ids, partition_id)
+
+
+def test_concurrent_collectors_clear_only_keys_that_exist():
+    """Every rank collects when its iteration ends: collections must not clear a key twice."""
+    client = _ClearRecorder()
+    log = PlanLog(client, "p", "t")
+    for step in range(20):
+        log.write(StepPlan(step, 2))
+    log.ack(0, progress=14)
+    log.ack(1, progress=14)
+    collectors = 6
+    start = threading.Barrier(collectors, timeout=10)
+
+    def collect(_: int) -> int:
+        start.wait()  # all list the same plans at once
+        return PlanLog(client, "p", "t").collect_garbage(2)
+
+    with ThreadPoolExecutor(collectors) as pool:
+        floors = list(pool.map(collect, range(collectors)))
+    assert client.missing == [] and client.clears  # something was collected, never a missing key
+    final = PlanLog(client, "p", "t").collect_garbage(2)
+    assert final == max(floors) == 14 and sorted(log.snapshot().plans) == list(range(14, 20))
+    assert client.missing == []
+    cleared = [k for keys in client.clears for k in keys if k.startswith("step-")]
+    assert sorted(cleared) == [f"step-{s:012d}" for s in range(14)]  # each plan cleared exactly once
+
+
+def test_two_ranks_ending_together_clear_only_keys_that_exist(pid):
+    """The loader's own cleanup (background and end-of-stream collections) over a whole stream."""
+    client = _ClearRecorder()
+    client.register_partition(pid, ["x"], num_samples=90, consumer_tasks=[TASK])
+    client.put_samples([f"s{i}" for i in range(90)], pid, {"x": torch.arange(90)})
+    run_ranks(2, lambda r: consume(dataset(client, pid, r, 2, batch_size=4)))
+    assert client.clears and client.missing == []
+    assert sorted(PlanLog(client, pid, TASK).snapshot().plans) == [23]  # only the final plan is left
 
 
 def test_a_plan_listed_before_its_body_is_stored_is_polled_again(client):
