@@ -321,8 +321,10 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         before = [dict(t) for t in meta.custom_meta]
         # TransferQueue's meta names the fields every key already holds; the write adds its own.
         if specs:
+            # First-write order: fields known before, then this write's and any a concurrent writer
+            # added meanwhile (named once each, whichever listing has them).
             held = [n for n in known if n in meta.field_schema or n in specs]
-            held += [n for n in [*specs, *meta.field_schema] if n not in known and n not in held]
+            held += [n for n in dict.fromkeys([*specs, *meta.field_schema]) if n not in known]
         else:
             held = list(meta.field_schema)
         try:
