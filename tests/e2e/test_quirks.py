@@ -150,3 +150,22 @@ def test_q13_a_closed_client_is_unavailable(deployment: Deployment, pid: str):
         worker.ping()
     with pytest.raises(DataPlaneUnavailable):
         worker.get_samples(["a"], pid, ["x"])
+
+
+def test_a_field_added_by_a_concurrent_writer_is_named_once(
+    client: TransferQueueDataPlaneClient, pid: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Two processes writing the same new field to one key: the second read the partition's field
+    records before the first added them (a race no test can schedule, so the stale read is staged)."""
+    client.put_samples(["seat-0"], pid, {"seat": torch.zeros(1)})
+    control = client._control
+    real_state = control.state
+
+    async def state_read_before_the_other_writer(partition_id: str):
+        state = await real_state(partition_id)
+        state.fields = {}
+        return state
+
+    monkeypatch.setattr(control, "state", state_read_before_the_other_writer)
+    meta = client.put_samples(["seat-0"], pid, {"seat": torch.zeros(1)})
+    assert meta.fields == ["seat"]
