@@ -3,17 +3,13 @@
 A process has one default client. :func:`init` builds it from a config (``None`` → the embedded
 memory backend). A ``kv_*`` call (or :func:`get_client`) before any ``init`` initialises the embedded
 default, logged once at INFO; after :func:`close` (idempotent) it raises
-:class:`~kvplane.DataPlaneNotReady` until ``init`` is called again: a closed kvplane never silently
-becomes a fresh, empty store. Migrating from ``transfer_queue.kv_*`` is a change of import: the calls and
-arguments are the same, but a missing key or field raises :class:`~kvplane.DataPlaneKeyError`
-instead of returning fewer rows, and a bad write is rejected whole instead of leaving ghost keys.
+:class:`~kvplane.DataPlaneNotReady` until ``init`` is called again. Migrating from
+``transfer_queue.kv_*`` is a change of import: the calls and arguments are the same, but a missing
+key or field raises :class:`~kvplane.DataPlaneKeyError` instead of returning fewer rows, and a bad
+write is rejected whole. ``data_parser=`` on the puts runs in the calling process, over the whole
+batch, before anything is stored; each ``async_kv_*`` twin runs its sync function in a worker thread.
 
-Every ``async_kv_*`` twin is derived from its sync function (run in a worker thread), so the two
-can never drift apart.
-
-TransferQueue's ``data_parser=`` on the puts runs in the calling process, over the whole batch, before
-anything is stored (see :mod:`kvplane._data_parser`); :func:`get_metrics_endpoint` names the default
-client's Prometheus endpoint.
+Design: docs/internals.md#kvplane_facadepy--the-processs-default-client
 
 Examples:
     >>> import torch, kvplane

@@ -1,56 +1,17 @@
 """The plan log: where the DP ranks of one (partition, task) stream meet, inside the data plane itself.
 
-Every stream has a control partition, named by :func:`plan_partition_id`:
-``"__kvplane__/plans/{partition_id}:{task_name}"`` (one per consumer task, since each task has its own
-claim cursor; :func:`kvplane.internal_partition` marks it as kvplane's own, so ``kv_list()`` leaves it
-out, and ``kv_list(name)`` shows it for inspection). It holds three kinds of keys:
+Each stream (one per consumer task) has a control partition, named by :func:`plan_partition_id`
+(``"__kvplane__/plans/{partition_id}:{task_name}"``; kvplane's own, so ``kv_list()`` hides it and
+``kv_list(name)`` shows it). It holds the step plans (``step-{step:012d}``, written once by the
+leader; a second writer raises :class:`~kvplane.DataPlaneBadRequest`: two leaders on one stream),
+each replica's acknowledgements (``rank-{r}``, ``rank-{r}.{k}``), the GC floor and leases (``gc``,
+``gclease-{gen}``), the log's ``epoch`` (a state saved against another incarnation is refused) and
+replica seats (``seat-{k}``). Plans that every rank and replica has yielded, and that none may
+resume before, are collected: by the leader every ``GC_EVERY_STEPS`` steps, by each rank at the end
+of its iteration. A seated leader (TransferQueue's arguments without ``replica_rank``) does not lead
+again after a restart: pass ``replica_rank``/``replica_world`` for restartable jobs.
 
-- ``step-{step:012d}``: the plan of one step, stored as a one-row object field ``plan`` (bytes, see
-  :class:`loaders._plan.StepPlan`) with tags ``{"step": s, "final": bool}``. Written once, by the
-  leader, right after its claim; never rewritten: the plan's tags name its writer, and a write
-  that finds a plan already there, or reads back another writer's tags, raises
-  :class:`~kvplane.DataPlaneBadRequest` (two leaders on one stream), never overwrites silently.
-  Readers poll the (small) tags and then read the body; a put need not be atomic (TransferQueue
-  publishes the tags before the data), so a listed plan whose body is not readable yet is simply
-  polled again.
-- ``rank-{r}`` (replica 0) and ``rank-{r}.{k}`` (replica ``k``): the acknowledgements of replica ``k``
-  of rank ``r``, as tags: ``progress`` (the first step it has not finished yielding), ``checkpoint``
-  and ``previous_checkpoint`` (the steps of its two latest ``state_dict()``s or of the state it
-  resumed from; ``None`` when it holds none). Every replica keeps its own record.
-- ``gc``: tag ``below``, the step under which plans have been garbage-collected, and tag ``gen``,
-  the GC generation.
-- ``gclease-{gen:012d}`` (field ``lease``, tag ``at``): the lease of a GC generation. Collections
-  run one at a time over every process: a collector claims the current generation's lease
-  (task ``__gc__``, exactly once), lists the log, clears only keys it listed, then opens the next
-  generation. So no key is cleared twice or after it is gone (TransferQueue's controller warns
-  about every cleared key it does not find). A lease held for ``LEASE_BREAK_S`` without its
-  generation advancing (its holder died) is broken by the next collector.
-- ``epoch``: tag ``id``, a random id the leader writes when it first opens the stream. It names
-  this incarnation of the log: every ``state_dict()`` records it, and ``load_state_dict`` refuses a
-  state whose epoch the store does not hold (a fresh store, a rebuilt deployment, another
-  checkpoint) instead of silently starting over. A checkpoint holds the log, epoch included, so a
-  store restored from the checkpoint saved with the state matches it. Clearing the log (forgetting
-  the stream) drops the epoch: states saved before are refused.
-- ``seat-{k}`` (field ``seat``): replica seats, for streams whose replicas are not numbered by the
-  trainer (TransferQueue's arguments without ``replica_rank``): a process takes the first free seat
-  with an atomic ``claim_meta`` (task ``__seats__``), adding a seat when none is free; seat 0 leads.
-  A seat is held for the life of the dataset object, so a leader that is restarted in a new process
-  does not lead again: pass ``replica_rank``/``replica_world`` for restartable jobs.
-
-Garbage collection (decision): a plan is needed until every rank has yielded it *and* no rank may
-resume before it. So the collector deletes the plans below the *horizon*, the minimum over ranks
-``0..dp_world-1`` and their replicas ``0..replica_world-1`` of each one's ``progress``,
-``checkpoint`` and ``previous_checkpoint``; while any rank or replica has not acknowledged yet,
-nothing is collected. It raises ``gc.below`` before deleting, so a
-resume from a collected step fails loudly instead of claiming afresh. A final plan that is the
-latest plan is kept (it is tiny), so that a DataLoader worker that looks late still learns that the
-stream ended instead of claiming again; it goes once the stream continues (a refilled partition).
-The leader collects after every ``GC_EVERY_STEPS``-th step it finishes, on a helper thread (a
-collection lists the partition, raises the floor and clears: about 40 ms on TransferQueue, next to
-about 100 ms to read a 512-sample GRPO batch, too much for every step on the trainer's thread);
-every rank collects when its iteration ends, so the last rank to finish a finite stream removes
-the plans everyone is done with. Keeping the two latest checkpoints means a crash while a checkpoint
-is being saved still leaves the previous one resumable.
+Design: docs/internals.md#loaders_controlpy--the-plan-log
 
 Examples:
     >>> from kvplane import build_data_plane_client

@@ -1,24 +1,15 @@
 """``StreamingDataLoader``: a ``DataLoader`` over a :class:`~loaders.StreamingDataset`, workers included.
 
 With ``num_workers=0`` it yields the dataset's micro-batches as they are. With ``num_workers >= 1``
-each worker process builds its own client from the dataset's config and produces *whole steps*:
-worker ``w`` of ``W`` handles steps ``start + w, start + w + W, ...`` (the leader's workers claim in
-step order), and the DataLoader's in-order delivery returns the steps in order; the main process
-cuts them into micro-batches, tracks the position and acknowledges progress. Every step is claimed
-once for all ranks, so nothing is duplicated (TransferQueue 0.1.11's loader delivers each batch
-twice with two workers) or lost; ranks may even use different ``num_workers``. A broadcast
-receiver (a ``replica_group`` member other than its rank 0) starts no workers: it only receives.
+each worker process builds its own client from the dataset's config and produces whole steps, which
+the main process cuts into micro-batches; every step is claimed once for all ranks, so nothing is
+duplicated or lost, and ranks may use different ``num_workers``. It yields
+:class:`~loaders.MicroBatch` items (``data, meta = item``) and accepts TransferQueue's ``collate_fn``,
+``pin_memory`` and ``persistent_workers`` (``False`` only); TransferQueue's ``reset()``/``step()``/
+``get_buffer()`` have no counterpart (use ``load_state_dict`` or a new ``StreamingDataset``). Memory
+bound: at most ``prefetch`` steps per worker claimed ahead, plus ``prefetch_factor`` per worker in flight.
 
-It yields :class:`~loaders.MicroBatch` items (``data, meta = item``). TransferQueue's
-``StreamingDataLoader`` arguments are accepted: ``collate_fn`` (applied to each
-:class:`~loaders.MicroBatch` in the trainer's process), ``pin_memory`` (pins each
-micro-batch there), ``persistent_workers`` (``False`` only: every iteration hands its start position
-to fresh workers). TransferQueue's ``reset()``/``step(partition_id)``/``get_buffer()`` have no
-counterpart: ``load_state_dict(saved)`` replays from a saved position, and a loader over another
-partition is a new ``StreamingDataset``.
-
-Memory bound: at most ``prefetch`` steps per worker are claimed ahead of the DataLoader, plus the
-DataLoader's own ``prefetch_factor`` steps per worker in flight.
+Design: docs/internals.md#loaders_dataloaderpy--steps-across-dataloader-workers
 
 Examples:
     >>> import torch

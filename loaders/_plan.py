@@ -3,24 +3,13 @@
 The leader (DP rank 0) claims a global batch, turns it into a :class:`StepPlan` with
 :func:`plan_step`, and publishes it (see :mod:`loaders._control`); every rank reads the same plan, so
 the ranks agree on the split without any side channel. A plan is pure metadata (ids, lengths, tags).
+The split is :func:`kvplane.shard_meta_for_dp` over the whole batch; ``balance`` and the packing
+modes need a ``seq_len`` tag on every sample. Every rank gets the same number of micro-batches per
+step: in a short last batch a rank may get an empty shard and still yields that many (empty)
+micro-batches. Without packing, ``micro_batch_size`` cuts each rank's rows; with packing, the
+sharder's ``micro_batch_indices`` are the micro-batches.
 
-Splitting rules (decisions where DESIGN.md is silent):
-
-- The split is :func:`kvplane.shard_meta_for_dp` over the whole claimed batch (one chunk). Without
-  balancing or packing it ignores lengths, so samples without a ``seq_len`` tag are fine there;
-  ``balance`` and the packing modes need the tag on every sample.
-- A short batch (the last one of a finite partition) whose size is not a multiple of ``dp_world``
-  is split in two: the largest multiple of ``dp_world`` is sharded as usual, and the ``< dp_world``
-  leftover samples go one each to distinct ranks (the least-loaded ranks when balancing, else the
-  first ranks). Without packing they join those ranks' rows; with packing they form one extra
-  micro-batch on every rank (a one-sample micro-batch, or an empty one), so micro-batch counts stay
-  equal. Ranks may therefore get an empty shard in the last step; they still yield the same number
-  of (empty) micro-batches.
-- Without packing the loader owns micro-batching: each rank's rows are cut into
-  ``ceil(max rows per rank / micro_batch_size)`` micro-batches (one without ``micro_batch_size``),
-  as even as possible, the same count on every rank; the sharder's one-micro-batch plan keys are
-  dropped. With ``sequence_packing_args``/``dynamic_batching_args`` the sharder's
-  ``micro_batch_indices`` are the micro-batches, and its plan keys stay in ``extra_info``.
+Design: docs/internals.md#loaders_planpy--splitting-a-step
 
 Examples:
     >>> from kvplane import KVBatchMeta

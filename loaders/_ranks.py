@@ -1,26 +1,16 @@
 """Which data-parallel rank and which replica this process is: explicit, or from ``torch.distributed``.
 
-Two numbers place a process (names next to TransferQueue's):
+``dp_rank``/``dp_world`` place the process's data-parallel group: all processes with the same
+``dp_rank`` receive identical samples (as in TransferQueue's ``StreamingDataset``), and each
+``dp_rank`` gets its own shard of every step. ``replica_rank``/``replica_world`` place it among the
+processes sharing its ``dp_rank`` (tensor/pipeline-parallel peers); with TransferQueue's arguments
+and no replica arguments, replicas take seats instead (the first to start leads). Defaults mirror
+:class:`torch.utils.data.DistributedSampler`: ``dp_group`` and ``replica_group`` give the numbers;
+without groups, ``dp_rank``/``dp_world`` are ``torch.distributed``'s rank and world size when it is
+initialised and there are no replicas, else 0 of 1, and replicas are 0 of 1. With replicas and
+``torch.distributed`` initialised, pass ``dp_rank``/``dp_world`` or ``dp_group``.
 
-- ``dp_rank`` / ``dp_world``: the data-parallel group and their count. ``dp_rank`` means what it means
-  in TransferQueue's ``StreamingDataset``: *all processes with the same* ``dp_rank`` *receive identical
-  samples*. Each ``dp_rank`` gets its own shard of every step.
-- ``replica_rank`` / ``replica_world``: this process's place among the processes that share its
-  ``dp_rank`` (tensor/pipeline-parallel peers). TransferQueue has no such argument: its
-  ``RankAwareSampler`` serves whoever asks first. kvplane needs the count so that plans are kept
-  until every replica has read them, and so that exactly one process (``dp_rank`` 0,
-  ``replica_rank`` 0) claims and writes each step's plan. With TransferQueue's arguments
-  (``data_fields=``) and none of the replica arguments, replicas take *seats* instead (see
-  :mod:`loaders._control`): the first process of a ``dp_rank`` to start leads, as with
-  ``RankAwareSampler``.
-
-Defaults mirror :class:`torch.utils.data.DistributedSampler`: a ``dp_group`` (a ``torch.distributed``
-process group of the data-parallel peers of this process) gives ``dp_rank``/``dp_world``; a
-``replica_group`` (the group of processes sharing this ``dp_rank``) gives ``replica_rank``/
-``replica_world``. Without groups: ``dp_rank``/``dp_world`` are ``torch.distributed``'s rank and
-world size when a process group is initialised and there are no replicas, else 0 of 1; replicas
-are 0 of 1. With replicas and ``torch.distributed`` initialised, pass ``dp_rank``/``dp_world`` or
-``dp_group``: the global rank is not the data-parallel rank then.
+Design: docs/internals.md#loaders_rankspy--ranks-and-replicas
 
 Examples:
     >>> from loaders._ranks import resolve_dp, resolve_topology

@@ -2,32 +2,15 @@
 
 A :class:`StepProducer` works for one rank (one DataLoader worker, with ``num_workers >= 1``): it
 walks the steps ``first, first + stride, ...`` and turns each into a :class:`StepBatch`: the step's
-plan and this rank's rows, fetched with one ``get_samples`` call. Two background threads form a
-pipeline, so that the claim and plan of the next step overlap the fetch of this one: the *planner*
-claims (or reads) plans, the *fetcher* reads the rows. The pipeline runs ahead of the consumer by at
-most ``prefetch`` steps: a permit is taken *before* a step is claimed or read and given back only when
-the consumer is done with the step, so the number of steps claimed (or read) and not yet fully
-yielded never exceeds ``prefetch``. The fetcher hands a planned step to the consumer instead, which
-reads it on its own thread in :meth:`StepProducer.next`, when the consumer is waiting there or its
-work between steps is under half a read: a background read would then hide nothing and costs more
-(another thread's allocator arena faults its pages in again, and the GIL changes hands mid-read).
+plan and this rank's rows, fetched with one ``get_samples`` call. A planner thread claims (or reads)
+plans and a fetcher thread reads rows, at most ``prefetch`` steps ahead of the consumer (a step
+counts until :meth:`StepProducer.done`); a read that would hide nothing runs on the consumer's
+thread in :meth:`StepProducer.next`. The leader re-reads a step's existing plan (resume) or claims,
+until ``timeout_s``; an empty claim of a finite partition publishes the final plan. A claimed
+step's plan is always written, so claimed samples are never lost. A rank whose shard is empty still
+gets every field, with 0 rows and the field's dtype and trailing shape.
 
-The leader (DP rank 0, replica 0; with TransferQueue-style per-rank batches, replica 0 of every
-``dp_rank``) re-reads a plan that already exists for a step (a previous incarnation claimed
-it: resume) and otherwise claims. With several DataLoader workers the leader's workers claim in step
-order (the worker of step ``s`` waits for plan ``s - 1``), so a final plan is never followed by a
-non-empty one. The claim is a blocking ``claim_meta`` (event-driven on the memory backend),
-re-issued in short slices so that a stop request is seen, until ``timeout_s``. A claim that comes
-back empty means the finite partition is exhausted: the leader publishes a final plan. Once a claim
-has succeeded its plan is always written, even if a stop was requested meanwhile, so claimed samples
-are never lost: a later iteration re-reads the plan. The fetcher may read a claimed step's rows while
-its plan is being written, but hands them out only once the plan is stored.
-
-A rank whose shard of a step is empty still gets every field, with 0 rows and the field's dtype and
-trailing shape: the fetcher reads one row of another rank's shard of the step and keeps a 0-row
-slice of it, so a DDP rank can run forward and backward on it. A variable-length field is what a
-one-row read of it returns, sliced to 0 rows (dense ``(0, L)`` for that row's length ``L``, as any
-one-row micro-batch of it reads).
+Design: docs/internals.md#loaders_stepspy--the-claim-and-fetch-pipeline
 
 Examples:
     >>> import torch

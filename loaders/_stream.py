@@ -1,30 +1,17 @@
 """One rank's iteration, on the trainer's side: where to start, what to yield, what to acknowledge.
 
 A :class:`RankStream` lives in the process that yields to the trainer (the main process, also with
-DataLoader workers). It
+DataLoader workers). It starts at the position loaded with ``load_state_dict``, or else after the
+last step this rank finished on the stream (a rank new to the stream: at the GC floor); it cuts each
+:class:`~loaders._steps.StepBatch` into micro-batches (views of the fetched rows) and acknowledges
+finished steps and checkpoints in the plan log (:mod:`loaders._control`). The state
+(``state_dict()``) is ``{"format", "partition_id", "task_name", "dp_rank", "dp_world", "epoch",
+"step", "micro_batch"}``: the next micro-batch to yield (``step`` is ``None`` before the first
+iteration). A restarted trainer that loads it continues with that micro-batch: plans are re-read and
+rows re-fetched by key, never claimed again. :func:`check_epoch` refuses a state whose ``epoch`` the
+store does not hold: restore the checkpoint saved with the state (``kvplane.load_checkpoint``) first.
 
-- decides the start: the position loaded with ``load_state_dict``, or else where this rank stopped
-  last time (its ``progress`` acknowledgement in the plan log: a new loader on the same stream
-  resumes after the last step the rank finished, so steps a previous loader claimed and prefetched
-  but never yielded are delivered, not lost; a rank new to the stream starts at the GC floor, 0 for
-  a new stream);
-- cuts each :class:`~loaders._steps.StepBatch` into its micro-batches (views of the fetched rows),
-  tracking the position of the next micro-batch (the checkpoint state);
-- acknowledges each finished step (``progress``: when the trainer asks for more after its last
-  micro-batch, or when the iteration is closed after it) and each checkpoint, and collects the plans
-  every rank is done with (see :mod:`loaders._control`).
-
-The state (``state_dict()``) is ``{"format", "partition_id", "task_name", "dp_rank", "dp_world",
-"epoch", "step", "micro_batch"}``: the next micro-batch to yield. ``step`` is ``None`` before the first
-iteration (a fresh loader's start). A restarted trainer that loads it, in any process, continues
-with that micro-batch: plans that exist for it and later steps are re-read and their rows
-re-fetched by key, never claimed again.
-
-``epoch`` binds the state to the store: it is the plan log's epoch (see :mod:`loaders._control`),
-``None`` only for a fresh start. :func:`check_epoch` refuses a state whose epoch the store does not
-hold (the store was rebuilt, or restored from another checkpoint): its plan log and claims are gone,
-and resuming from a fresh cursor would deliver again what the trainer already consumed. Restore the
-checkpoint saved together with the state (``kvplane.load_checkpoint``) first.
+Design: docs/internals.md#loaders_streampy--start-position-acknowledgements-and-state
 
 Examples:
     >>> from loaders._stream import Position, check_state

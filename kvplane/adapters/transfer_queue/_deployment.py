@@ -2,24 +2,16 @@
 
 A *deployment* is TransferQueue's controller actor plus its storage (SimpleStorage unit actors, or a
 ``mooncake_master`` process for MooncakeStore). One process bootstraps it (``bootstrap=True``, the
-driver); any number of processes attach to it (``bootstrap=False``, workers). Decisions:
+driver); any number of processes attach to it (``bootstrap=False``, workers). An initialised Ray is
+used as is, else ``ray_address`` is joined, else a bootstrapping process starts a local Ray
+(``ray_num_cpus``, default ``max(4, 1 + num_storage_units)``) and an attaching one joins it
+(``"auto"``). A bootstrap checks the free Ray CPUs first and is bounded by
+``bootstrap_timeout_s``. Attaching never calls ``tq.init``, so closing an attached client only
+detaches; an attached MooncakeStore client writes into the bootstrapping process's segment (size it
+with ``global_segment_size``). Only the bootstrapping process tears down, and only the process that
+started Ray shuts it down.
 
-- Ray: an initialised Ray is used as is; else ``ray_address`` is joined; else a bootstrapping
-  process starts a local Ray with explicit CPUs (``ray_num_cpus``, default
-  ``max(4, 1 + num_storage_units)``) and an attaching one joins the local cluster (``"auto"``).
-  Ray is shut down on close only by the process that started it.
-- Bootstrap checks the free Ray CPUs first (1 for the controller, 1 per SimpleStorage unit):
-  TransferQueue would otherwise wait forever for an unschedulable actor. ``tq.init`` itself is
-  bounded by ``bootstrap_timeout_s``. A bootstrap that finds a controller already running attaches
-  instead (and will not tear it down).
-- Attaching never calls ``tq.init``: it reads the controller's config and builds its own client, so
-  closing it detaches only (``tq.close`` from any process kills the shared controller). An attached
-  MooncakeStore client mounts no memory segment of its own: the data it writes lands in the
-  bootstrapping process's segment (size it with ``global_segment_size``) and survives the worker
-  (data in a worker's segment vanishes when the worker detaches or dies).
-- Only the bootstrapping process tears down: ``tq.close``, then the MooncakeStore client is
-  unmounted while its master still runs, then the ``mooncake_master`` that TransferQueue started
-  (and leaves running) is stopped by its PID.
+Design: docs/internals.md#kvplaneadapterstransfer_queue_deploymentpy--the-deployments-life-cycle
 
 Examples:
     >>> from kvplane import DataPlaneConfig
