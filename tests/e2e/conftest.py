@@ -27,7 +27,10 @@ from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 from kvplane.testing import transfer_queue_config
 
 E2E_DIR = Path(__file__).resolve().parent
-BACKENDS = ("simple", "mooncake_cpu")
+BACKENDS = ("simple", "mooncake_cpu", "columnar")
+#: The one module that runs on the columnar backend (the whole tier would not fit CI's budget a third
+#: time); it runs on nothing else.
+COLUMNAR_MODULE = "test_columnar_tq.py"
 #: Logical CPUs of the session's Ray: the controller and one storage unit, plus room for a second
 #: deployment's worth of actors in tests that need it.
 RAY_NUM_CPUS = 4
@@ -39,7 +42,19 @@ def tq_config(backend: str, **overrides: Any) -> dict[str, Any]:
     return transfer_queue_config(backend, **overrides)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # One deployment exists at a time (TransferQueue is a per-process global): every backend is a
+    # parameter of the session's ``deployment`` fixture, so pytest runs them one after another.
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("deployment") if callspec is not None else None
+        columnar_module = Path(str(item.fspath)).name == COLUMNAR_MODULE
+        wrong = backend is not None and (backend == "columnar") != columnar_module
+        (dropped if wrong else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
     for item in items:
         if E2E_DIR not in Path(str(item.fspath)).resolve().parents:
             continue

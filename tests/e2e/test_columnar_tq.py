@@ -1,9 +1,8 @@
 """The contract, bad-input and concurrency suites on ``backend: columnar``, unchanged.
 
-The e2e ``deployment`` fixture is parametrized over SimpleStorage and MooncakeStore only (the whole
-tier would not fit CI's budget a third time); this module overrides it with one columnar deployment
-for the tests it re-imports. Its layout (objects per field per put, owners, release) is
-``kvplane/adapters/transfer_queue/_columnar.py``.
+The session's ``deployment`` fixture runs this module, and only this module, on ``columnar``
+(tests/e2e/conftest.py: the whole tier would not fit CI's budget a third time). Its layout
+(objects per field per put, owners, release) is ``kvplane/adapters/transfer_queue/_columnar.py``.
 """
 
 from __future__ import annotations
@@ -16,22 +15,12 @@ import torch
 from tensordict import TensorDict
 
 import kvplane
-from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 from kvplane.adapters.transfer_queue._columnar import owner_names
 from tests.unit.test_bad_input import *  # noqa: F401,F403
 from tests.unit.test_concurrency import *  # noqa: F401,F403
 from tests.unit.test_contract import *  # noqa: F401,F403
 
-from .conftest import Deployment, tq_config
-
-
-@pytest.fixture(scope="module")
-def deployment(ray_address: str) -> Iterator[Deployment]:
-    client = TransferQueueDataPlaneClient(tq_config("columnar"), bootstrap=True)
-    try:
-        yield Deployment("columnar", client, tq_config("columnar", ray_address=ray_address))
-    finally:
-        client.close()
+from .conftest import Deployment
 
 
 @pytest.fixture(autouse=True)
