@@ -309,18 +309,20 @@ def test_a_producer_killed_inside_a_put_or_before_its_commit_leaves_sweepable_ke
             client.get_samples([f"{group}-0"], pid, ["x"])
     assert client.get_samples(["uncommitted-0", "uncommitted-1"], pid, ["x"])["x"].tolist() == [[1.0] * 3] * 2
 
-    # None of it is ever selected; the abandoned groups go with evict_stale ...
+    # None of it is ever selected; the abandoned groups go with evict_stale: the tagged ones once
+    # abandon_after_s has passed since their created_at, the untagged keys (each its own group, no
+    # created_at) once it has passed since evict_stale first saw them. Every clock is explicit.
     groups = {g.group_id: g for g in client.list_metadata(pid)}
     assert not any(g.committed for g in groups.values()) and client.depth(pid) == 0
+    written = max(g.created_at for g in groups.values() if g.created_at is not None)
+    first_look = evict_stale(client, pid, current_version=1, max_staleness=5, abandon_after_s=60, now=written + 1)
+    assert first_look == []  # nothing is abandoned at first sight
     assert select_groups(client, pid, current_version=1, max_staleness=5) == ([], [])
-    later = max(g.created_at for g in groups.values() if g.created_at is not None) + 61
-    evicted = evict_stale(client, pid, current_version=1, max_staleness=5, abandon_after_s=60, now=later)
-    assert sorted(g.group_id for g in evicted) == ["tagged", "uncommitted"]
-    # ... and the untagged keys (no created_at) with the two-pass sweep of docs/guarantees.md.
-    suspects = {k for k, t in client.list_keys(pid).get(pid, {}).items() if not t}
-    # (the second pass would run abandon_after_s later; here it follows at once)
-    client.evict([k for k, t in client.list_keys(pid).get(pid, {}).items() if not t and k in suspects], pid)
-    assert suspects == {"registered-0", "registered-1"} and client.list_sample_ids(pid) == []
+    evicted = evict_stale(client, pid, current_version=1, max_staleness=5, abandon_after_s=60, now=written + 61)
+    assert sorted(g.group_id for g in evicted) == ["tagged", "uncommitted"]  # the untagged: 60 s, not more
+    evicted = evict_stale(client, pid, current_version=1, max_staleness=5, abandon_after_s=60, now=written + 62)
+    assert sorted(k for g in evicted for k in g.keys) == ["registered-0", "registered-1"]
+    assert client.list_sample_ids(pid) == []
 
 
 # ---------------------------------------------------------------------- a read racing a clear
