@@ -1,41 +1,14 @@
 """The ``kvplane`` command line (also ``python -m kvplane``).
 
-Core commands (here):
+Core commands here: ``ls``, ``stats``, ``ping``, ``save`` and ``load``; more (such as ``demo`` and
+``bench``) are plugged in as :class:`Command` objects from the entry point group
+``kvplane.commands``, or exactly the ``commands`` passed to :func:`main`. With a TransferQueue
+``--config`` a command *attaches* to the running deployment, never starting or tearing one down;
+without ``--config`` it inspects a fresh, empty embedded store (to inspect a live client
+in-process, call ``main([...], client=client)``). Exit codes: 0 success; 2 a usage error, found
+before any work is done; 1 a failure while working. Either way stderr gets one line.
 
-- ``kvplane ls [PARTITION] [--tags] [--groups]``: partitions with key, group and depth counts; with a
-  partition, its keys (``--tags``: with their tags; ``--groups``: its rollout groups).
-- ``kvplane stats [--prometheus]``: inventory, capabilities and ping latency of the backend
-  (``--prometheus``: the same as Prometheus text exposition).
-- ``kvplane ping [--timeout S]``: ``PONG`` or exit 1 with ``unavailable: ...``.
-- ``kvplane save DIR --config FILE [--metadata JSON] [--no-storage]`` and ``kvplane load DIR --config
-  FILE``: the attached deployment's ``save_checkpoint``/``load_checkpoint``. ``--config`` is
-  required and may not name the embedded backend: its store lives inside the process that made it,
-  so the command's own would be empty (call ``kvplane.save_checkpoint(DIR)`` in that process).
-- ``ls``/``stats`` with ``--checkpoint DIR`` (instead of ``--config``) inspect a checkpoint directory
-  offline (:mod:`kvplane._checkpoint_view`: no backend is started): partitions, keys, tags, groups;
-  ``stats`` adds ``storage_saved``, the user metadata, registrations, each task's claims and the
-  bytes of each field (it reads, and so verifies, every file).
-
-``ls``, ``stats`` and ``ping`` take ``--config FILE`` (a data plane YAML, or the name of a packaged
-example such as ``transfer_queue``, see :mod:`kvplane.examples`) and ``--json``. With a
-TransferQueue config they *attach* to the running deployment (``bootstrap=False``): they never start
-or tear one down, and the config's observability settings are ignored. Without ``--config`` they
-inspect a fresh embedded store, which is empty (the embedded backend lives inside one process), and
-say so on stderr; to inspect a live client in-process, call ``main([...], client=client)``.
-
-More commands are plugged in as :class:`Command` objects: by default the ones installed distributions
-declare in the entry point group ``kvplane.commands`` (this distribution's tools add ``demo`` and
-``bench``), or exactly the ``commands`` passed to :func:`main`. kvplane itself never imports them.
-
-Exit codes: 0 success; 2 a usage error, found before any work is done: an unknown option, a value
-out of range (the options use the types of :mod:`kvplane._cli_args`), an output file that could not
-be written, a ``--config`` that is missing or invalid, or options that do not go together (a
-command's :attr:`Command.check`); 1 a failure while working (a kvplane error, a backend that does
-not answer, a missing optional package). Either way stderr gets one line: ``kvplane <command>:
-error: <message>`` for usage errors, ``kvplane: <kind>: <message>`` otherwise (``missing
-dependency`` lines end with the ``pip install 'kvplane[...]'`` that fixes them). ``--log-level`` (or
-``KVPLANE_LOG_LEVEL``) attaches a stderr handler to the ``kvplane`` logger for the duration of the
-command; the library itself never configures logging.
+Design: docs/internals.md#kvplaneclipy--commands-options-and-exit-codes
 
 Examples:
     >>> import torch

@@ -1,51 +1,13 @@
 """Rollout groups for replay buffers: write them whole, select the fresh ones, evict the rest.
 
-Works on any :class:`~kvplane.DataPlaneClient` (memory, TransferQueue, wrapped in middleware): the
-helpers use only ``put_samples``, ``list_metadata``, ``list_sample_ids``, ``evict`` and
-``register_partition``, and selection reads tags only (no tensor is fetched).
+Works on any :class:`~kvplane.DataPlaneClient` (memory, TransferQueue, wrapped in middleware) and
+reads tags only to select. :func:`write_group` writes a group's data with ``committed=False``, then
+commits every key; :func:`select_groups` splits the committed, complete groups into fresh and stale
+by ``current_version - weight_version``; :func:`evict_stale` evicts the stale groups and those
+abandoned (uncommitted or incomplete) for longer than ``abandon_after_s``. Each key has one writer,
+its group's producer: readers never write tags and release keys only through ``pop``/``evict``.
 
-**Writing** (:func:`write_group`). The producer writes every key's data together with the group tags
-``group_id``, ``weight_version``, ``created_at``, ``expected_num_keys``, ``size_bytes`` (the whole
-group's tensor bytes; object columns count 0) and ``committed=False``; only after that write has
-returned for every key does it commit, with a tag-only put of ``committed=True`` on every key. A
-group counts as committed only when *all* its keys say so (see :mod:`kvplane._groups`) and as
-complete only when all ``expected_num_keys`` keys exist, so a reader never sees a committed group
-with a key missing or unwritten, even on a backend whose batch put or commit lands key by key
-(TransferQueue). A producer that dies before committing leaves an uncommitted group: visible in
-``list_metadata``, never selected, and evicted as *abandoned* once it is older than the deadline
-given to :func:`evict_stale`. Writing the same group again (a retry) is safe: it uncommits the
-group, rewrites it and commits again.
-
-**Classifying** (:func:`select_groups`, :func:`evict_stale`). With ``staleness = current_version -
-weight_version``, every group is exactly one of:
-
-- *selected*: committed, complete, ``weight_version`` known and ``staleness <= max_staleness``
-  (inclusive: ``max_staleness=0`` selects only the current version). A group from a *newer* version
-  than ``current_version`` (negative staleness) is selected, and a warning is logged: it usually
-  means the caller's version counter was reset on resume.
-- *stale*: committed and complete, but ``staleness > max_staleness`` or ``weight_version`` missing
-  or unparsable (data of unknown age is never trained on).
-- *abandoned*: not both committed and complete, and ``now - created_at > abandon_after_s`` (strict:
-  a group exactly at the deadline is still pending).
-- *pending*: everything else (being written). Never selected, never evicted.
-
-**Groups without ``created_at``** (keys written with plain ``put_samples``, not :func:`write_group`;
-each untagged key is its own group) are aged from when this process first saw them: the first
-:func:`select_groups` or :func:`evict_stale` call that lists such a group records its ``now`` as the
-group's ``created_at`` (per client object and partition; forgotten once the group is gone). So an
-uncommitted group of unknown age is evicted as *abandoned* ``abandon_after_s`` after it was first
-seen, never at first sight (TransferQueue shows a key for a moment before its tags land), and never
-lingers forever. Committed, complete groups are classified by ``weight_version`` alone, as always.
-``kvplane ls --groups`` shows their age as ``unknown``.
-
-**Concurrency rule** (TransferQueue merges tags with a non-atomic read-modify-write, so two writers of
-one key lose updates): each key has one writer, the producer of its group, which writes the group
-tags and later the commit. Readers (replay buffers, trainers, :func:`select_groups`) never write
-tags; they release keys only through ``pop``/``evict``. Eviction racing a slow producer's commit
-is harmless: the commit then re-creates the evicted keys as tag-only keys holding just
-``committed=True``; each is its own one-key group with no ``weight_version``, hence *stale*, and the
-next :func:`evict_stale` removes it. Choose ``abandon_after_s`` well above the longest time a
-producer takes between its data write and its commit.
+Design: docs/internals.md#kvplanereplaypy--rollout-groups-for-replay-buffers
 
 Examples:
     >>> import torch

@@ -1,19 +1,12 @@
 """The embedded memory backend: the whole contract in one process, with threads.
 
 Nothing to start. One lock guards all metadata, so claims are exactly-once per task across threads,
-and a condition variable wakes blocking claims when a write lands (no sleep polling). Tensor bytes
-are copied outside the lock: a put clones each column once into an immutable *chunk* and stores
-(chunk, row) references per key, so the stored data is isolated from the caller's later in-place
-edits, and a get of rows from one chunk is a single ``index_select`` copy. When at most half of a
-chunk's rows are still referenced (the others cleared or overwritten), its live rows are copied into
-a smaller chunk, so evicting most of a put returns most of its memory (:meth:`retained_nbytes`);
-ragged rows and objects are stored per row and free one by one.
+and a blocking claim wakes when a write lands; its deadline covers its wait for the lock as well as
+its wait for samples. A put copies each column once, so the stored data is isolated from the
+caller's later in-place edits, and evicting most of a put returns most of its memory
+(:meth:`retained_nbytes`).
 
-Tags are the store's own too: containers among tag values are copied on the way in (by the gate) and
-on the way out (listings, metas); a stored tag dict is replaced, never edited, by a later put, so a
-listing copies a snapshot taken under the lock after releasing it.
-
-A claim's deadline covers its wait for the lock as well as its wait for samples.
+Design: docs/internals.md#kvplaneadaptersmemorypy--the-embedded-backend
 
 Examples:
     >>> import torch

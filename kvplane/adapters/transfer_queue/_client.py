@@ -1,39 +1,14 @@
 """``TransferQueueDataPlaneClient``: the kvplane contract on TransferQueue 0.1.11.
 
 Direct-by-key calls go through TransferQueue's KV path, task-mediated claims through its
-controller's per-task cursor (``get_meta`` in polling mode), and everything the contract needs that
-TransferQueue does not keep (declarations, field dtypes and row ranks, claim totals) lives in
-reserved control partitions (:mod:`.control`), so every process sees the same state. kvplane drives
-TransferQueue's client coroutines itself rather than ``tq.kv_*``, to check strictly at the cost of
-one controller metadata request and to put a deadline on every call (:mod:`.calls`).
+controller's per-task cursor (``get_meta`` in polling mode); what the contract needs and
+TransferQueue does not keep lives in reserved control partitions (:mod:`._control`). Arguments are
+validated once by :class:`~kvplane._gated.GatedDataPlaneClient` before they get here. Where
+TransferQueue is silent, kvplane is strict (``docs/transferqueue.md``): a missing partition, key or
+field is a ``DataPlaneKeyError`` naming it, and a write that fails leaves no key behind. Puts are
+not atomic: a reader that discovers keys by listing retries on ``DataPlaneKeyError``.
 
-Arguments are validated once by :class:`~kvplane._gated.GatedDataPlaneClient` before they get
-here. Where TransferQueue is silent, kvplane is strict (``reference/transferqueue_0.1.11.md`` §9):
-
-- reads check every key and every field against the controller's metadata before touching storage:
-  a missing partition, key or field raises ``DataPlaneKeyError`` naming it (TQ returns fewer rows
-  or an empty TensorDict); ``select_fields=None`` means every field the keys store and raises when
-  they differ (TQ silently intersects);
-- writes are validated whole (the gate, then dtype and row rank per field per partition here)
-  before a key is registered; if storing fails afterwards (capacity, serialisation,
-  transport) the keys the call created are removed again, so no ghost key is left behind;
-- a key written with tags only is a real key: listed, tag-readable, never claimable, and a read of
-  a field it lacks names it (it does not poison reads of other keys);
-- reads come back dense where rows are uniform (a zero-copy view of TQ's jagged result), ``[B]`` as
-  ``[B]`` on MooncakeStore too, ragged rows jagged, object columns as ``NonTensorStack``.
-
-Decisions where the docs are silent: a write stores its tags before its data is announced, so a
-claimed meta always carries the tags of the write that made the sample claimable; the flip side is
-that a listing can show a key (TransferQueue registers keys before their data) or its new tags a
-moment before its fields are readable, so a reader that discovers keys by listing retries on
-``DataPlaneKeyError`` (puts are not atomic here: see ``get_capabilities``). A claim is recorded in
-the shared claim counts only for a partition registered with ``num_samples`` (nothing else needs the
-total); a claim that crashes between TransferQueue's cursor move and that record under-counts, so a
-later claim waits for samples that never come (TransferQueue has no acknowledgement or lease to do
-better). Concurrent first writes of one new field with different dtypes both pass the check (no
-compare-and-set exists); tags merge by read-modify-write like TransferQueue's own (concurrent tag
-writers to one key can lose updates). A field also keeps its row rank (``[B]`` vs ``[B, 1]``) within
-a partition, which the memory backend does not require: MooncakeStore cannot tell the two apart.
+Design: docs/internals.md#kvplaneadapterstransfer_queue_clientpy--the-transferqueue-client
 
 Examples:
     A config is checked before Ray or TransferQueue is touched (``tests/e2e`` runs the real thing):

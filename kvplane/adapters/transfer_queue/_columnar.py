@@ -2,19 +2,11 @@
 
 Registered with TransferQueue beneath its controller (``StorageBootstrapProvider`` and
 ``StorageManagerFactory``, name :data:`BACKEND`): the controller still owns keys, tags, production
-and claims; this manager decides where bytes live. Layout and reads: :mod:`._columns`.
+and claims; this manager decides where bytes live. Layout and reads: :mod:`._columns`. A put
+announces per (sample, field) the object and the row (``{"o": object id, "r": row}``); a per-node
+*owner* actor keeps each object alive beyond the process that put it, until its last row is gone.
 
-- A put stores each field as one object in Ray's object store and announces per (sample, field)
-  the object and the row (``{"o": object id, "r": row}``, TransferQueue's custom backend meta).
-- Objects must outlive the process that put them: a per-node *owner* actor (zero CPUs, started by the
-  bootstrap on every node alive then, torn down with the deployment) holds every object's reference
-  and the set of its live rows. An attached producer's object is copied once more by its node's
-  owner (Ray ties an object to the process that created it); the bootstrapping process's objects
-  are not (its death ends the deployment anyway): the owner only holds a reference.
-- A read asks the owners for the references of the objects its rows lie in (one call per owner),
-  maps the objects (zero-copy on the same node; Ray moves them across nodes) and gathers each field
-  with one copy per run of rows (:func:`._columns.gather`).
-- A clear or an overwrite releases rows; an object is freed when its last row is gone.
+Design: docs/internals.md#kvplaneadapterstransfer_queue_columnarpy--the-columnar-backend
 
 Examples:
     >>> from kvplane.adapters.transfer_queue._columnar import BACKEND, row_locations

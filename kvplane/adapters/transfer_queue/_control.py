@@ -1,22 +1,12 @@
 """Shared control records (declarations, field specs, claim counts) kept inside TransferQueue.
 
-TransferQueue has no place for what kvplane's contract needs every process to agree on: a
-partition's declaration (``num_samples`` for the short-last-batch rule, ``consumer_tasks`` for the
-typo guard), each field's dtype and row rank (dtype stability; restoring ``[B]`` fields that
-MooncakeStore returns as ``[B, 1]``) and how many samples each task has claimed in all (claims
-cleared since are gone from TransferQueue's consumption bits). kvplane keeps them as tags of keys in a
-reserved partition per user partition, ``__kvplane__/backend/<partition>``:
+TransferQueue has no place for what every process must agree on: a partition's declaration, each
+field's dtype and row rank, and how many samples each task has claimed in all. kvplane keeps them
+as tags of keys (``registration``, ``field/<name>``, ``claimed/<task>/<client>``) in a reserved
+partition per user partition, ``__kvplane__/backend/<partition>``, read all at once by one
+``kv_list``. The user cannot touch them; ``clear_samples(None, p)`` wipes both.
 
-- ``registration``: the declaration (replaced by a new ``register_partition``), with an ``epoch`` id
-  that a re-registration keeps and a wipe ends;
-- ``field/<name>``: ``{"field", "kind", "rank"}``, written before the field's first data lands;
-- ``claimed/<task>/<client>``: the number of samples one client has claimed for a task in the
-  current epoch (each client writes only its own key, its running total, one write at a time, so
-  concurrent consumers never overwrite each other's counts and a count never goes backwards).
-
-One ``kv_list`` of the control partition reads them all. The user cannot touch them (every contract
-call naming ``__kvplane__/backend/...`` is rejected, and listings hide kvplane's own partitions:
-:mod:`kvplane._validation`); ``clear_samples(None, p)`` wipes both.
+Design: docs/internals.md#kvplaneadapterstransfer_queue_controlpy--the-control-records
 
 Examples:
     >>> import torch
