@@ -19,7 +19,12 @@ import pytest
 import torch
 from tensordict import NonTensorStack, TensorDict
 
-from kvplane import CheckpointNotFoundError, DataPlaneCheckpointError, DataPlaneWriteError, build_data_plane_client
+from kvplane import (
+    CheckpointNotFoundError,
+    DataPlaneCheckpointError,
+    DataPlaneWriteError,
+    build_data_plane_client,
+)
 from kvplane._tensors import make_object_column
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
 from loaders import StreamingDataset

@@ -81,15 +81,12 @@ def test_a_read_that_keeps_racing_a_clear_raises_storage_key_not_found(
     """TransferQueue's storage says a listed key is gone on every look: TransferQueue's error name."""
     from transfer_queue import StorageKeyNotFoundError as TQStorageKeyNotFoundError
 
-    from kvplane.adapters.transfer_queue import _client as adapter
-
     kvplane.kv_batch_put(["a"], pid, {"x": torch.ones(1, 2)})
 
     async def fetch(*_):
         raise TQStorageKeyNotFoundError("StorageUnitData get_data: key 0 not found in field 'x'")
 
-    monkeypatch.setattr(adapter, "read_dense", fetch)
-    monkeypatch.setattr(adapter, "get_rows", fetch)
+    monkeypatch.setattr(kvplane.get_client(), "_read", fetch)  # the client's fetch, whichever storage
     with pytest.raises(kvplane.StorageKeyNotFoundError, match="cleared or rewritten while being read") as info:
         kvplane.kv_batch_get(["a"], pid, "x")
     assert isinstance(info.value, KeyError) and isinstance(info.value, DataPlaneKeyError)
