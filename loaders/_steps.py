@@ -269,8 +269,8 @@ class StepProducer:
                 claimed = False
                 if not spec.is_leader:
                     plan = self._wait(step)
-                elif step in existing:
-                    plan = self.log.read(step)
+                elif step in existing:  # a plan from before a restart: replay it (its body may still be landing)
+                    plan = self._wait(step)
                 else:
                     plan, claimed = self._claim_and_plan(step)
                 if plan is None:

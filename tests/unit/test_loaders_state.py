@@ -118,6 +118,31 @@ def test_a_new_loader_repeats_a_step_left_half_yielded(client, pid):
     assert _xs(got) == [0, 1, 2, 3, 4, 5]
 
 
+def test_a_resuming_leader_waits_for_a_plan_listed_before_its_body(client, pid):
+    """TransferQueue lists a plan's tags before its body lands: a resuming leader waits for the body."""
+    register(client, pid, 12)
+    fill(client, pid, range(12))
+    first = StreamingDataLoader(dataset(client, pid, batch_size=4, micro_batch_size=2))
+    it = iter(first)
+    step0 = consume(it, 2)
+    state = first.state_dict()
+    step1 = consume(it, 2)
+    it.close()
+    log = PlanLog(client, pid, TASK)
+    key, body = "step-000000000001", log.read(1).to_bytes()
+    tags = client.list_keys(log.partition_id)[log.partition_id][key]
+    client.clear_samples([key], log.partition_id)
+    client.put_samples([key], log.partition_id, None, tags=[tags])  # listed, body still in flight
+    landing = threading.Timer(0.2, client.put_samples, ([key], log.partition_id, {"plan": [body]}))
+    landing.start()
+    resumed = StreamingDataLoader(dataset(client, pid, batch_size=4, micro_batch_size=2))
+    resumed.load_state_dict(state)
+    rest = consume(resumed)
+    landing.join()
+    assert [xs for xs, _ in rest[:2]] == [xs for xs, _ in step1]  # step 1 replayed as planned
+    assert _xs(step0) + _xs(rest) == list(range(12))
+
+
 def test_a_finished_stream_continues_when_the_partition_is_refilled(client, pid):
     register(client, pid, 4)
     fill(client, pid, range(4))
