@@ -34,7 +34,6 @@ import os
 import pickle
 import shutil
 import struct
-import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Union
 
 import torch
+from isal.isal_zlib import crc32  # zlib's crc32 values, with ISA-L's carry-less-multiply code: ~6x faster
 
 from kvplane._errors import (
     CheckpointNotFoundError,
@@ -178,7 +178,7 @@ class _Crc:
         self.value = 0
 
     def update(self, piece: memoryview) -> None:
-        self.value = zlib.crc32(piece, self.value)
+        self.value = crc32(piece, self.value)
 
     def hexdigest(self) -> str:
         return f"{self.value:08x}"
@@ -452,7 +452,7 @@ def write_checkpoint(
             head, payload = _safetensors_layout(tensors)
             files[TENSORS_FILE] = _write_file(tmp / TENSORS_FILE, [head, *payload])
         body = {"format": FORMAT, "version": VERSION, "files": files}
-        manifest = {"manifest": body, "crc32": f"{zlib.crc32(_json(body)):08x}"}
+        manifest = {"manifest": body, "crc32": f"{crc32(_json(body)):08x}"}
         _write_file(tmp / MANIFEST_FILE, [_json(manifest)])
         _fsync_dir(tmp)
         _install(tmp, target, old)
@@ -481,7 +481,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise _corrupt(path, f"not a valid manifest ({e})") from e
     if found != (FORMAT, VERSION):
         raise _corrupt(path, f"format {found[0]!r} version {found[1]!r}; kvplane reads {FORMAT!r} {VERSION}")
-    if outer.get("crc32") != f"{zlib.crc32(_json(body)):08x}":
+    if outer.get("crc32") != f"{crc32(_json(body)):08x}":
         raise _corrupt(path, "checksum mismatch")
     files = body.get("files")
     valid = isinstance(files, dict) and all(
