@@ -60,7 +60,7 @@ def _kill_session(sid: int) -> list[int]:
     return pids
 
 
-def _run_driver(tmp_path: Path) -> dict:
+def _run_driver(tmp_path: Path, *args: str) -> dict:
     out, log = tmp_path / "two_nodes.json", tmp_path / "driver.log"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env.update(
@@ -69,7 +69,7 @@ def _run_driver(tmp_path: Path) -> dict:
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
     )
-    cmd = [sys.executable, "-m", "tests.e2e.two_nodes", str(out), str(SCENARIO_DEADLINE_S)]
+    cmd = [sys.executable, "-m", "tests.e2e.two_nodes", str(out), str(SCENARIO_DEADLINE_S), *args]
     with log.open("w") as sink:
         driver = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
@@ -112,3 +112,29 @@ def test_a_producer_on_one_node_and_two_dp_ranks_on_another_get_each_sample_once
     refused = seen["wrong_token"]
     assert refused["error"] == "DataPlaneUnavailable", refused
     assert any("token" in cause.lower() for cause in refused["causes"]), refused
+
+
+def test_columnar_on_two_nodes_and_a_node_joining_later_gets_each_sample_once_bit_exact(tmp_path):
+    seen = _run_driver(tmp_path, "columnar")
+    nodes = seen["nodes"]
+    assert len(set(nodes.values())) == 3
+
+    # The bootstrap started one owner per alive node (A and B); node C joined later and has none.
+    owner_nodes = sorted(o["node"] for o in seen["owners_at_start"].values())
+    assert owner_nodes == sorted([nodes["node_a"], nodes["node_b"]])
+    assert sorted(o["node"] for o in seen["owners_at_end"].values()) == owner_nodes
+
+    producers = seen["producers"]
+    assert [p["node"] for p in producers] == [nodes["node_a"], nodes["node_c"]]
+    assert sum(p["written"] for p in producers) == NUM_SAMPLES
+    # Node A's producer left its columns with node A's owner (the producer task has exited since).
+    at_a = next(o for o in seen["owners_at_end"].values() if o["node"] == nodes["node_a"])
+    assert at_a["objects"] > 0
+
+    # Both ranks on node B read every sample once, bit-exact (checked where received), from both
+    # producers' nodes: the late node's columns went to an existing owner and outlived their producer.
+    ranks = seen["ranks"]
+    assert [r["node"] for r in ranks] == [nodes["node_b"]] * 2
+    received = sorted(k for r in ranks for item in r["steps"] for k in item["ids"])
+    assert received == [key_of(i) for i in range(NUM_SAMPLES)]
+    assert seen["consumed"] is True

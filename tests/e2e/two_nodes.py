@@ -1,8 +1,9 @@
 """The two-node scenario of ``test_two_nodes.py``, run as its own Ray driver process.
 
 The pytest process already holds a Ray driver connection (the session's local Ray), and a process
-can hold only one, so the test runs ``python -m tests.e2e.two_nodes OUT.json DEADLINE_S`` in a new
-session. This script starts a Ray cluster of two nodes on this machine (``ray.cluster_utils.Cluster``:
+can hold only one, so the test runs ``python -m tests.e2e.two_nodes OUT.json DEADLINE_S [columnar]`` in
+a new session (``columnar``: :func:`run_columnar`, the columnar backend's nodes and owners). This
+script starts a Ray cluster of two nodes on this machine (``ray.cluster_utils.Cluster``:
 node A with the custom resource ``node_a``, node B with ``node_b``, two CPUs each), bootstraps
 TransferQueue SimpleStorage on it with two storage units (TransferQueue places them round-robin over
 the alive nodes: one per node), registers a finite partition, then runs
@@ -52,14 +53,14 @@ def _node_id() -> str:
 
 
 @ray.remote(num_cpus=0)
-def produce(cfg: dict[str, Any], pid: str, n: int, chunk: int) -> dict[str, Any]:
-    """Attach (``bootstrap=False``) and write ``n`` samples in chunks; report the node."""
+def produce(cfg: dict[str, Any], pid: str, n: int, chunk: int, first: int = 0) -> dict[str, Any]:
+    """Attach (``bootstrap=False``), write samples ``first .. first + n - 1`` in chunks; report the node."""
     from kvplane import build_data_plane_client
 
     client = build_data_plane_client(cfg, bootstrap=False)
     try:
-        for start in range(0, n, chunk):
-            idx = list(range(start, min(n, start + chunk)))
+        for start in range(first, first + n, chunk):
+            idx = list(range(start, min(first + n, start + chunk)))
             tags = [{"seq_len": i % 5 + 1} for i in idx]
             client.put_samples([key_of(i) for i in idx], pid, sample_batch(idx), tags=tags)
             time.sleep(0.05)  # consumers claim while the producer is still writing
@@ -134,6 +135,81 @@ def _get(refs: list[Any], deadline: float, what: str) -> list[Any]:
     return ray.get(refs, timeout=remaining)
 
 
+def _held(owner: str, namespace: str) -> int:
+    return ray.get(ray.get_actor(owner, namespace=namespace).ping.remote(), timeout=30)
+
+
+def _columnar_owners() -> dict[str, dict[str, Any]]:
+    """Node and number of held column objects of each columnar owner actor."""
+    from kvplane.adapters.transfer_queue._columnar import NAMESPACE, owner_names
+
+    table = ray._private.state.actors(actor_state_name="ALIVE")
+    nodes = {info["Name"]: info["Address"]["NodeID"] for info in table.values() if info.get("Name")}
+    return {
+        name: {"node": nodes[name], "objects": _held(name, NAMESPACE)}
+        for name in owner_names()
+    }
+
+
+def run_columnar(deadline_s: float) -> dict[str, Any]:
+    """The columnar backend on two nodes, and a third node that joins after the bootstrap.
+
+    Owners start on nodes A and B; then node C joins. Producers on A and on C write half the samples
+    each (C's columns go to an existing owner, C having none); two DP ranks on B read them all.
+    """
+    from ray.cluster_utils import Cluster
+
+    from kvplane import build_data_plane_client
+    from kvplane.testing import transfer_queue_config
+
+    deadline = time.monotonic() + deadline_s
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": NODE_CPUS, "resources": {"node_a": 1}, "include_dashboard": False},
+    )
+    client = None
+    try:
+        cluster.add_node(num_cpus=NODE_CPUS, resources={"node_b": 1})
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes(timeout=max(1.0, deadline - time.monotonic()))
+        cfg = transfer_queue_config("columnar", ray_address=cluster.address)
+        client = build_data_plane_client(cfg)  # bootstraps: one owner per alive node (A and B)
+        owners_at_start = _columnar_owners()
+        cluster.add_node(num_cpus=NODE_CPUS, resources={"node_c": 1})  # joins after the bootstrap
+        cluster.wait_for_nodes(timeout=max(1.0, deadline - time.monotonic()))
+        nodes = {
+            name: n["NodeID"]
+            for n in ray.nodes()
+            if n["Alive"]
+            for name in ("node_a", "node_b", "node_c")
+            if n["Resources"].get(name)
+        }
+        pid = f"two-nodes-columnar-{uuid.uuid4().hex[:8]}"
+        client.register_partition(pid, FIELDS, num_samples=NUM_SAMPLES, consumer_tasks=[TASK])
+        half = NUM_SAMPLES // 2
+        on_b = consume.options(resources={"node_b": 0.01})
+        ranks = [on_b.remote(cfg, pid, r, 2) for r in range(2)]
+        producers = [
+            produce.options(resources={"node_a": 0.01}).remote(cfg, pid, half, CHUNK),
+            produce.options(resources={"node_c": 0.01}).remote(cfg, pid, NUM_SAMPLES - half, CHUNK, half),
+        ]
+        written = _get(producers, deadline, "the producers")
+        results = _get(ranks, deadline, "the consumers")
+        return {
+            "nodes": nodes,
+            "owners_at_start": owners_at_start,
+            "owners_at_end": _columnar_owners(),
+            "producers": written,
+            "ranks": results,
+            "consumed": client.check_consumption_status(pid, [TASK]),
+        }
+    finally:
+        if client is not None:
+            client.close()
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def run(deadline_s: float) -> dict[str, Any]:
     """Start the two-node cluster, run the scenario, stop everything; return what was observed."""
     from ray.cluster_utils import Cluster
@@ -200,7 +276,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps(attach(argv[1])), flush=True)
         return 0
     out_path, deadline_s = argv[0], float(argv[1])
-    result = run(deadline_s)
+    backend = argv[2] if len(argv) > 2 else "simple"
+    result = run_columnar(deadline_s) if backend == "columnar" else run(deadline_s)
     with open(out_path, "w") as f:
         json.dump(result, f)
     logger.info("two-node scenario done: %s", out_path)
