@@ -1,11 +1,13 @@
 """Faults on a real TransferQueue deployment: dead actors, a stalled controller, a torn-down deployment.
 
 Every fault is real: ``ray.kill`` of TransferQueue's named actors, ``SIGSTOP`` of the controller's
-process. They happen in a *lab*: one spawned process for the module that starts its own Ray
+process. They happen in a *lab*: one spawned process per backend that starts its own Ray
 (``LAB_CPUS`` CPUs) and bootstraps SimpleStorage with two storage units (so a dead unit takes half of
-the samples with it), never the session's deployment. A test that breaks the deployment rebuilds it
-(``close()`` + a new bootstrap) and checks that a replay buffer reconstructs its queue from
-``list_metadata`` once the producers have written again; the next test reuses the rebuilt one.
+the samples with it) or the columnar backend (whose per-node owner actor can die instead), never the
+session's deployment. The controller and teardown scenarios run unchanged on both backends. A test
+that breaks the deployment rebuilds it (``close()`` + a new bootstrap) and checks that a replay
+buffer reconstructs its queue from ``list_metadata`` once the producers have written again; the next
+test reuses the rebuilt one.
 
 Each scenario runs in the lab and returns plain data (error type, message, seconds); the tests assert
 on it here. ``NO_HANG_S`` bounds how long a failing call may take on a loaded 2-core box: a no-hang
@@ -30,6 +32,8 @@ import transfer_queue as tq
 
 from kvplane import build_data_plane_client
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
+from kvplane.adapters.transfer_queue._columnar import NAMESPACE as OWNER_NAMESPACE
+from kvplane.adapters.transfer_queue._columnar import OWNER_PREFIX, owner_names
 from kvplane.replay import select_groups, write_group
 
 from .conftest import tq_config
@@ -48,12 +52,15 @@ GROUP_SIZE = 2
 _lab: dict[str, Any] = {}
 
 
-def _config() -> dict[str, Any]:
-    return tq_config("simple", num_storage_units=UNITS, request_timeout_s=REQUEST_TIMEOUT_S)
+def _config(backend: str | None = None) -> dict[str, Any]:
+    backend = backend or _lab["backend"]
+    units = {"num_storage_units": UNITS} if backend == "simple" else {}
+    return tq_config(backend, request_timeout_s=REQUEST_TIMEOUT_S, **units)
 
 
-def lab_start() -> str:
-    """Start the lab's own Ray; its GCS address (for processes that attach)."""
+def lab_start(backend: str) -> str:
+    """Start the lab's own Ray for ``backend``; its GCS address (for processes that attach)."""
+    _lab["backend"] = backend
     ray.init(address="local", num_cpus=LAB_CPUS, include_dashboard=False)
     return ray.get_runtime_context().gcs_address
 
@@ -144,6 +151,15 @@ def _until_dead(processes: list[int], within_s: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _until_stopped(process: int, within_s: float = 10.0) -> None:
+    """Wait until a SIGSTOPped process is stopped (delivery is asynchronous)."""
+    deadline = time.monotonic() + within_s
+    while psutil.Process(process).status() != psutil.STATUS_STOPPED:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {process} not stopped {within_s}s after SIGSTOP")
+        time.sleep(0.01)
+
+
 def _kill(name: str, namespace: str | None = None) -> None:
     """``ray.kill`` a named actor of the deployment and wait until it is really gone."""
     actor = ray.get_actor(name, namespace=namespace)
@@ -191,6 +207,24 @@ def storage_unit_killed(pid: str, victim: int) -> dict[str, Any]:
     return report
 
 
+def owner_killed(pid: str) -> dict[str, Any]:
+    """Kill the columnar owner actor (one node: it holds every column object); probe; rebuild."""
+    client = _client()
+    _produce(client, pid)
+    keys = [k for g in range(GROUPS) for k in _group_keys(g)]
+    report: dict[str, Any] = {"keys": keys, "owners": owner_names(), "queue_before": _queue(client, pid)}
+    _kill(report["owners"][0], OWNER_NAMESPACE)
+    report["ping"] = _outcome(client.ping)
+    report["listed"] = _outcome(lambda: client.list_sample_ids(pid))
+    report["queue_after_kill"] = _outcome(lambda: _queue(client, pid))
+    report["reads"] = {
+        k: _outcome(lambda k=k: client.get_samples([k], pid, ["x"])["x"].tolist()) for k in keys
+    }
+    report["put"] = _outcome(lambda: client.put_samples(["n0", "n1"], pid, {"x": torch.zeros(2, 3)}))
+    report.update(_rebuild(pid))
+    return report
+
+
 def _committed_groups_and_a_claimable_partition(pid: str) -> tuple[Any, dict[str, Any]]:
     """The lab client with ``pid`` holding committed groups, ``pid-claims`` registered; the queue."""
     client = _client()
@@ -223,6 +257,7 @@ def controller_stalled(pid: str) -> dict[str, Any]:
     process = _process_of(controller)
     os.kill(process, signal.SIGSTOP)
     try:
+        _until_stopped(process)
         report["ping_short"] = _outcome(lambda: client.ping(timeout_s=1.0))
         report["get_samples"] = _outcome(lambda: client.get_samples(["g0-0"], pid, ["x"]))
         report["claim_meta"] = _outcome(
@@ -241,9 +276,9 @@ def controller_stalled(pid: str) -> dict[str, Any]:
     return report
 
 
-def attached_worker(address: str, pid: str, ready: Any, closed: Any, results: Any) -> None:
+def attached_worker(backend: str, address: str, pid: str, ready: Any, closed: Any, results: Any) -> None:
     """An attached client in another process: write, wait for the driver's close, then probe."""
-    client = build_data_plane_client({**_config(), "ray_address": address}, bootstrap=False)
+    client = build_data_plane_client({**_config(backend), "ray_address": address}, bootstrap=False)
     try:
         client.put_samples(["w0"], pid, {"x": torch.ones(1, 3)})
         ready.set()
@@ -266,15 +301,19 @@ def driver_closes(address: str, pid: str) -> dict[str, Any]:
     _produce(client, pid)
     spawn = multiprocessing.get_context("spawn")
     ready, closed, results = spawn.Event(), spawn.Event(), spawn.Queue()
-    worker = spawn.Process(target=attached_worker, args=(address, pid, ready, closed, results))
+    args = (_lab["backend"], address, pid, ready, closed, results)
+    worker = spawn.Process(target=attached_worker, args=args)
     worker.start()
     report: dict[str, Any] = {}
     try:
         if not ready.wait(LAB_CALL_TIMEOUT_S):
             raise TimeoutError("the attached worker did not start")
-        actors = [ray.get_actor(*CONTROLLER)] + [
-            ray.get_actor(f"TransferQueueStorageUnit#{u}") for u in range(UNITS)
-        ]
+        storage = (
+            [ray.get_actor(f"TransferQueueStorageUnit#{u}") for u in range(UNITS)]
+            if _lab["backend"] == "simple"
+            else [ray.get_actor(name, namespace=OWNER_NAMESPACE) for name in owner_names()]
+        )
+        actors = [ray.get_actor(*CONTROLLER), *storage]
         processes = [_process_of(actor) for actor in actors]
         report["close"] = _outcome(_lab.pop("client").close)
         _until_dead(processes)
@@ -286,7 +325,9 @@ def driver_closes(address: str, pid: str) -> dict[str, Any]:
         }
         report["close_again"] = _outcome(client.close)
         report["tq_actors_left"] = sorted(
-            a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "TransferQueue" in a["name"]
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "TransferQueue" in a["name"] or a["name"].startswith(OWNER_PREFIX)
         )
         report["worker"] = results.get(timeout=LAB_CALL_TIMEOUT_S)
     finally:
@@ -304,19 +345,22 @@ def driver_closes(address: str, pid: str) -> dict[str, Any]:
 class Lab:
     """The lab process: runs one scenario at a time, each within ``LAB_CALL_TIMEOUT_S``."""
 
-    def __init__(self, pool: ProcessPoolExecutor, address: str) -> None:
+    def __init__(self, pool: ProcessPoolExecutor, address: str, backend: str) -> None:
         self.pool = pool
         self.address = address
+        self.backend = backend
 
     def run(self, scenario: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         return self.pool.submit(scenario, *args).result(timeout=LAB_CALL_TIMEOUT_S)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+@pytest.fixture(scope="module", params=["simple", "columnar"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The lab of one backend (a test names its backend with ``parametrize("lab", ..., indirect=True)``)."""
+    backend = request.param
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        yield Lab(pool, pool.submit(lab_start).result(timeout=LAB_CALL_TIMEOUT_S))
+        yield Lab(pool, pool.submit(lab_start, backend).result(timeout=LAB_CALL_TIMEOUT_S), backend)
         pool.submit(lab_stop).result(timeout=LAB_CALL_TIMEOUT_S)
     finally:
         processes = list(getattr(pool, "_processes", {}).values())
@@ -341,6 +385,7 @@ def _assert_rebuilt(report: dict[str, Any]) -> None:
     assert report["ping_after_rebuild"]["error"] is None
 
 
+@pytest.mark.parametrize("lab", ["simple"], indirect=True)
 def test_a_dead_storage_unit_loses_its_share_and_surfaces_as_unavailable(lab: Lab, pid: str):
     victim = 1
     report = lab.run(storage_unit_killed, pid, victim)
@@ -368,6 +413,26 @@ def test_a_dead_storage_unit_loses_its_share_and_surfaces_as_unavailable(lab: La
     # The failed put's new keys stay listed: removing them would need the dead unit too.
     assert report["listed_after_put"] == sorted([*report["unit_of"], "n0", "n1"])
     _assert_fails(report["evict_lost"], "DataPlaneUnavailable")
+    _assert_rebuilt(report)
+
+
+@pytest.mark.parametrize("lab", ["columnar"], indirect=True)
+def test_a_dead_columnar_owner_loses_its_objects_and_surfaces_as_unavailable(lab: Lab, pid: str):
+    report = lab.run(owner_killed, pid)
+    before = report["queue_before"]
+    assert before["depth"] == GROUPS and len(report["owners"]) == 1
+
+    # ping names the dead owner; the controller still lists every key and group (tags are metadata).
+    _assert_fails(report["ping"], "DataPlaneUnavailable")
+    assert report["owners"][0] in report["ping"]["message"]
+    assert report["listed"]["value"] == sorted(report["keys"])
+    assert report["queue_after_kill"]["value"] == before
+
+    # Every row lived in the dead owner's objects: each read fails, typed and bounded; so does a put
+    # (its columns go to that owner). Recovery is a rebuild, as for a dead storage unit.
+    for outcome in report["reads"].values():
+        _assert_fails(outcome, "DataPlaneUnavailable")
+    _assert_fails(report["put"], "DataPlaneUnavailable")
     _assert_rebuilt(report)
 
 

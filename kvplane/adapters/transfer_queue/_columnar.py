@@ -141,15 +141,22 @@ class ColumnarStorageManager(StorageManager):
         self._owners: dict[str, Any] = dict(_STARTED)
         self._copy = not _STARTED  # an attached process's objects die with it unless copied
         self._home: str | None = None
+        self._known = set(_STARTED) or set(owner_names())  # the owners a health check expects
+
+    def owners_gone(self, alive: Iterable[str]) -> list[str]:
+        """The owners this manager knows of (started, found, or used) that ``alive`` lacks."""
+        alive = set(alive)
+        return sorted(name for name in self._known if name not in alive)
 
     # ------------------------------------------------------------------ owners
     def _owner(self, name: str) -> Any:
         handle = self._owners.get(name)
         if handle is None:
+            self._known.add(name)
             try:
                 handle = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError as exc:
-                raise StorageKeyNotFoundError(f"columnar owner {name} is gone") from exc
+            except ValueError as exc:  # a dead owner's objects are lost with it
+                raise ConnectionError(f"columnar owner {name} is gone") from exc
             self._owners[name] = handle
         return handle
 

@@ -132,8 +132,8 @@ class Deployment:
 
         A dead actor's ZMQ endpoint never answers, so a request to it waits for its whole deadline;
         Ray knows at once: a killed or crashed actor drops out of its named-actor list (one request to
-        Ray's GCS, bounded). Checked: the controller, each SimpleStorage unit, and the
-        ``mooncake_master`` this process started.
+        Ray's GCS, bounded). Checked: the controller, each SimpleStorage unit, the columnar owners
+        this process knows of, and the ``mooncake_master`` this process started.
 
         Raises:
             DataPlaneTimeout: Ray did not list its actors within a few seconds.
@@ -152,6 +152,10 @@ class Deployment:
             manager = getattr(self.client, "storage_manager", None)
             units = [STORAGE_UNIT_NAME.format(rank=r) for r in range(len(manager.storage_unit_infos))]
             missing.extend(f"storage unit {unit}" for unit in units if unit not in names)
+        elif self.storage_backend == columnar.BACKEND:
+            manager = self.client.storage_manager
+            alive = (a["name"] for a in listed if a["namespace"] == columnar.NAMESPACE)
+            missing.extend(f"columnar owner {name}" for name in manager.owners_gone(alive))
         if self.mooncake_master is not None and self.mooncake_master.poll() is not None:
             missing.append(f"mooncake_master (pid {self.mooncake_master.pid})")
         if not missing:
