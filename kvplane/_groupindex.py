@@ -26,10 +26,45 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from kvplane._errors import DataPlaneBadRequest
 from kvplane._groups import as_bool, as_float, as_int
 from kvplane._meta import DataPlaneGroupMeta
+from kvplane._tags import copy_tags
 
-__all__ = ["GroupIndex", "group_of"]
+__all__ = ["FrozenDict", "FrozenList", "GroupIndex", "group_of"]
+
+
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise DataPlaneBadRequest(
+        f"a group meta's {type(self).__name__[6:].lower()} is shared and read-only; copy it first "
+        "(list(meta.keys), dict(meta.tags))"
+    )
+
+
+class FrozenList(list):  # type: ignore[type-arg]
+    """A list that refuses to change: a cached group meta's ``keys``, shared between calls.
+
+    It compares, iterates and indexes like a list and pickles and copies as a plain list.
+    """
+
+    __slots__ = ()
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses to change: a cached group meta's ``tags`` (pickles as a plain dict)."""
+
+    __slots__ = ()
+    pop = popitem = clear = update = setdefault = _read_only
+    __setitem__ = __delitem__ = __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
 
 Tags = Mapping[str, Any]
 
@@ -129,8 +164,8 @@ class GroupIndex:
         self._ready += group.ready - was
 
     def metas(self, partition_id: str) -> list[DataPlaneGroupMeta]:
-        """Every group, in ``groups_from_tags`` order (by smallest key); metas are cached, so
-        treat them as read-only (their ``keys``/``tags`` are shared between calls)."""
+        """Every group, in ``groups_from_tags`` order (by smallest key). The metas are cached until
+        their group changes and shared between calls: their ``keys`` and ``tags`` are read-only."""
         if self._order is None:
             self._order = sorted(self._groups, key=lambda gid: self._groups[gid].first)
         elif len(self._order) != len(self._groups):
@@ -144,11 +179,11 @@ class GroupIndex:
         return out
 
     def _build(self, partition_id: str, gid: str, group: _Group) -> DataPlaneGroupMeta:
-        first = dict(self._tags_of(group.first) or {})
+        first = FrozenDict(copy_tags(self._tags_of(group.first) or {}))
         return DataPlaneGroupMeta(
             partition_id=partition_id,
             group_id=gid,
-            keys=sorted(group.keys),
+            keys=FrozenList(sorted(group.keys)),
             weight_version=as_int(first.get("weight_version")),
             created_at=as_float(first.get("created_at")),
             committed=group.committed == len(group.keys),

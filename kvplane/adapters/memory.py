@@ -329,7 +329,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             self._check_open()
             part = self._partitions.get(partition_id)
             groups = [] if part is None else part.groups.metas(partition_id)
-        return [_fresh(g) for g in groups]  # cached metas are the index's; callers get their own
+        return groups  # cached, shared and read-only (see GroupIndex.metas)
 
     def _depth(self, partition_id: str) -> int:
         with self._changed:
@@ -409,14 +409,6 @@ def _tag_dicts(records: list[tuple[str, tuple]], nested: set[str]) -> dict[str, 
     for key in nested:
         out[key] = copy_tags(out[key])
     return out
-
-
-def _fresh(group: DataPlaneGroupMeta) -> DataPlaneGroupMeta:
-    """A copy of a cached group meta whose ``keys`` and ``tags`` the caller may change."""
-    copied = copy.copy(group)
-    object.__setattr__(copied, "keys", list(group.keys))
-    object.__setattr__(copied, "tags", copy_tags(group.tags))
-    return copied
 
 
 def _count_ready(part: Partition, task: str, required: list[str]) -> int:
