@@ -51,7 +51,7 @@ from kvplane._errors import (
 )
 from kvplane._errors import StorageKeyNotFoundError as RacedClearError
 
-__all__ = ["LoopRunner", "run_bounded", "set_tags", "translate"]
+__all__ = ["LoopRunner", "run_bounded", "set_tags", "set_tags_many", "translate"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +273,14 @@ async def set_tags(
     if global_indexes:
         body = {"partition_custom_meta": {partition_id: dict(zip(global_indexes, tags, strict=True))}}
         await _request_tags(client, body)
+
+
+async def set_tags_many(
+    client: TransferQueueClient, tags: Mapping[str, Mapping[int, Mapping[str, Any]]]
+) -> None:
+    """Replace tags in several partitions with one request (``{partition: {global index: tags}}``):
+    the controller applies one request at a time, so they change together."""
+    await _request_tags(client, {"partition_custom_meta": {p: dict(t) for p, t in tags.items()}})
 
 
 @with_controller_socket
