@@ -388,6 +388,7 @@ def _tq_rates_and_ratios(
     times: dict[str, dict[str, list[float]]], n: int, steps: int, warm: int
 ) -> dict[str, Any]:
     """Median samples/s per contender (whole run, steady state) and the paired ratios of :data:`TQ_RATIOS`."""
+
     def ratios(part: str) -> dict[str, Any]:
         return {
             name: paired_ratio(times[base][part], times[cand][part])
