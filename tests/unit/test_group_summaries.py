@@ -164,3 +164,26 @@ def test_kvplane_keeps_at_most_200_bytes_of_its_own_per_key():
     from kvplane_tools.bench.scale import overhead_per_key
 
     assert overhead_per_key(20_000) <= 200
+
+
+# ---------------------------------------------------------------------- kvplane ls
+def test_ls_pages_through_a_partition_with_count_and_match(capsys):
+    import json
+
+    from kvplane.cli import main
+
+    client = MemoryDataPlaneClient()
+    keys = [f"a{i:02d}" for i in range(25)] + ["b0", "b1"]
+    client.put_samples(keys, "p", None, tags=[{"i": i} for i in range(len(keys))])
+    calls = []
+    real = client.list_keys
+    client.list_keys = lambda *a, **k: calls.append(k) or real(*a, **k)
+    assert main(["ls", "p", "--count", "4"], client=client, commands={}) == 0
+    assert capsys.readouterr().out.split() == keys
+    assert len(calls) == 7 and all(c["count"] == 4 for c in calls)  # 27 slots, 4 a page
+    assert main(["ls", "p", "--match", "b", "--tags", "--json"], client=client, commands={}) == 0
+    assert json.loads(capsys.readouterr().out) == {"p": {"b0": {"i": 25}, "b1": {"i": 26}}}
+    assert main(["ls", "p", "--match", "zz"], client=client, commands={}) == 0
+    assert "no keys matching" in capsys.readouterr().out
+    assert main(["ls", "--match", "a"], client=client, commands={}) == 2
+    assert "name the partition" in capsys.readouterr().err
