@@ -22,8 +22,9 @@ first time, and of every entry that was open, on each refresh until it sees it c
 more then; ``done`` is written after the change, so that last read sees it. A writer that crashes
 mid-write leaves its entry open forever: readers re-read those few keys on every refresh, so the
 crash costs time, never correctness. A reader that fell behind a writer's pruned entries, a writer
-that vanished, or a new epoch (``clear_samples(None, p)`` wipes the logs and writes a new
-``changes-epoch``) makes the reader rescan the partition once (``kv_list``, O(keys)).
+that vanished or whose head went backwards (a checkpoint was loaded), or a new epoch
+(``clear_samples(None, p)`` wipes the logs and writes a new ``changes-epoch``) makes the reader
+rescan the partition once (``kv_list``, O(keys)).
 
 Examples:
     >>> from kvplane.adapters.transfer_queue._changes import log_partition
@@ -176,7 +177,8 @@ class GroupCache:
             for name, tags in records.items()
             if name.startswith(_HEAD_PREFIX) and tags
         }
-        if not self._loaded or epoch != self._epoch or not set(self._seen) <= set(heads):
+        regressed = any(int(heads[w]["seq"]) < s for w, s in self._seen.items() if w in heads)
+        if not self._loaded or epoch != self._epoch or not set(self._seen) <= set(heads) or regressed:
             await self._rescan(heads, epoch)
             return self.index
         wanted = [
