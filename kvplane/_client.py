@@ -247,7 +247,9 @@ class DataPlaneClient(ABC):
     def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
         """The partition's rollout groups, derived from per-key tags (non-consuming).
 
-        See :func:`kvplane._groups.groups_from_tags` for the derivation.
+        See :func:`kvplane._groups.groups_from_tags` for the derivation. kvplane's backends keep the
+        groups up to date as keys change (O(groups) per call, :mod:`kvplane._groupindex`) and return
+        shared metas whose ``keys`` and ``tags`` are read-only (copy them to edit).
         """
         from kvplane._groups import groups_from_tags
 

@@ -32,7 +32,8 @@ weight_version``, every group is exactly one of:
 **Groups without ``created_at``** (keys written with plain ``put_samples``, not :func:`write_group`;
 each untagged key is its own group) are aged from when this process first saw them: the first
 :func:`select_groups` or :func:`evict_stale` call that lists such a group records its ``now`` as the
-group's ``created_at`` (per client object and partition; forgotten once the group is gone). So an
+group's ``created_at`` (per client object and partition; forgotten once the group is gone or while
+it is committed and complete, the only time its age does not matter). So an
 uncommitted group of unknown age is evicted as *abandoned* ``abandon_after_s`` after it was first
 seen, never at first sight (TransferQueue shows a key for a moment before its tags land), and never
 lingers forever. Committed, complete groups are classified by ``weight_version`` alone, as always.
