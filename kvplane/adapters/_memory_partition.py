@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -52,11 +53,13 @@ Cell = tuple
 
 _TAGS = 4  # record[_TAGS:] are the tag values
 _INTS: list[int] = []  # shared int objects for rows within a put (a row number costs no memory per key)
+_INTS_GROWING = threading.Lock()  # stores of different clients grow it from different threads
 
 
 def _ints(n: int) -> list[int]:
     if len(_INTS) < n:
-        _INTS.extend(range(len(_INTS), n))
+        with _INTS_GROWING:
+            _INTS.extend(range(len(_INTS), n))
     return _INTS
 
 
