@@ -123,13 +123,19 @@ class ChangeLog:
         return seq, head_index
 
     async def done(self, partition_id: str, seq: int, head_index: int) -> None:
-        """Close entry ``seq`` (call after its last change, also when the write failed)."""
+        """Close entry ``seq`` (call after its last change, also when the write failed).
+
+        A failure is logged, not raised: the write's own outcome is what its caller needs to see.
+        """
         async with self._lock:
             state = self._writers.setdefault(partition_id, _Writer())
             state.open.discard(seq)
-            await set_tags_many(
-                self._client, {control_partition(partition_id): {head_index: self._head(state)}}
-            )
+            head = {control_partition(partition_id): {head_index: self._head(state)}}
+            try:
+                await set_tags_many(self._client, head)
+            except Exception:  # the entry stays open: readers re-read its keys (slower, still right)
+                logger.warning("could not close change entry %d of %r", seq, partition_id, exc_info=True)
+                return
             prune = seq % _PRUNE_EVERY == 0 and seq > _RETAIN
             oldest_open = min(state.open, default=seq + 1)
         if prune:
