@@ -79,12 +79,12 @@ def bench_scale(client: DataPlaneClient, counts: Sequence[int], repeats: int = 5
             "list_metadata_s": lambda: client.list_metadata(PARTITION),
         }
         client.depth(PARTITION)  # the summaries exist from here on (a TransferQueue reader builds them)
-        row: dict[str, Any] = {"n_keys": n, "put_s": round(put_s, 4)}
+        row: dict[str, Any] = {"n_keys": n, "put_s": round(put_s, 7)}
         row.update({name: measure(fn, repeats=repeats) for name, fn in ops.items()})
         row["depth"] = client.depth(PARTITION)
         start = time.perf_counter()
         client.clear_samples(None, PARTITION)
-        row["clear_s"] = round(time.perf_counter() - start, 4)
+        row["clear_s"] = round(time.perf_counter() - start, 7)
         rows.append(row)
     return rows
 

@@ -263,15 +263,22 @@ async def set_tags(
     partition_id: str,
     global_indexes: Sequence[int],
     tags: Sequence[Mapping[str, Any]],
+    also: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
 ) -> None:
     """Replace the tags of samples of one partition (TransferQueue's ``SET_CUSTOM_META`` request).
 
     The request ``TransferQueueClient.async_set_custom_meta`` sends, built directly: that method
     deep-copies every tag twice and re-slices its ``BatchMeta`` per partition first, a third of the
-    client's time in a 512-sample tagged put. The tags are sent as they are, not copied.
+    client's time in a 512-sample tagged put. The tags are sent as they are, not copied. ``also``
+    (``{partition: {global index: tags}}``, other partitions) goes in the same request.
     """
     if global_indexes:
-        body = {"partition_custom_meta": {partition_id: dict(zip(global_indexes, tags, strict=True))}}
+        body = {
+            "partition_custom_meta": {
+                **(also or {}),
+                partition_id: dict(zip(global_indexes, tags, strict=True)),
+            }
+        }
         await _request_tags(client, body)
 
 

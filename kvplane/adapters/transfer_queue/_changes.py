@@ -37,7 +37,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,27 @@ class ChangeLog:
             oldest_open = min(state.open, default=seq + 1)
         if prune:
             await self._prune(partition_id, min(seq - _RETAIN, oldest_open - 1))
+
+    @asynccontextmanager
+    async def closing(
+        self, partition_id: str, seq: int, head_index: int
+    ) -> AsyncIterator[dict[str, dict[int, dict[str, Any]]]]:
+        """Close entry ``seq`` in the request the caller sends inside: yields the head record to add
+        to it (``{control partition: {index: head}}``). For a write whose last change is that
+        request; if it fails, call :meth:`done` afterwards (it closes the entry on its own)."""
+        async with self._lock:
+            state = self._writers.setdefault(partition_id, _Writer())
+            state.open.discard(seq)
+            yield {control_partition(partition_id): {head_index: self._head(state)}}
+
+    async def touch(self, partition_id: str, keys: Sequence[str]) -> None:
+        """Make readers re-read ``keys`` (an entry begun and done at once); failures are logged."""
+        try:
+            seq, head_index = await self.begin(partition_id, keys)
+        except Exception:
+            logger.warning("could not announce keys of %r again", partition_id, exc_info=True)
+            return
+        await self.done(partition_id, seq, head_index)
 
     async def _prune(self, partition_id: str, upto: int) -> None:
         names = [_entry(self._id, s) for s in range(max(1, upto - 2 * _PRUNE_EVERY), upto + 1)]

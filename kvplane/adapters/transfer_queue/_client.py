@@ -311,10 +311,22 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
                 await self._control.add_fields(pid, new)
         # Everything is validated: from here on keys exist in TransferQueue (announced first).
         seq, head = await self._changes.begin(pid, keys)
+        closed = False
         try:
+            if wire is None:  # a tag-only write: its tag request is its last change and closes the entry
+                try:
+                    async with self._changes.closing(pid, seq, head) as also:
+                        result = await self._store(pid, keys, wire, tags, specs, known, also)
+                    closed = True
+                    return result
+                except BaseException:
+                    # The failed request may have closed the entry before the undo ran: announce again.
+                    await self._changes.touch(pid, keys)
+                    raise
             return await self._store(pid, keys, wire, tags, specs, known)
         finally:
-            await self._changes.done(pid, seq, head)
+            if not closed:
+                await self._changes.done(pid, seq, head)
 
     async def _store(
         self,
@@ -324,6 +336,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         tags: list[dict[str, Any]] | None,
         specs: dict[str, FieldSpec],
         known: dict[str, FieldSpec],
+        also: dict[str, dict[int, dict[str, Any]]] | None = None,
     ) -> tuple[list[str], list[dict[str, Any]]]:
         meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=True)
         before = [dict(t) for t in meta.custom_meta]
@@ -338,7 +351,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
                 # Tags first: a consumer can claim a sample as soon as its data is announced, and its
                 # meta must already carry the tags.
                 meta.update_custom_meta(tags)
-                await set_tags(self._tq, pid, meta.global_indexes, meta.custom_meta)
+                await set_tags(self._tq, pid, meta.global_indexes, meta.custom_meta, also)
             if wire is not None:
                 await (put_rows if self._kv_storage else _put_simple)(self._tq.storage_manager, wire, meta)
         except BaseException:
