@@ -11,6 +11,7 @@ rescan of the tags (:func:`rescan`).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,17 +40,22 @@ def produce(client: DataPlaneClient, pid: str, writer: str, groups: int, seed: i
     return groups
 
 
-def evict(client: DataPlaneClient, pid: str, rounds: int, seed: int) -> int:
-    """Evict stale and abandoned groups and pop keys of fresh ones; returns the keys removed."""
+def evict(
+    client: DataPlaneClient, pid: str, rounds: int, seed: int, until: Callable[[], bool] | None = None
+) -> int:
+    """Evict stale and abandoned groups and pop keys of fresh ones, ``rounds`` times or until
+    ``until()``; returns the keys removed."""
     rng = random.Random(seed)
     removed = 0
     for _ in range(rounds):
+        if until is not None and until():
+            break
         removed += sum(
             len(g.keys)
             for g in evict_stale(client, pid, current_version=4, max_staleness=2, abandon_after_s=0.0)
         )
         fresh = select_groups(client, pid, current_version=4, max_staleness=2).selected
-        if fresh:
+        if fresh and rng.random() < 0.1:  # a trainer pops now and then
             key = rng.choice(list(rng.choice(fresh).keys))
             try:
                 client.pop([key], pid)

@@ -36,17 +36,16 @@ def test_racing_producer_and_evictor_processes_leave_depth_equal_to_a_rescan(
     assert client.depth(pid) == 0  # this reader's summaries exist before the race
     futures = [pool.submit(race_produce, cfg, pid, f"w{i}", 40, i) for i in range(2)]
     futures += [pool.submit(race_evict, cfg, pid, 25, 10 + i) for i in range(2)]
-    polls = 0
+    seen = []
     while not all(f.done() for f in futures):  # the reader refreshes incrementally while they race
-        client.depth(pid)
-        polls += 1
+        seen.append(client.depth(pid))
     for f in futures:
         f.result(timeout=TIMEOUT_S)
     state = rescan(client, pid)
     assert state["depth"] == state["full_depth"]
     assert state["groups"] == state["full_groups"]
-    assert state["full_groups"], "the race left nothing to compare"
-    assert polls > 1 and _cache(client, pid).rescans == 1  # one initial listing, increments after
+    assert max(seen, default=0) > 0, "no committed group was ever seen during the race"
+    assert len(seen) > 1 and _cache(client, pid).rescans == 1  # one initial listing, increments after
 
 
 def test_a_writer_that_dies_mid_clear_costs_a_reread_not_a_wrong_depth(
