@@ -97,6 +97,7 @@ class ChangeLog:
         self._id = client_id
         self._writers: dict[str, _Writer] = {}
         self._lock = asyncio.Lock()  # head writes go one at a time, each with the latest state
+        self._closing: set[asyncio.Task[None]] = set()  # done() calls in flight (kept referenced)
 
     def _head(self, state: _Writer) -> dict[str, Any]:
         return {"seq": state.seq, "open": sorted(state.open)}
@@ -153,6 +154,22 @@ class ChangeLog:
             state = self._writers.setdefault(partition_id, _Writer())
             state.open.discard(seq)
             yield {control_partition(partition_id): {head_index: self._head(state)}}
+
+    def done_later(self, partition_id: str, seq: int, head_index: int) -> None:
+        """:meth:`done` without waiting for it (call on the client's loop, after the last change):
+        the write returns a request sooner; until the head lands, readers re-read the keys."""
+        task = asyncio.get_running_loop().create_task(self.done(partition_id, seq, head_index))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def close_when_begun(self, partition_id: str, begun: asyncio.Future[tuple[int, int]]) -> None:
+        """Close the entry ``begun`` announces once it is begun (the write did not happen after all)."""
+
+        def close(future: asyncio.Future[tuple[int, int]]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self.done_later(partition_id, *future.result())
+
+        begun.add_done_callback(close)
 
     async def touch(self, partition_id: str, keys: Sequence[str]) -> None:
         """Make readers re-read ``keys`` (an entry begun and done at once); failures are logged."""

@@ -296,21 +296,27 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         specs: dict[str, FieldSpec],
     ) -> tuple[list[str], list[dict[str, Any]]]:
         """Store the write; returns every field all ``keys`` now hold and each key's merged tags."""
+        # Announced (change log) while the write is checked: nothing below changes a key before it lands.
+        begun = asyncio.ensure_future(self._changes.begin(pid, keys))
         known: dict[str, FieldSpec] = {}
-        if specs:
-            known = (await self._control.state(pid)).fields
-            for name, spec in specs.items():
-                held = known.get(name)
-                if held is not None and held != spec:
-                    raise DataPlaneBadRequest(
-                        f"field {name!r} of partition {pid!r} holds {held.describe()}; refusing a write of "
-                        f"{spec.describe()} (a field keeps one dtype and row rank within a partition)"
-                    )
-            new = {name: spec for name, spec in specs.items() if name not in known}
-            if new:
-                await self._control.add_fields(pid, new)
-        # Everything is validated: from here on keys exist in TransferQueue (announced first).
-        seq, head = await self._changes.begin(pid, keys)
+        try:
+            if specs:
+                known = (await self._control.state(pid)).fields
+                for name, spec in specs.items():
+                    held = known.get(name)
+                    if held is not None and held != spec:
+                        raise DataPlaneBadRequest(
+                            f"field {name!r} of partition {pid!r} holds {held.describe()}; refusing a write "
+                            f"of {spec.describe()} (a field keeps one dtype and row rank within a partition)"
+                        )
+                new = {name: spec for name, spec in specs.items() if name not in known}
+                if new:
+                    await self._control.add_fields(pid, new)
+            seq, head = await begun
+        except BaseException:
+            self._changes.close_when_begun(pid, begun)
+            raise
+        # Everything is validated and announced: from here on keys exist in TransferQueue.
         closed = False
         try:
             if wire is None:  # a tag-only write: its tag request is its last change and closes the entry
@@ -326,7 +332,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             return await self._store(pid, keys, wire, tags, specs, known)
         finally:
             if not closed:
-                await self._changes.done(pid, seq, head)
+                self._changes.done_later(pid, seq, head)
 
     async def _store(
         self,
@@ -531,7 +537,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             try:
                 await self._tq.async_clear_samples(self._clear_batch(meta, fields))
             finally:
-                await self._changes.done(pid, seq, head)
+                self._changes.done_later(pid, seq, head)
 
     async def _clear_partition(self, pid: str, controller: Any) -> None:
         if not self._kv_storage:
