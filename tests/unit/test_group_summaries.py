@@ -75,7 +75,13 @@ def test_racing_producer_and_evictor_threads_leave_summaries_equal_to_a_rescan()
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    producers = [threading.Thread(target=run, args=(produce, f"w{i}", 60, i)) for i in range(3)]
+    seen = threading.Event()  # the reader saw a committed group while evictors still ran
+
+    def produce_until_seen(c, p, *args):
+        produce(c, p, *args)
+        seen.wait(60)  # a loaded machine may not schedule the reader before the producers finish
+
+    producers = [threading.Thread(target=run, args=(produce_until_seen, f"w{i}", 60, i)) for i in range(3)]
     done = lambda: not any(t.is_alive() for t in producers)  # noqa: E731
     threads = producers + [threading.Thread(target=run, args=(evict, 1000, 10 + i, done)) for i in range(2)]
     for t in threads:
@@ -83,6 +89,8 @@ def test_racing_producer_and_evictor_threads_leave_summaries_equal_to_a_rescan()
     observed = []
     while any(t.is_alive() for t in threads):  # a reader polls while they race
         observed.append(client.depth(pid))
+        if observed[-1] > 0 and not done():
+            seen.set()
     for t in threads:
         t.join()
     assert not errors, errors
