@@ -11,9 +11,8 @@ A key's record is one tuple ``(slot, cols, row, schema, *tag values)``:
   are reused), which is what a cursor listing (:meth:`Partition.scan`) walks: a key present for a
   whole scan is returned exactly once.
 
-:class:`~kvplane._groupindex.GroupIndex` keeps the partition's groups up to date on every put and
-clear. kvplane's own overhead is about 190 bytes a key (tensors and tag values aside); the kv bench
-measures it (``memory_per_key``). Call every method with the store's lock held.
+:class:`~kvplane._groupindex.GroupIndex` keeps the groups up to date on every put and clear; the kv
+bench measures kvplane's bytes per key (``memory_per_key``). Call every method with the lock held.
 
 Examples:
     >>> import torch

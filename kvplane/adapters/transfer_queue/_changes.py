@@ -247,14 +247,14 @@ class GroupCache:
         ctrl = control_partition(self._pid)
         records = (await self._client.async_kv_list(ctrl)).get(ctrl, {})
         heads: dict[str, Mapping[str, Any]] = {}
-        foreign = False  # a head not written by its writer (a stale write after a wipe): rescan
         for name, tags in records.items():
-            if name.startswith(_HEAD_PREFIX) and tags:
-                writer = name[len(_HEAD_PREFIX) :]
-                foreign |= tags.get("writer") != writer
+            writer = name[len(_HEAD_PREFIX) :]
+            # A head its writer did not write (a stale write after a wipe) counts as gone: a reader
+            # that knew the writer rescans once; the writer's next begin starts a new generation.
+            if name.startswith(_HEAD_PREFIX) and tags and tags.get("writer") == writer and "gen" in tags:
                 heads[writer] = tags
         changed = any(heads.get(w, {}).get("gen") != g for w, g in self._gens.items())
-        if not self._loaded or foreign or changed:
+        if not self._loaded or changed:
             await self._rescan(heads)
             return self.index
         wanted = []

@@ -13,8 +13,6 @@ claim order, each registration with a new epoch and its claim totals), then each
 samples are marked claimed again and checked. It first reads the current state into memory; if
 anything fails after the first clear, that state is written back the same way and the error raised,
 so a failed load leaves the store as it was unless the deployment itself fails during both.
-Group summaries' change logs (:mod:`._changes`) are never saved nor restored: the restored keys'
-writes announce them afresh, and readers rescan (the heads they knew were wiped).
 
 Examples:
     >>> from kvplane.adapters.transfer_queue._durable import chunks
