@@ -529,9 +529,9 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
                 self._changes.done_later(pid, ticket)
 
     async def _clear_partition(self, pid: str, controller: Any) -> None:
-        if not self._kv_storage:
+        if self._deployment.storage_backend == "SimpleStorage":
             await clear_partition(self._tq, controller, pid)  # in bulk, by global index
-        else:  # MooncakeStore deletes by (sample, field, backend meta): key by key, every field named
+        else:  # MooncakeStore and columnar release by backend meta (the rows' objects): key by key
             listing = await self._tq.async_kv_list(pid)
             keys = list(listing.get(pid, {}))
             if keys:
