@@ -34,6 +34,7 @@ from kvplane._checkpoint import DenseRows, FieldColumn, ObjectRows, PartitionSna
 from kvplane._client import DataPlaneClient
 from kvplane._groups import groups_from_tags
 from kvplane._meta import DataPlaneGroupMeta
+from kvplane._validation import check_scan
 
 __all__ = ["CheckpointView"]
 
@@ -69,8 +70,28 @@ class CheckpointView:
     def _partition(self, partition_id: str) -> PartitionSnapshot | None:
         return self.snapshot.partitions.get(partition_id)
 
-    def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-        """``{partition: {key: tags}}``: every partition, or just ``partition_id`` (empty if absent)."""
+    def list_keys(
+        self,
+        partition_id: str | None = None,
+        cursor: int | None = None,
+        count: int | None = None,
+        match: str | None = None,
+    ) -> dict[str, dict[str, dict[str, Any]]] | tuple[int, dict[str, dict[str, dict[str, Any]]]]:
+        """``{partition: {key: tags}}``: every partition, or just ``partition_id`` (empty if absent);
+        with ``cursor``, one page as :meth:`DataPlaneClient.list_keys` documents (the cursor is a
+        position in the checkpoint's key order)."""
+        if cursor is not None or count is not None or match is not None:
+            pid, start, page, prefix = check_scan(partition_id, cursor, count, match)
+            part = self._partition(pid)
+            if part is None:
+                return 0, {}
+            stop = start + page
+            items = {
+                k: dict(t)
+                for k, t in zip(part.keys[start:stop], part.tags[start:stop], strict=True)
+                if prefix is None or k.startswith(prefix)
+            }
+            return (stop if stop < len(part.keys) else 0), {pid: items}
         names = sorted(self.snapshot.partitions) if partition_id is None else [partition_id]
         out = {}
         for name in names:

@@ -217,12 +217,26 @@ class DataPlaneClient(ABC):
         """
         raise self._unsupported("ping")
 
-    def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    def list_keys(
+        self,
+        partition_id: str | None = None,
+        cursor: int | None = None,
+        count: int | None = None,
+        match: str | None = None,
+    ) -> dict[str, dict[str, dict[str, Any]]] | tuple[int, dict[str, dict[str, dict[str, Any]]]]:
         """``{partition_id: {key: tags}}`` for one partition or all (non-consuming, no tensor read).
 
         An unknown partition gives ``{}``. All partitions leaves out kvplane's own
         (:func:`kvplane.is_internal_partition`: backend records, loader plans), which can still be
         listed by name. This is what ``kv_list`` returns.
+
+        **Cursor listing** (Redis ``SCAN cursor MATCH prefix COUNT n``): with ``cursor`` given (``0``
+        starts), one page of one partition comes back as ``(next_cursor, {partition_id: {key:
+        tags}})``; call again with ``next_cursor`` until it is ``0``. Every key present for the whole
+        scan is returned exactly once; keys added or removed meanwhile may or may not be. ``count``
+        (default 1000) is how many key slots a page examines, so a page may hold fewer keys, even
+        none, before the scan ends; ``match`` keeps keys starting with that prefix. An unknown
+        partition gives ``(0, {})``. Cursors are opaque ints, valid for the partition they came from.
 
         Raises:
             DataPlaneError: The backend does not implement ``list_keys`` (the default); the listing
@@ -233,7 +247,9 @@ class DataPlaneClient(ABC):
     def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
         """The partition's rollout groups, derived from per-key tags (non-consuming).
 
-        See :func:`kvplane._groups.groups_from_tags` for the derivation.
+        See :func:`kvplane._groups.groups_from_tags` for the derivation. kvplane's backends keep the
+        groups up to date as keys change (O(groups) per call, :mod:`kvplane._groupindex`) and return
+        shared metas whose ``keys`` and ``tags`` are read-only (copy them to edit).
         """
         from kvplane._groups import groups_from_tags
 

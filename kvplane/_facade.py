@@ -282,9 +282,21 @@ def kv_batch_get_by_meta(meta: KVBatchMeta, select_fields: list[str] | str | Non
     return get_client().get_samples(meta.sample_ids, meta.partition_id, fields)
 
 
-def kv_list(partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{partition_id: {key: tags}}`` for one partition (``{}`` if unknown) or all partitions."""
-    return get_client().list_keys(partition_id)
+def kv_list(
+    partition_id: str | None = None,
+    cursor: int | None = None,
+    count: int | None = None,
+    match: str | None = None,
+) -> dict[str, dict[str, dict[str, Any]]] | tuple[int, dict[str, dict[str, dict[str, Any]]]]:
+    """``{partition_id: {key: tags}}`` for one partition (``{}`` if unknown) or all partitions.
+
+    With ``cursor`` (``0`` to start), one page ``(next_cursor, {partition_id: {key: tags}})`` of a
+    Redis-style ``SCAN`` (``count`` slots per page, ``match`` a key prefix; ``next_cursor == 0``
+    when done): see :meth:`kvplane.DataPlaneClient.list_keys`.
+    """
+    if cursor is None and count is None and match is None:
+        return get_client().list_keys(partition_id)
+    return get_client().list_keys(partition_id, cursor, count, match)
 
 
 def kv_clear(keys: list[str] | str | None, partition_id: str) -> None:

@@ -31,8 +31,8 @@ from tensordict import TensorDict
 
 from kvplane._client import DataPlaneClient, FieldsLike, TagsLike
 from kvplane._errors import DataPlaneBadRequest, DataPlaneTimeout
-from kvplane._groups import sequence_lengths
-from kvplane._meta import KVBatchMeta
+from kvplane._groups import groups_from_tags, sequence_lengths
+from kvplane._meta import DataPlaneGroupMeta, KVBatchMeta
 from kvplane._validation import (
     Declaration,
     check_claim,
@@ -42,6 +42,7 @@ from kvplane._validation import (
     check_partition,
     check_path,
     check_registration,
+    check_scan,
     check_select,
     check_timeout,
     check_write,
@@ -199,10 +200,25 @@ class GatedDataPlaneClient(DataPlaneClient):
     def ping(self, timeout_s: float | None = None) -> None:
         self._ping(None if timeout_s is None else check_timeout(timeout_s))
 
-    def list_keys(self, partition_id: str | None = None) -> Listing:
+    def list_keys(
+        self,
+        partition_id: str | None = None,
+        cursor: int | None = None,
+        count: int | None = None,
+        match: str | None = None,
+    ) -> Listing | tuple[int, Listing]:
+        if cursor is not None or count is not None or match is not None:
+            pid, position, page, prefix = check_scan(partition_id, cursor, count, match)
+            return self._scan_keys(pid, position, page, prefix)
         if partition_id is not None:
             return self._list_keys(check_partition(partition_id))
         return {pid: keys for pid, keys in self._list_keys(None).items() if not is_internal_partition(pid)}
+
+    def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
+        return self._list_metadata(check_partition(partition_id))
+
+    def depth(self, partition_id: str) -> int:
+        return self._depth(check_partition(partition_id))
 
     # ------------------------------------------------------------------ durable state
     def save_checkpoint(
@@ -280,3 +296,17 @@ class GatedDataPlaneClient(DataPlaneClient):
     @abstractmethod
     def _list_keys(self, partition_id: str | None) -> Listing:
         """``{partition: {key: tags}}`` for one partition, or for all including kvplane's own."""
+
+    def _scan_keys(
+        self, partition_id: str, cursor: int, count: int, match: str | None
+    ) -> tuple[int, Listing]:
+        """One page of a cursor listing, as :meth:`DataPlaneClient.list_keys` documents (checked args)."""
+        raise self._unsupported("list_keys with a cursor")
+
+    def _list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
+        """The partition's groups; by default derived from a full listing (O(keys))."""
+        return groups_from_tags(partition_id, self._list_keys(partition_id).get(partition_id, {}))
+
+    def _depth(self, partition_id: str) -> int:
+        """Committed, complete groups; by default counted over :meth:`_list_metadata`."""
+        return sum(1 for g in self._list_metadata(partition_id) if g.committed and g.is_complete)

@@ -417,13 +417,26 @@ class MetricsDataPlaneClient(DataPlaneClient):
         """See :meth:`kvplane.DataPlaneClient.ping` (event ``ping``)."""
         return self._run("ping", "", lambda: self.inner.ping(timeout_s=timeout_s))
 
-    def list_keys(self, partition_id: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    def list_keys(
+        self,
+        partition_id: str | None = None,
+        cursor: int | None = None,
+        count: int | None = None,
+        match: str | None = None,
+    ) -> Any:
         """See :meth:`kvplane.DataPlaneClient.list_keys` (event ``list_keys``; n_keys = keys listed)."""
+        if cursor is None and count is None and match is None:
+            return self._run(
+                "list_keys",
+                partition_id or "",
+                lambda: self.inner.list_keys(partition_id),
+                count_keys=lambda listing: sum(len(keys) for keys in listing.values()),
+            )
         return self._run(
             "list_keys",
             partition_id or "",
-            lambda: self.inner.list_keys(partition_id),
-            count_keys=lambda listing: sum(len(keys) for keys in listing.values()),
+            lambda: self.inner.list_keys(partition_id, cursor, count, match),
+            count_keys=lambda page: sum(len(keys) for keys in page[1].values()),
         )
 
     def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:

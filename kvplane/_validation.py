@@ -55,6 +55,7 @@ __all__ = [
     "check_partition",
     "check_path",
     "check_registration",
+    "check_scan",
     "check_select",
     "check_tags",
     "check_text",
@@ -101,6 +102,36 @@ def check_partition(partition_id: Any) -> str:
     if partition_id.startswith(internal_partition(BACKEND_OWNER, "")):
         raise DataPlaneBadRequest(f"partition {partition_id!r} is reserved for the backend's own records")
     return check_text(partition_id, "partition_id")
+
+
+#: Keys examined per page of a cursor listing when ``count`` is not given.
+SCAN_COUNT = 1000
+
+
+def check_scan(partition_id: Any, cursor: Any, count: Any, match: Any) -> tuple[str, int, int, str | None]:
+    """Arguments of a cursor listing: ``(partition, cursor, count, match)``.
+
+    Examples:
+        >>> check_scan("p", 0, None, "g1/")
+        ('p', 0, 1000, 'g1/')
+        >>> check_scan(None, 0, 10, None)
+        Traceback (most recent call last):
+        ...
+        kvplane._errors.DataPlaneBadRequest: a cursor listing names one partition (partition_id=None given)
+    """
+    if partition_id is None:
+        raise DataPlaneBadRequest("a cursor listing names one partition (partition_id=None given)")
+    pid = check_partition(partition_id)
+    if cursor is None:
+        raise DataPlaneBadRequest("count and match page a cursor listing: pass cursor=0 to start one")
+    if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+        raise DataPlaneBadRequest(f"cursor must be an int >= 0 (0 starts a scan), got {cursor!r}")
+    page = SCAN_COUNT if count is None else count
+    if isinstance(page, bool) or not isinstance(page, int) or not 0 < page <= MAX_COUNT:
+        raise DataPlaneBadRequest(f"count must be an int in [1, {MAX_COUNT}], got {count!r}")
+    if match is not None and not isinstance(match, str):
+        raise DataPlaneBadRequest(f"match must be a key prefix (a string) or None, got {match!r}")
+    return pid, cursor, page, None if not match else check_text(match, "match")
 
 
 def check_ids(ids: Any, what: str = "keys") -> list[str]:

@@ -361,6 +361,8 @@ def _cell(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- ls
 def _cmd_ls(args: argparse.Namespace) -> int:
     with _inspected(args) as client:
+        if args.partition is not None and not args.groups:
+            return _ls_keys(client, args)
         listing = client.list_keys(args.partition)
         if args.partition is None and not (args.tags or args.groups):
             summary = {p: _partition_summary(client, p, len(keys)) for p, keys in sorted(listing.items())}
@@ -417,6 +419,30 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 _NOTHING = "(no partitions)"
+
+
+def _ls_keys(client: Any, args: argparse.Namespace) -> int:
+    """A partition's keys (with ``--tags``, their tags), one cursor page at a time."""
+    cursor, first, shown, doc = 0, True, 0, {}
+    while True:
+        cursor, page = client.list_keys(args.partition, cursor=cursor, count=args.count, match=args.match)
+        items = page.get(args.partition, {})
+        shown += len(items)
+        if args.json:
+            doc.update(items)
+        elif items and args.tags:
+            lines = table(["KEY", "TAGS"], list(items.items())).splitlines()
+            print("\n".join(lines if first else lines[1:]))
+            first = False
+        elif items:
+            print("\n".join(items))
+        if cursor == 0:
+            break
+    if args.json:
+        _print_json({args.partition: doc if args.tags else list(doc)})
+    elif not shown:
+        print(f"(partition {args.partition!r} has no keys{'' if args.match is None else ' matching'})")
+    return 0
 
 
 def _partition_summary(client: Any, partition: str, n_keys: int) -> dict[str, int]:
@@ -602,6 +628,20 @@ def _ls_arguments(parser: argparse.ArgumentParser) -> None:
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--tags", action="store_true", help="show each key's tags")
     shown.add_argument("--groups", action="store_true", help="show rollout groups instead of keys")
+    parser.add_argument(
+        "--count",
+        type=integer(minimum=1, maximum=1_000_000),
+        default=1000,
+        help="key slots per listing page (default 1000)",
+    )
+    parser.add_argument("--match", type=non_empty, metavar="PREFIX", help="only keys starting with PREFIX")
+
+
+def _check_ls(args: argparse.Namespace) -> None:
+    if args.partition is None and args.match is not None:
+        raise DataPlaneBadRequest("--match lists one partition's keys: name the partition")
+    if args.groups and args.match is not None:
+        raise DataPlaneBadRequest("--match filters keys, not --groups")
 
 
 def _stats_arguments(parser: argparse.ArgumentParser) -> None:
@@ -658,7 +698,7 @@ def _attach_argument(parser: argparse.ArgumentParser) -> None:
 
 #: kvplane's own commands (plugged-in commands cannot replace them).
 CORE_COMMANDS: dict[str, Command] = {
-    "ls": Command("list partitions, keys, tags or groups", _cmd_ls, _ls_arguments),
+    "ls": Command("list partitions, keys, tags or groups", _cmd_ls, _ls_arguments, check=_check_ls),
     "stats": Command(
         "backend inventory, capabilities and latency", _cmd_stats, _stats_arguments, check=_check_stats
     ),

@@ -61,8 +61,6 @@ logger = logging.getLogger(__name__)
 #: The tags :func:`write_group` owns; ``extra_tags`` may not set them.
 GROUP_TAG_NAMES = ("group_id", "weight_version", "created_at", "committed", "expected_num_keys", "size_bytes")
 
-_SELECTED, _STALE, _ABANDONED, _PENDING = "selected", "stale", "abandoned", "pending"
-
 # client -> partition -> group_id -> when a group without ``created_at`` was first seen (its ``now``).
 _first_seen: weakref.WeakKeyDictionary[Any, dict[str, dict[str, float]]] = weakref.WeakKeyDictionary()
 _first_seen_lock = threading.Lock()
@@ -70,14 +68,15 @@ _first_seen_lock = threading.Lock()
 
 def _ages(
     client: DataPlaneClient, partition_id: str, groups: list[DataPlaneGroupMeta], now: float
-) -> dict[str, float]:
-    """``created_at`` for every group: its tag, else when this process first saw the group."""
+) -> dict[str, float | None]:
+    """``created_at`` of ``groups`` (the partition's groups that are not ready): its tag, else when
+    this process first saw the group."""
     ageless = [g.group_id for g in groups if g.created_at is None]
     with _first_seen_lock:
         try:
             partitions = _first_seen.setdefault(client, {})
         except TypeError:  # a client that cannot be weakly referenced: unknown ages stay unknown
-            return {g.group_id: g.created_at for g in groups if g.created_at is not None}
+            return {g.group_id: g.created_at for g in groups}
         seen = partitions.get(partition_id, {})
         partitions[partition_id] = {gid: seen.get(gid, now) for gid in ageless}
         first = partitions[partition_id]
@@ -194,20 +193,10 @@ def _forget(client: DataPlaneClient, partition_id: str, group_ids: list[str]) ->
             seen.pop(gid, None)
 
 
-def _state(
-    group: DataPlaneGroupMeta,
-    current: int,
-    max_staleness: int,
-    abandon_after_s: float | None,
-    now: float,
-    created_at: float | None,
-) -> str:
-    if group.committed and group.is_complete:
-        version = group.weight_version
-        return _SELECTED if version is not None and current - version <= max_staleness else _STALE
-    if abandon_after_s is not None and created_at is not None and now - created_at > abandon_after_s:
-        return _ABANDONED
-    return _PENDING
+class _States(NamedTuple):
+    selected: list[DataPlaneGroupMeta]
+    stale: list[DataPlaneGroupMeta]
+    abandoned: list[DataPlaneGroupMeta]
 
 
 def _classify(
@@ -217,19 +206,30 @@ def _classify(
     max_staleness: int,
     abandon_after_s: float | None = None,
     now: float | None = None,
-) -> list[tuple[str, DataPlaneGroupMeta]]:
+) -> _States:
+    """Split the partition's groups (one ``list_metadata``; one pass, no per-group call)."""
     _check_count("current_version", current_version)
     _check_count("max_staleness", max_staleness)
     if abandon_after_s is not None and _check_seconds("abandon_after_s", abandon_after_s) < 0:
         raise DataPlaneBadRequest(f"abandon_after_s must be >= 0, got {abandon_after_s!r}")
     now = time.time() if now is None else _check_seconds("now", now)
-    groups = client.list_metadata(partition_id)
-    created = _ages(client, partition_id, groups, now)
-    states = [
-        (_state(g, current_version, max_staleness, abandon_after_s, now, created.get(g.group_id)), g)
-        for g in groups
-    ]
-    ahead = [g.group_id for s, g in states if s == _SELECTED and g.weight_version > current_version]
+    oldest = current_version - max_staleness
+    selected: list[DataPlaneGroupMeta] = []
+    stale: list[DataPlaneGroupMeta] = []
+    unready: list[DataPlaneGroupMeta] = []
+    for g in client.list_metadata(partition_id):
+        if g.committed and (g.expected_num_keys is None or len(g.keys) == g.expected_num_keys):
+            version = g.weight_version
+            (selected if version is not None and version >= oldest else stale).append(g)
+        else:
+            unready.append(g)
+    created = _ages(client, partition_id, unready, now)  # only groups being written can be abandoned
+    abandoned = []
+    if abandon_after_s is not None:
+        abandoned = [
+            g for g in unready if (at := created.get(g.group_id)) is not None and now - at > abandon_after_s
+        ]
+    ahead = [g.group_id for g in selected if g.weight_version > current_version]  # type: ignore[operator]
     if ahead:
         logger.warning(
             "%d group(s) of partition %r (e.g. %r) carry a weight_version above current_version=%d; "
@@ -239,7 +239,7 @@ def _classify(
             ahead[0],
             current_version,
         )
-    return states
+    return _States(selected, stale, abandoned)
 
 
 def select_groups(
@@ -254,7 +254,7 @@ def select_groups(
         DataPlaneBadRequest: ``current_version`` or ``max_staleness`` is not a non-negative int.
     """
     states = _classify(client, partition_id, current_version, max_staleness)
-    return GroupSelection([g for s, g in states if s == _SELECTED], [g for s, g in states if s == _STALE])
+    return GroupSelection(states.selected, states.stale)
 
 
 def evict_stale(
@@ -299,7 +299,7 @@ def evict_stale(
         [['raw']]
     """
     states = _classify(client, partition_id, current_version, max_staleness, abandon_after_s, now)
-    doomed = [g for s, g in states if s in (_STALE, _ABANDONED)]
+    doomed = sorted(states.stale + states.abandoned, key=lambda g: g.keys[0])  # list_metadata order
     if doomed:
         client.evict(keys_of(doomed), partition_id)
         _forget(client, partition_id, [g.group_id for g in doomed])

@@ -9,9 +9,10 @@ before the demo starts a thread or the bench runs a suite.
 
 - ``kvplane demo [--steps N] [--dp-world N] ... [--plot FILE.png] [--json]``: the quickstart, a
   GRPO-style data flow (:mod:`kvplane_tools.demo`).
-- ``kvplane bench [--suite NAME ...] [--quick] [--output FILE.json] [--list]``: run suites of
-  :data:`kvplane_tools.bench.SUITES`; print one JSON document to stdout (or ``--output``) and a short
-  table to stderr; exit 1 if a suite failed (:mod:`kvplane_tools.bench.runner`).
+- ``kvplane bench [--suite NAME ...] [--quick] [--output FILE.json] [--plot FILE.png] [--list]``: run
+  suites of :data:`kvplane_tools.bench.SUITES`; print one JSON document to stdout (or ``--output``)
+  and a short table to stderr (``--plot``: the kv suite's scale sweep, log-log); exit 1 if a suite
+  failed (:mod:`kvplane_tools.bench.runner`).
 
 Examples:
     >>> from kvplane.cli import main
@@ -142,6 +143,12 @@ def _bench_arguments(parser: argparse.ArgumentParser) -> None:
         type=output_file(".json"),
         metavar="FILE.json",
         help="write the JSON here instead of stdout (its directory must exist)",
+    )
+    parser.add_argument(
+        "--plot",
+        type=output_file(*PLOT_SUFFIXES),
+        metavar="FILE.png",
+        help="draw the kv suite's scale sweep, time against keys on log-log axes (needs kvplane[plot])",
     )
     parser.add_argument("--list", action="store_true", help="list the suites and exit")
 

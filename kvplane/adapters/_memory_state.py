@@ -43,7 +43,6 @@ from kvplane._checkpoint import (
     TaskState,
 )
 from kvplane._errors import DataPlaneBadRequest
-from kvplane._tags import SCALARS
 from kvplane._tensors import OBJECT_KIND
 from kvplane._validation import Declaration
 
@@ -78,9 +77,9 @@ _Copied = tuple[
 
 def _copy_partition(part: Any, resolve: Callable[[Cell], Cell]) -> _Copied:
     """What the snapshot needs of a partition, copied under the store's lock."""
-    keys = list(part.cells)
-    rows = [tuple((name, resolve(cell)) for name, cell in part.cells[k].items()) for k in keys]
-    tags = [dict(part.tags[k]) for k in keys]
+    keys = list(part.records)
+    rows = [tuple((name, resolve(cell)) for name, cell in part.row_items(k)) for k in keys]
+    tags = [part.tags_of(k) for k in keys]
     position = {k: i for i, k in enumerate(keys)}
     tasks = {
         task: TaskState(part.claimed_total[task], _claimed(keys, position, queue))
@@ -222,21 +221,15 @@ def _build(
     streams = {
         name: (c for b in column.blocks for c in _cells(b, new_chunk)) for name, column in snap.fields.items()
     }
-    holders = dict.fromkeys(snap.fields, 0)
     for key, tag, layout_id in zip(snap.keys, snap.tags, snap.layout_ids, strict=True):
         layout = snap.layouts[layout_id]
         try:
-            part.cells[key] = {name: next(streams[name]) for name in layout}
+            cells = {name: next(streams[name]) for name in layout}
         except StopIteration:
             raise DataPlaneBadRequest(
                 f"the snapshot's columns hold fewer rows than its keys (at key {key!r})"
             ) from None
-        part.tags[key] = dict(tag)
-        if any(type(v) not in SCALARS for v in tag.values()):
-            part.nested.add(key)
-        for name in layout:
-            holders[name] += 1
-    part.holders = holders
+        part.load(key, cells, dict(tag))
     for task, state in snap.tasks.items():
         claimed = set(state.claimed)
         part.unclaimed[task] = OrderedDict.fromkeys(k for i, k in enumerate(snap.keys) if i not in claimed)

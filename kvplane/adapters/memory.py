@@ -30,15 +30,13 @@ import copy
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDict, is_non_tensor
+from tensordict import TensorDict
 
 from kvplane._checkpoint import StoreSnapshot, read_checkpoint, write_checkpoint
 from kvplane._errors import (
@@ -46,103 +44,18 @@ from kvplane._errors import (
     DataPlaneKeyError,
     DataPlaneTimeout,
     DataPlaneUnavailable,
-    DataPlaneWriteError,
 )
 from kvplane._gated import GatedDataPlaneClient, claim_timeout
-from kvplane._meta import DataPlaneCapabilities, KVBatchMeta
-from kvplane._tags import SCALARS, copy_tags
+from kvplane._meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
+from kvplane._tags import copy_tags
 from kvplane._tensors import field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
+from kvplane.adapters._memory_partition import Cell, Chunk, Partition, Put, own_column, resolve
 from kvplane.adapters._memory_state import copy_partitions, export_state, import_state
 
 __all__ = ["MemoryDataPlaneClient"]
 
 logger = logging.getLogger(__name__)
-
-# A stored cell: ("chunk", _Chunk, slot) — a row of a put's dense column;
-# ("row", tensor) — a standalone row (from a jagged column); ("obj", value) — a Python object.
-# Read paths resolve a chunk cell under the lock into ("chunk", tensor, row) (see _Chunk.resolve).
-Cell = tuple
-
-
-class _Chunk:
-    """One put's copy of a dense column. Each key's cell names its *slot* (its row in that put).
-
-    Call with the store's lock held. The tensor is never edited in place: :meth:`release` replaces it
-    with a compacted copy once at most half of its rows are live, so a reader that resolved its rows
-    earlier keeps reading the old, unchanged tensor.
-    """
-
-    __slots__ = ("rows", "tensor")
-
-    def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor
-        self.rows: dict[int, int] | None = None  # live slot -> row of tensor; None: every slot, row == slot
-
-    def resolve(self, slot: int) -> Cell:
-        return ("chunk", self.tensor, slot if self.rows is None else self.rows[slot])
-
-    def release(self, slot: int) -> None:
-        """Forget ``slot``; compact when at most half of the tensor's rows are still live."""
-        if self.rows is None:
-            self.rows = {i: i for i in range(self.tensor.shape[0])}
-        del self.rows[slot]
-        if self.rows and 2 * len(self.rows) <= self.tensor.shape[0]:
-            live = sorted(self.rows, key=self.rows.__getitem__)
-            index = torch.tensor([self.rows[s] for s in live], dtype=torch.long)
-            self.tensor = self.tensor.index_select(0, index)
-            self.rows = {s: i for i, s in enumerate(live)}
-
-
-def _release(cell: Cell) -> None:
-    if cell[0] == "chunk":
-        cell[1].release(cell[2])
-
-
-def _resolve(cell: Cell) -> Cell:
-    return cell[1].resolve(cell[2]) if cell[0] == "chunk" else cell
-
-
-@dataclass
-class _Partition:
-    registration: Declaration | None = None
-    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)  # key -> field -> cell (insertion order)
-    tags: dict[str, dict[str, Any]] = field(default_factory=dict)
-    nested: set[str] = field(default_factory=set)  # keys whose tags hold a non-scalar (copied deeply)
-    kinds: dict[str, str] = field(default_factory=dict)  # field -> dtype fixed by its first write
-    # task -> unclaimed keys in write order. An OrderedDict: claims delete from the front, and a plain
-    # dict's iteration would walk every deleted slot before the first live one (quadratic over a stream).
-    unclaimed: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
-    holders: dict[str, int] = field(default_factory=dict)  # field -> live keys holding it (claim fast path)
-    claimed_total: dict[str, int] = field(default_factory=dict)  # task -> samples ever claimed
-
-    def task_queue(self, task: str) -> OrderedDict[str, None]:
-        queue = self.unclaimed.get(task)
-        if queue is None:
-            queue = self.unclaimed[task] = OrderedDict.fromkeys(self.cells)
-            self.claimed_total[task] = 0
-        return queue
-
-
-def _own_column(value: Any) -> tuple[str, Any]:
-    """Copy a validated column into storage form.
-
-    Returns ("chunk", tensor), ("rows", [tensors]) or ("objs", [values]).
-    """
-    if isinstance(value, torch.Tensor):
-        if value.is_nested:  # one copy per row, so each row's memory is freed with its key
-            return "rows", [row.clone() for row in value.detach().unbind()]
-        return "chunk", _Chunk(value.detach().clone())
-    if is_non_tensor(value):
-        values = value.tolist()
-        try:
-            return "objs", copy.deepcopy(values)
-        except Exception as exc:  # a lock, a generator, a socket...: anything deepcopy cannot copy
-            raise DataPlaneWriteError(
-                f"a value of this column cannot be copied into the store ({type(exc).__name__}: {exc}); "
-                "store plain data (tensors, numbers, strings, lists, dicts)"
-            ) from exc
-    raise DataPlaneBadRequest(f"cannot store a column of type {type(value).__name__}")
 
 
 def _read_column(name: str, cells: list[Cell]) -> Any:
@@ -173,7 +86,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
 
     def __init__(self, *, seq_len_tag: str = "seq_len") -> None:
         super().__init__(seq_len_tag=seq_len_tag)
-        self._partitions: dict[str, _Partition] = {}
+        self._partitions: dict[str, Partition] = {}
         self._changed = threading.Condition(threading.Lock())
         self._closed = False
 
@@ -182,25 +95,25 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         if self._closed:
             raise DataPlaneUnavailable("the memory data plane client is closed")
 
-    def _partition(self, partition_id: str) -> _Partition:
+    def _partition(self, partition_id: str) -> Partition:
         part = self._partitions.get(partition_id)
         if part is None:
             raise DataPlaneKeyError(f"no partition {partition_id!r}")
         return part
 
     def _part_meta(
-        self, part: _Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
+        self, part: Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
         return self._meta(partition_id, task, keys, fields, [_tags_of(part, k) for k in keys])
 
     @staticmethod
-    def _held_by_all(part: _Partition, keys: list[str]) -> list[str] | None:
+    def _held_by_all(part: Partition, keys: list[str]) -> list[str] | None:
         """Every field all ``keys`` hold, in the partition's first-write order (``None`` if none)."""
-        everywhere = len(part.cells)
+        everywhere = len(part.records)
         held = [
             name
             for name in part.kinds
-            if part.holders.get(name, 0) == everywhere or all(name in part.cells[k] for k in keys)
+            if part.holders.get(name, 0) == everywhere or all(name in part.fields_of(k) for k in keys)
         ]
         return held or None
 
@@ -208,7 +121,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
     def _register_partition(self, partition_id: str, declaration: Declaration) -> None:
         with self._changed:
             self._check_open()
-            part = self._partitions.setdefault(partition_id, _Partition())
+            part = self._partitions.setdefault(partition_id, Partition())
             part.registration = declaration
             self._changed.notify_all()
 
@@ -270,14 +183,13 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             want = min(batch_size, reg.num_samples - part.claimed_total[task])
             if want <= 0:
                 return KVBatchMeta(partition_id, task, [], fields=required, tags=[])
-        cells = part.cells
-        if all(part.holders.get(name, 0) == len(cells) for name in required):
+        if all(part.holders.get(name, 0) == len(part.records) for name in required):
             ready = list(islice(queue, want))  # every stored key holds every required field
         else:
             needed = set(required)
             ready = []
             for key in queue:
-                if cells[key].keys() >= needed:
+                if needed.issubset(part.fields_of(key)):
                     ready.append(key)
                     if len(ready) == want:
                         break
@@ -295,7 +207,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             expected = part.registration.num_samples if part.registration else None
             for task in tasks:
                 if task not in part.unclaimed:
-                    if part.cells or expected:
+                    if part.records or expected:
                         return False
                     continue
                 if part.unclaimed[task] or (expected is not None and part.claimed_total[task] < expected):
@@ -312,7 +224,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
     ) -> KVBatchMeta:
         names = list(batch.keys()) if batch is not None else []
         incoming = {name: field_kind(batch.get(name)) for name in names}
-        owned = {name: _own_column(batch.get(name)) for name in names}  # the copy, outside the lock
+        owned = {name: own_column(batch.get(name)) for name in names}  # the copy, outside the lock
         with self._changed:
             self._check_open()
             part = self._partitions.get(partition_id)
@@ -324,32 +236,11 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                         f"refusing a write of {kind} (a field keeps one dtype within a partition)"
                     )
             if part is None:
-                part = self._partitions[partition_id] = _Partition()
+                part = self._partitions[partition_id] = Partition()
             for name, kind in incoming.items():
                 part.kinds.setdefault(name, kind)
-            for i, key in enumerate(keys):
-                row = part.cells.get(key)
-                if row is None:
-                    row = part.cells[key] = {}
-                    part.tags[key] = {}
-                    for queue in part.unclaimed.values():
-                        queue[key] = None
-                for name, (form, data) in owned.items():
-                    old = row.get(name)
-                    if old is None:
-                        part.holders[name] = part.holders.get(name, 0) + 1
-                    else:
-                        _release(old)
-                    row[name] = (
-                        ("chunk", data, i)
-                        if form == "chunk"
-                        else ("row" if form == "rows" else "obj", data[i])
-                    )
-                if tag_list is not None:  # replaced, never edited: listings copy outside the lock
-                    tag = tag_list[i]
-                    part.tags[key] = {**part.tags[key], **tag}
-                    if any(type(v) not in SCALARS for v in tag.values()):
-                        part.nested.add(key)
+            # Tag dicts are rebuilt, never edited, by a write: listings copy outside the lock.
+            part.write(keys, Put(owned) if owned else None, tag_list)
             meta = self._part_meta(part, partition_id, None, keys, self._held_by_all(part, keys))
             self._changed.notify_all()
         return meta
@@ -358,23 +249,23 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         with self._changed:
             self._check_open()
             part = self._partition(partition_id)
-            missing = [k for k in keys if k not in part.cells]
+            missing = [k for k in keys if k not in part.records]
             if missing:
                 listed = ", ".join(repr(k) for k in missing[:5]) + (
                     f" and {len(missing) - 5} more" if len(missing) > 5 else ""
                 )
                 raise DataPlaneKeyError(f"partition {partition_id!r} has no key {listed}")
-            rows = [part.cells[k] for k in keys]
             if wanted is None:
-                wanted = _uniform_fields(partition_id, keys, rows)
+                wanted = _uniform_fields(partition_id, keys, [part.fields_of(k) for k in keys])
             columns: dict[str, list[Cell]] = {}
             for name in wanted:
-                lacking = [k for k, row in zip(keys, rows, strict=True) if name not in row]
-                if lacking:
+                cells = [part.cell(k, name) for k in keys]
+                if None in cells:
+                    lacking = [k for k, cell in zip(keys, cells, strict=True) if cell is None]
                     raise DataPlaneKeyError(
                         f"field {name!r} is not stored for key(s) {lacking[:5]} of partition {partition_id!r}"
                     )
-                columns[name] = [_resolve(row[name]) for row in rows]
+                columns[name] = [resolve(cell) for cell in cells]
         return TensorDict(
             {name: _read_column(name, cells) for name, cells in columns.items()}, batch_size=[len(keys)]
         )
@@ -387,14 +278,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             else:
                 part = self._partitions.get(partition_id)
                 if part is not None:
-                    for key in keys:
-                        for name, cell in part.cells.pop(key, {}).items():
-                            part.holders[name] -= 1
-                            _release(cell)
-                        part.tags.pop(key, None)
-                        part.nested.discard(key)
-                        for queue in part.unclaimed.values():
-                            queue.pop(key, None)
+                    part.remove(keys)
             self._changed.notify_all()
 
     # ------------------------------------------------------------------ (C) recovery / control plane
@@ -411,17 +295,40 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         with self._changed:
             self._check_open()
             names = list(self._partitions) if partition_id is None else [partition_id]
-            # A snapshot of references: stored tag dicts are replaced, never edited, so they can be
+            # A snapshot of references: records are replaced, never edited, so their tags can be
             # copied after the lock is released and a long listing does not stall other calls.
             snapshot = {
-                name: (dict(part.tags), set(part.nested))
+                name: (list(part.records.items()), set(part.nested))
                 for name in names
                 if (part := self._partitions.get(name)) is not None
             }
-        return {
-            name: {k: copy_tags(t) if k in nested else dict(t) for k, t in tags.items()}
-            for name, (tags, nested) in snapshot.items()
-        }
+        return {name: _tag_dicts(records, nested) for name, (records, nested) in snapshot.items()}
+
+    def _scan_keys(
+        self, partition_id: str, cursor: int, count: int, match: str | None
+    ) -> tuple[int, dict[str, dict[str, dict[str, Any]]]]:
+        with self._changed:
+            self._check_open()
+            part = self._partitions.get(partition_id)
+            if part is None:
+                return 0, {}
+            following, keys = part.scan(cursor, count, match)
+            records = [(k, part.records[k]) for k in keys]
+            nested = part.nested.intersection(keys)
+        return following, {partition_id: _tag_dicts(records, nested)}
+
+    def _list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
+        with self._changed:
+            self._check_open()
+            part = self._partitions.get(partition_id)
+            groups = [] if part is None else part.groups.metas(partition_id)
+        return groups  # cached, shared and read-only (see GroupIndex.metas)
+
+    def _depth(self, partition_id: str) -> int:
+        with self._changed:
+            self._check_open()
+            part = self._partitions.get(partition_id)
+            return 0 if part is None else part.groups.depth()
 
     def retained_nbytes(self) -> int:
         """Bytes of tensor storage the store keeps alive (each distinct storage counted once).
@@ -437,13 +344,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             1024
         """
         with self._changed:
-            tensors = [
-                cell[1].tensor if cell[0] == "chunk" else cell[1]
-                for part in self._partitions.values()
-                for row in part.cells.values()
-                for cell in row.values()
-                if cell[0] != "obj"
-            ]
+            tensors = [t for part in self._partitions.values() for t in part.tensors()]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
         return sum(storages.values())
 
@@ -463,12 +364,14 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         """Every partition (kvplane's own included) as one consistent snapshot."""
         with self._changed:
             self._check_open()
-            copied = copy_partitions(self._partitions, _resolve)
+            copied = copy_partitions(self._partitions, resolve)
         return export_state(copied)
 
     def _restore(self, snapshot: StoreSnapshot) -> None:
         """Replace the whole state with ``snapshot``'s, all or nothing."""
-        built = import_state(snapshot, _Partition, _Chunk)
+        built = import_state(snapshot, Partition, Chunk)
+        for part in built.values():
+            part.reindex()
         with self._changed:
             self._check_open()
             self._partitions.clear()
@@ -487,19 +390,27 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             self._changed.notify_all()
 
 
-def _tags_of(part: _Partition, key: str) -> dict[str, Any]:
+def _tags_of(part: Partition, key: str) -> dict[str, Any]:
     """A copy of ``key``'s tags that shares nothing mutable with the store (call with the lock held)."""
-    tag = part.tags[key]
-    return copy_tags(tag) if key in part.nested else dict(tag)
+    tag = part.tags_of(key)
+    return copy_tags(tag) if key in part.nested else tag
 
 
-def _count_ready(part: _Partition, task: str, required: list[str]) -> int:
+def _tag_dicts(records: list[tuple[str, tuple]], nested: set[str]) -> dict[str, dict[str, Any]]:
+    """``{key: tags}`` from a snapshot of records; containers copied for ``nested`` keys."""
+    out = {key: dict(zip(rec[3], rec[4:], strict=True)) for key, rec in records}
+    for key in nested:
+        out[key] = copy_tags(out[key])
+    return out
+
+
+def _count_ready(part: Partition, task: str, required: list[str]) -> int:
     """How many of ``task``'s unclaimed keys hold every ``required`` field."""
     needed = set(required)
-    return sum(1 for key in part.unclaimed.get(task, ()) if part.cells[key].keys() >= needed)
+    return sum(1 for key in part.unclaimed.get(task, ()) if needed.issubset(part.fields_of(key)))
 
 
-def _uniform_fields(partition_id: str, keys: Sequence[str], rows: Sequence[dict[str, Cell]]) -> list[str]:
+def _uniform_fields(partition_id: str, keys: Sequence[str], rows: Sequence[Any]) -> list[str]:
     """Every field the keys store; an error naming the difference when they do not all store the same."""
     first = set(rows[0]) if rows else set()
     for key, row in zip(keys, rows, strict=True):

@@ -28,6 +28,7 @@ __all__ = ["run"]
 def _fresh() -> DataPlaneClient:
     return build_data_plane_client({"impl": "embedded"})
 
+
 _ROW = 64 << 10  # float32 elements per key: 256 KiB
 
 

@@ -9,9 +9,14 @@ Design: docs/internals.md#kvplane_toolsbenchkvpy--the-kv-suite
 Examples:
     >>> from kvplane_tools.bench import kv
     >>> report = kv.run(quick=True)
-    >>> sorted(report["memory"])
-    ['byte_sweep', 'eviction_memory', 'grpo', 'key_sweep', 'roundtrip_vs_clone', 'small_ops']
+    >>> sorted(report["memory"])  # doctest: +NORMALIZE_WHITESPACE
+    ['byte_sweep', 'eviction_memory', 'grpo', 'key_sweep', 'memory_per_key_bytes',
+     'roundtrip_vs_clone', 'scale', 'small_ops']
     >>> report["memory"]["eviction_memory"]["retained_fraction"] <= 2 / 256
+    True
+    >>> [row["n_keys"] for row in report["memory"]["scale"]["rows"]]
+    [1000, 10000]
+    >>> report["memory"]["memory_per_key_bytes"] <= 200
     True
 """
 
@@ -26,10 +31,11 @@ from tensordict import TensorDict
 
 from kvplane import DataPlaneClient, build_data_plane_client, td_nbytes
 from kvplane_tools.batches import grpo_batch, tiny_batch
+from kvplane_tools.bench import scale
 from kvplane_tools.bench.backends import per_backend, requested_backends
 from kvplane_tools.bench.stats import measure, ratio, summarize
 
-__all__ = ["bench_client", "run"]
+__all__ = ["bench_client", "plot", "run"]
 
 MiB = 2**20
 
@@ -204,6 +210,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
     try:
         report: dict[str, Any] = {"memory": bench_client(client, quick=quick)}
         report["memory"]["eviction_memory"] = bench_eviction_memory(client, 64 if quick else 1024)
+        report["memory"]["scale"] = scale.report(client, quick=quick)
+        report["memory"]["memory_per_key_bytes"] = scale.overhead_per_key(20_000 if quick else 100_000)
     finally:
         client.close()
     tq_backends = requested_backends()
@@ -219,7 +227,19 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         if keys_100k
         else None,
     }
+    report["targets"]["memory_per_key<=200B"] = report["memory"]["memory_per_key_bytes"] <= 200
+    for name, met in report["memory"]["scale"]["targets"].items():
+        report["targets"][f"memory_{name}"] = met
     for backend, result in report.get("transfer_queue", {}).items():
         for name, met in result.get("targets", {}).items():
             report["targets"][f"tq_{backend}_{name}"] = met
     return report
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """Draw the scale sweeps of a ``kv`` report (embedded and each TransferQueue backend), log-log."""
+    sweeps = {"embedded": report["memory"]["scale"]["rows"]}
+    for backend, result in report.get("transfer_queue", {}).items():
+        if "scale" in result:
+            sweeps[f"transfer_queue {backend}"] = result["scale"]["rows"]
+    scale.plot(sweeps, path)

@@ -22,6 +22,7 @@ from typing import Any
 
 import kvplane
 from kvplane import DataPlaneBadRequest, DataPlaneError
+from kvplane._deps import require
 from kvplane.cli import json_default, table
 from kvplane_tools.bench import SUITES
 
@@ -92,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(sorted(SUITES)))
         return 0
     names = selected_suites(args.suite)
+    plot_to = getattr(args, "plot", None)
+    if plot_to:
+        if "kv" not in names:
+            raise DataPlaneBadRequest("--plot draws the kv suite's scale sweep: run it too (--suite kv)")
+        require("matplotlib", purpose="kvplane bench --plot")
     disable = True if os.environ.get("KVPLANE_DISABLE_PROGRESS_BARS") else None  # None: off when not a TTY
     suites: dict[str, Any] = {}
     loggers = [logging.getLogger("kvplane"), logging.getLogger("kvplane_tools")]
@@ -109,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
     }
     text = json.dumps(doc, indent=2, default=json_default)
     print(_bench_table(suites), file=sys.stderr)
+    if plot_to and suites["kv"]["status"] == "ok":
+        from kvplane_tools.bench.kv import plot
+
+        plot(suites["kv"]["result"], plot_to)
+        print(f"plot written to {plot_to}", file=sys.stderr)
     if args.output:
         try:  # --output was checked before the suites ran; this catches what changed meanwhile
             with open(args.output, "w", encoding="utf-8") as fh:

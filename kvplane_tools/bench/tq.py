@@ -36,6 +36,7 @@ from kvplane import DataPlaneUnavailable, td_nbytes
 from kvplane._tensors import densify
 from kvplane.testing import transfer_queue_config
 from kvplane_tools.batches import grpo_batch, tiny_batch
+from kvplane_tools.bench import scale
 from kvplane_tools.bench.stats import summarize
 
 __all__ = ["bench_config", "bench_deployment", "comparison", "interleave", "paired_ratio", "run_backend"]
@@ -461,6 +462,7 @@ def run_backend(backend: str, *, quick: bool = False, client: Any = None) -> dic
                 client, raw, [100, 1000] if quick else [100, 1000, 10_000, 100_000], 2 if quick else 4
             ),
             "small_ops": bench_small_ops(client, raw, 30 if quick else 300),
+            "scale": scale.report(client, quick=quick, clear_target_s=2.0),
         }
         if isinstance(raw, SimpleBeside):
             raw.close()
@@ -482,6 +484,7 @@ def _targets(report: Mapping[str, Any]) -> dict[str, Any]:
         "grpo_put_ratio_vs_raw>=0.95": ratios["put_ratio_vs_raw"]["median"] >= 0.95,
         "grpo_get_ratio_vs_raw>=0.95": ratios["get_ratio_vs_raw"]["median"] >= 0.95,
         "list_metadata_100k_keys<=1s": big[0]["kvplane"]["list_metadata_s"]["median"] <= 1.0 if big else None,
+        **{f"scale_{name}": met for name, met in report["scale"]["targets"].items()},
     }
 
 

@@ -2,7 +2,7 @@
 
 Ray plus a TransferQueue bootstrap costs 15-30 s on a 2-core box, so every e2e test shares them:
 ``ray_cluster`` starts one local Ray with explicit CPUs; ``deployment`` (session-scoped, parametrized
-over ``simple`` and ``mooncake_cpu``) bootstraps TransferQueue on it. TransferQueue is a per-process
+over ``simple``, ``mooncake_cpu`` and, for ``test_columnar_tq.py`` only, ``columnar``) bootstraps TransferQueue on it. TransferQueue is a per-process
 global and MooncakeStore's bootstrap kills every ``mooncake_master`` on the host, so only one
 deployment may exist at a time: pytest groups the tests by the ``deployment`` parameter and tears one
 deployment down before it sets up the next. Tests never close the shared ``client``; each uses a fresh
@@ -82,7 +82,7 @@ class Deployment:
     """A running TransferQueue deployment and the driver client that bootstrapped it.
 
     Attributes:
-        backend: ``simple`` or ``mooncake_cpu``.
+        backend: ``simple``, ``mooncake_cpu`` or ``columnar``.
         client: The bootstrapping client (shared: tests must not close it).
         worker_config: The config an attaching process uses (``bootstrap=False``), Ray address included.
     """

@@ -47,11 +47,20 @@ def test_quick_tq_bench_reports_exact_round_trips_and_positive_ratios(client: Tr
     assert {"list_keys_s", "list_metadata_s", "clear_s"} <= set(report["key_sweep"][0]["kvplane"])
     assert set(report["small_ops"]["kvplane"]) == {"put_one", "get_one", "tag_only_put"}
     assert report["small_ops"]["raw"]["put_one"]["n"] == 30
+    scale_targets = {f"scale_{name}" for name in report["scale"]["targets"]}
     assert set(report["targets"]) == {
         "grpo_put_ratio_vs_raw>=0.95",
         "grpo_get_ratio_vs_raw>=0.95",
         "list_metadata_100k_keys<=1s",
+        *scale_targets,
     }
+    assert "scale_clear_s_1M<=2s" in scale_targets and all(
+        report["targets"][name] is None
+        for name in scale_targets  # a quick sweep stops below 1M keys
+    )
+    rows = report["scale"]["rows"]
+    assert [row["n_keys"] for row in rows] == [1000, 10_000] and [row["depth"] for row in rows] == [125, 1250]
+    assert set(report["scale"]["slopes"]) >= {"depth_s", "select_groups_s", "cursor_page_s", "clear_s"}
 
     ratios = _ratios(report)
     assert len(ratios) >= 30

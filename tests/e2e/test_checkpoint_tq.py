@@ -27,8 +27,11 @@ from kvplane import (
 )
 from kvplane._tensors import make_object_column
 from kvplane.adapters.transfer_queue import TransferQueueDataPlaneClient
+from kvplane.adapters.transfer_queue._changes import log_partition
+from kvplane.replay import select_groups, write_group
 from loaders import StreamingDataset
 from loaders._control import plan_partition_id
+from tests.group_race import rescan
 
 N = 6
 
@@ -91,9 +94,13 @@ def _state(client: TransferQueueDataPlaneClient) -> dict[str, Any]:
     for pid, tags in sorted(client._list_keys(None).items()):
         tags = dict(sorted(tags.items()))  # listing order follows TransferQueue's reused slots
         data_keys = [k for k in tags if not k.endswith("tag-only")]
+        if pid.startswith("__kvplane__/backend/__kvplane__/backend/"):
+            continue  # group-summary change entries: bookkeeping a restore writes afresh
         if pid.startswith("__kvplane__/backend/"):
             records = dict(tags)
-            for key in [k for k in records if k.startswith("claimed/")]:  # per-client count records
+            # per-client count records, and the group summaries' writer heads (written afresh too)
+            bookkeeping = ("claimed/", "writer/")
+            for key in [k for k in records if k.startswith(bookkeeping)]:
                 records.pop(key)
             records.get("registration", {}).pop("epoch", None)  # a restore starts a new epoch
             out[pid] = records
@@ -261,3 +268,28 @@ def test_a_load_failing_while_writing_puts_the_previous_state_back(client, pid, 
     assert _state(client) == before
     rest = client.claim_meta(f"{pid}-reg", "train", ["x"], batch_size=3, blocking=False).sample_ids
     assert sorted(rest + claimed) == ["r0", "r1", "r2"]
+
+
+def test_summaries_after_a_load_equal_a_rescan_for_every_reader_and_no_change_log_is_restored(
+    deployment, client: TransferQueueDataPlaneClient, pid: str, tmp_path: Path
+):
+    reader = TransferQueueDataPlaneClient(deployment.worker_config, bootstrap=False)
+    try:
+        write_group(client, pid, ["a", "b"], {"x": torch.arange(2)}, group_id="old", weight_version=1)
+        client.save_checkpoint(tmp_path / "ck")
+        write_group(client, pid, ["c"], {"x": torch.arange(1)}, group_id="new", weight_version=2)
+        client.clear_samples(["a"], pid)
+        assert client.depth(pid) == reader.depth(pid) == 1  # both hold summaries of the later state
+        client.load_checkpoint(tmp_path / "ck")
+        for who in (client, reader):
+            state = rescan(who, pid)
+            assert state["depth"] == state["full_depth"] == 1
+            assert state["groups"] == state["full_groups"] == [("old", ["a", "b"], True)]
+            fresh, stale = select_groups(who, pid, current_version=1, max_staleness=0)
+            assert [g.group_id for g in fresh] == ["old"] and stale == []
+        # The change logs were not restored as data: only the partition's own keys and records exist.
+        assert sorted(client.list_keys(pid)[pid]) == ["a", "b"]
+        log = client._tq.kv_list(log_partition(pid)).get(log_partition(pid), {})
+        assert log and {k.split("/")[0] for k in log} == {client._id}  # the load's own announcements
+    finally:
+        reader.close()

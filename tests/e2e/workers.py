@@ -217,3 +217,39 @@ def standalone_capacity(capacity: int) -> dict[str, Any]:
         "after_clear": after_clear,
         "ray_left_running": ray.is_initialized(),
     }
+
+
+# ---------------------------------------------------------------------- group summaries (issue 18)
+def race_produce(cfg: dict[str, Any], pid: str, writer: str, groups: int, seed: int) -> int:
+    """A producer process of :mod:`tests.group_race`."""
+    from tests.group_race import produce
+
+    client = _attach(cfg)
+    try:
+        return produce(client, pid, writer, groups, seed)
+    finally:
+        client.close()
+
+
+def race_evict(cfg: dict[str, Any], pid: str, rounds: int, seed: int) -> int:
+    """An evictor process of :mod:`tests.group_race`."""
+    from tests.group_race import evict
+
+    client = _attach(cfg)
+    try:
+        return evict(client, pid, rounds, seed)
+    finally:
+        client.close()
+
+
+def die_mid_clear(cfg: dict[str, Any], pid: str, keys: list[str]) -> None:
+    """Clear ``keys`` and die (``os._exit``) after the clear but before announcing it done."""
+    import os
+
+    client = _attach(cfg)
+
+    async def crash(*_: Any) -> None:
+        os._exit(0)
+
+    client._changes.done = crash  # the change log's last step never happens
+    client.clear_samples(keys, pid)

@@ -164,7 +164,7 @@ def test_shapes_ragged_objects_tags_layouts_round_trip(tmp_path, client):
     _assert_same_contents(before, _contents(restored, parts))
     assert list(restored.get_samples(["z0"], "q", None).keys()) == ["scalar", "ids"]
     blocks = client._snapshot().partitions["p"].fields["x"].blocks
-    chunk = client._partitions["p"].cells["b4"]["x"][1].tensor
+    chunk = client._partitions["p"].cell("b4", "x")[1].tensor
     assert [len(b) for b in blocks] == [4, 60, 21]  # b0-b3 stacked | b4-b63 | s0-s19 (no s5), t0, t1 stacked
     assert blocks[1].data.data_ptr() == chunk[4].data_ptr()  # the big run is a view, not a copy
     assert restored.list_keys() == client.list_keys()  # internal partitions stay hidden

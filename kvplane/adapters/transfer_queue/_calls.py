@@ -51,7 +51,7 @@ from kvplane._errors import (
 )
 from kvplane._errors import StorageKeyNotFoundError as RacedClearError
 
-__all__ = ["LoopRunner", "run_bounded", "set_tags", "translate"]
+__all__ = ["LoopRunner", "run_bounded", "set_tags", "set_tags_many", "translate"]
 
 logger = logging.getLogger(__name__)
 
@@ -263,16 +263,31 @@ async def set_tags(
     partition_id: str,
     global_indexes: Sequence[int],
     tags: Sequence[Mapping[str, Any]],
+    also: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
 ) -> None:
     """Replace the tags of samples of one partition (TransferQueue's ``SET_CUSTOM_META`` request).
 
     The request ``TransferQueueClient.async_set_custom_meta`` sends, built directly: that method
     deep-copies every tag twice and re-slices its ``BatchMeta`` per partition first, a third of the
-    client's time in a 512-sample tagged put. The tags are sent as they are, not copied.
+    client's time in a 512-sample tagged put. The tags are sent as they are, not copied. ``also``
+    (``{partition: {global index: tags}}``, other partitions) goes in the same request.
     """
     if global_indexes:
-        body = {"partition_custom_meta": {partition_id: dict(zip(global_indexes, tags, strict=True))}}
+        body = {
+            "partition_custom_meta": {
+                **(also or {}),
+                partition_id: dict(zip(global_indexes, tags, strict=True)),
+            }
+        }
         await _request_tags(client, body)
+
+
+async def set_tags_many(
+    client: TransferQueueClient, tags: Mapping[str, Mapping[int, Mapping[str, Any]]]
+) -> None:
+    """Replace tags in several partitions with one request (``{partition: {global index: tags}}``):
+    the controller applies one request at a time, so they change together."""
+    await _request_tags(client, {"partition_custom_meta": {p: dict(t) for p, t in tags.items()}})
 
 
 @with_controller_socket

@@ -49,10 +49,12 @@ from kvplane._errors import (
 )
 from kvplane._errors import StorageKeyNotFoundError as RacedClearError
 from kvplane._gated import GatedDataPlaneClient, claim_timeout
-from kvplane._meta import DataPlaneCapabilities, KVBatchMeta
+from kvplane._meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 from kvplane._validation import Declaration
 
-from ._calls import LoopRunner, set_tags
+from ._bulk import clear_partition, controller_actor, scan_page
+from ._calls import LoopRunner, run_bounded, set_tags
+from ._changes import ChangeLog, GroupCache, wipe_log
 from ._control import ControlPlane, ControlState, FieldSpec, Registration, user_partition
 from ._deployment import open_deployment
 from ._durable import restore, take_snapshot
@@ -114,6 +116,9 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         self._runner = LoopRunner(self._deployment.loop, cfg.request_timeout_s, health=self._deployment.gone)
         self._id = uuid.uuid4().hex[:12]
         self._control = ControlPlane(self._tq, self._id)
+        self._changes = ChangeLog(self._tq, self._id)  # group summaries: _changes.py
+        self._caches: dict[str, tuple[GroupCache, asyncio.Lock]] = {}
+        self._controller: Any = None  # the controller actor's handle, for index-level bulk calls
         self._kv_storage = self._deployment.storage_backend == "MooncakeStore"
         # How a read fetches: SimpleStorage stacked dense, MooncakeStore minus zero-byte rows, or
         # the storage manager's own get_data (columnar).
@@ -278,20 +283,54 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         specs: dict[str, FieldSpec],
     ) -> tuple[list[str], list[dict[str, Any]]]:
         """Store the write; returns every field all ``keys`` now hold and each key's merged tags."""
+        # Announced (change log) while the write is checked: nothing below changes a key before it lands.
+        begun = asyncio.ensure_future(self._changes.begin(pid, keys))
         known: dict[str, FieldSpec] = {}
-        if specs:
-            known = (await self._control.state(pid)).fields
-            for name, spec in specs.items():
-                held = known.get(name)
-                if held is not None and held != spec:
-                    raise DataPlaneBadRequest(
-                        f"field {name!r} of partition {pid!r} holds {held.describe()}; refusing a write of "
-                        f"{spec.describe()} (a field keeps one dtype and row rank within a partition)"
-                    )
-            new = {name: spec for name, spec in specs.items() if name not in known}
-            if new:
-                await self._control.add_fields(pid, new)
-        # Everything is validated: from here on keys exist in TransferQueue.
+        try:
+            if specs:
+                known = (await self._control.state(pid)).fields
+                for name, spec in specs.items():
+                    held = known.get(name)
+                    if held is not None and held != spec:
+                        raise DataPlaneBadRequest(
+                            f"field {name!r} of partition {pid!r} holds {held.describe()}; refusing a write "
+                            f"of {spec.describe()} (a field keeps one dtype and row rank within a partition)"
+                        )
+                new = {name: spec for name, spec in specs.items() if name not in known}
+                if new:
+                    await self._control.add_fields(pid, new)
+            ticket = await begun
+        except BaseException:
+            self._changes.close_when_begun(pid, begun)
+            raise
+        # Everything is validated and announced: from here on keys exist in TransferQueue.
+        closed = False
+        try:
+            if wire is None:  # a tag-only write: its tag request is its last change and closes the entry
+                try:
+                    async with self._changes.closing(pid, ticket) as also:
+                        result = await self._store(pid, keys, wire, tags, specs, known, also)
+                    closed = bool(also)  # else its generation is gone: done() announces what survived
+                    return result
+                except BaseException:
+                    # The failed request may have closed the entry before the undo ran: announce again.
+                    await self._changes.touch(pid, keys)
+                    raise
+            return await self._store(pid, keys, wire, tags, specs, known)
+        finally:
+            if not closed:
+                self._changes.done_later(pid, ticket)
+
+    async def _store(
+        self,
+        pid: str,
+        keys: list[str],
+        wire: TensorDict | None,
+        tags: list[dict[str, Any]] | None,
+        specs: dict[str, FieldSpec],
+        known: dict[str, FieldSpec],
+        also: dict[str, dict[int, dict[str, Any]]] | None = None,
+    ) -> tuple[list[str], list[dict[str, Any]]]:
         meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=True)
         before = [dict(t) for t in meta.custom_meta]
         # TransferQueue's meta names the fields every key already holds; the write adds its own.
@@ -307,7 +346,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
                 # Tags first: a consumer can claim a sample as soon as its data is announced, and its
                 # meta must already carry the tags.
                 meta.update_custom_meta(tags)
-                await set_tags(self._tq, pid, meta.global_indexes, meta.custom_meta)
+                await set_tags(self._tq, pid, meta.global_indexes, meta.custom_meta, also)
             if wire is not None:
                 await (put_rows if self._kv_storage else _put_simple)(self._tq.storage_manager, wire, meta)
         except BaseException:
@@ -455,7 +494,8 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
 
     def _clear_samples(self, pid: str, keys: list[str] | None) -> None:
         if keys is None:
-            self._runner.run("clear_samples", self._clear_partition(pid), DataPlaneClearError)
+            controller = self._controller_handle()
+            self._runner.run("clear_samples", self._clear_partition(pid, controller), DataPlaneClearError)
             with self._lock:
                 for slot in [s for s in self._claimed if s[0] == pid]:
                     del self._claimed[slot]
@@ -482,17 +522,28 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         else:
             meta = await self._tq.async_kv_retrieve_meta(keys, pid, create=False)
         if meta.size:
-            await self._tq.async_clear_samples(self._clear_batch(meta, fields))
+            ticket = await self._changes.begin(pid, keys)
+            try:
+                await self._tq.async_clear_samples(self._clear_batch(meta, fields))
+            finally:
+                self._changes.done_later(pid, ticket)
 
-    async def _clear_partition(self, pid: str) -> None:
-        listing = await self._tq.async_kv_list(pid)
-        keys = list(listing.get(pid, {}))
-        if keys:
-            await self._clear_keys(pid, keys)
-        if pid in listing:
-            # Drop the emptied partition itself, with its consumption cursors.
-            await self._tq._clear_partition_in_controller(pid)
-        await self._control.wipe(pid)
+    async def _clear_partition(self, pid: str, controller: Any) -> None:
+        if self._deployment.storage_backend == "SimpleStorage":
+            await clear_partition(self._tq, controller, pid)  # in bulk, by global index
+        else:  # MooncakeStore and columnar release by backend meta (the rows' objects): key by key
+            listing = await self._tq.async_kv_list(pid)
+            keys = list(listing.get(pid, {}))
+            if keys:
+                await self._clear_keys(pid, keys)
+            if pid in listing:
+                # Drop the emptied partition itself, with its consumption cursors.
+                await self._tq._clear_partition_in_controller(pid)
+        # Nothing of the partition stays: its control records with every writer's head, and its
+        # change entries. Readers that knew a head rescan; writers start a new generation.
+        await self._changes.settle(pid)  # this client's entries close before their records go
+        await asyncio.gather(self._control.wipe(pid), wipe_log(self._tq, pid))
+        self._changes.forget(pid)
 
     # ------------------------------------------------------------------ (C) recovery / control plane
     def _ping(self, timeout_s: float | None) -> None:
@@ -503,6 +554,38 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         if pid is None:
             return self._runner.run("list_keys", self._list_all(), DataPlaneReadError)
         return self._runner.run("list_keys", self._list_one(pid), DataPlaneReadError)
+
+    def _scan_keys(
+        self, pid: str, cursor: int, count: int, match: str | None
+    ) -> tuple[int, dict[str, dict[str, dict[str, Any]]]]:
+        controller = self._controller_handle()
+        following, page = self._runner.run(
+            "list_keys", scan_page(self._tq, controller, pid, cursor, count, match), DataPlaneReadError
+        )
+        return following, {} if page is None else {pid: page}
+
+    def _controller_handle(self) -> Any:
+        if self._controller is None:
+            self._controller = run_bounded(
+                "finding TransferQueue's controller", controller_actor, timeout_s=self._cfg.request_timeout_s
+            )
+        return self._controller
+
+    def _list_metadata(self, pid: str) -> list[DataPlaneGroupMeta]:
+        return self._runner.run(
+            "list_metadata", self._groups(pid, lambda g: g.metas(pid)), DataPlaneReadError
+        )
+
+    def _depth(self, pid: str) -> int:
+        return self._runner.run("depth", self._groups(pid, lambda g: g.depth()), DataPlaneReadError)
+
+    async def _groups(self, pid: str, answer: Any) -> Any:
+        """``answer(summaries)`` after refreshing this client's group summaries of ``pid``."""
+        if pid not in self._caches:
+            self._caches[pid] = (GroupCache(self._tq, pid), asyncio.Lock())
+        cache, lock = self._caches[pid]
+        async with lock:
+            return answer(await cache.refresh())
 
     async def _list_one(self, pid: str) -> dict[str, dict[str, dict[str, Any]]]:
         listing, state = await asyncio.gather(self._tq.async_kv_list(pid), self._control.state(pid))

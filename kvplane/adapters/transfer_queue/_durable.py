@@ -40,7 +40,12 @@ from kvplane._checkpoint import (
     StoreSnapshot,
     TaskState,
 )
-from kvplane._errors import DataPlaneBadRequest, DataPlaneCheckpointError, DataPlaneReadError, DataPlaneWriteError
+from kvplane._errors import (
+    DataPlaneBadRequest,
+    DataPlaneCheckpointError,
+    DataPlaneReadError,
+    DataPlaneWriteError,
+)
 from kvplane._tensors import OBJECT_KIND, field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
 
@@ -218,15 +223,20 @@ def _check_capacity(client: Client, snapshot: StoreSnapshot) -> None:
 def _replace(client: Client, snapshot: StoreSnapshot) -> None:
     run = client._runner.run
     listing = run("load_checkpoint", client._tq.async_kv_list(None), DataPlaneReadError)
+    controller = client._controller_handle()
     for pid in listing:
         owner = user_partition(pid)
-        if owner is None:
-            run("load_checkpoint", client._clear_partition(pid), DataPlaneWriteError)
+        if owner is None:  # its control records and change log go with it
+            run("load_checkpoint", client._clear_partition(pid, controller), DataPlaneWriteError)
         elif owner not in listing:
             run("load_checkpoint", client._control.wipe(owner), DataPlaneWriteError)
     with client._lock:
         client._claimed.clear()
+        client._caches.clear()  # this client's group summaries are rebuilt from the restored keys
     for pid, part in snapshot.partitions.items():
+        if user_partition(pid) is not None:  # backend bookkeeping (control records, change logs)
+            logger.info("not restoring %r: records of the backend that wrote the checkpoint", pid)
+            continue
         _write_partition(client, pid, part)
 
 
