@@ -54,8 +54,8 @@ from kvplane._validation import Declaration
 
 from ._bulk import clear_partition, controller_actor, scan_page
 from ._calls import LoopRunner, run_bounded, set_tags
-from ._changes import ChangeLog, GroupCache, wipe_log
-from ._control import ControlPlane, ControlState, FieldSpec, Registration, user_partition
+from ._changes import ChangeLog, GroupCache, log_partition, wipe_log
+from ._control import ControlPlane, ControlState, FieldSpec, Registration, control_partition, user_partition
 from ._deployment import open_deployment
 from ._durable import restore, take_snapshot
 from ._kvstore import get_rows, put_rows
@@ -125,6 +125,9 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         self._read = get_rows if self._kv_storage else read_dense
         if self._deployment.storage_backend not in ("MooncakeStore", "SimpleStorage"):
             self._read = _get_own
+        # SimpleStorage and MooncakeStore address rows by global index, which a clear frees and a put
+        # may take over mid-read; columnar reads the immutable objects the meta named (a snapshot).
+        self._reads_by_slot = self._read is not _get_own
         self._claimed: dict[tuple[str, str, str], int] = {}  # this client's own claim totals per epoch
         self._count_writes = asyncio.Lock()
         self._lock = threading.Lock()
@@ -439,7 +442,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             raise
         # A clear frees a key's slot (its global index) and a put may take it over before this fetch:
         # the rows fetched are the keys' only if every slot still belongs to its key.
-        if await self._slots_moved(pid, keys, meta):
+        if self._reads_by_slot and await self._slots_moved(pid, keys, meta):
             raise _Raced("keys")
         specs = state.fields if state is not None else {}
         columns = {}
@@ -542,7 +545,10 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         # Nothing of the partition stays: its control records with every writer's head, and its
         # change entries. Readers that knew a head rescan; writers start a new generation.
         await self._changes.settle(pid)  # this client's entries close before their records go
-        await asyncio.gather(self._control.wipe(pid), wipe_log(self._tq, pid))
+        present = set(await self._tq.async_get_partition_list())  # the controller warns of absent ones
+        wipes = [self._control.wipe(pid)] if control_partition(pid) in present else []
+        wipes += [wipe_log(self._tq, pid)] if log_partition(pid) in present else []
+        await asyncio.gather(*wipes)
         self._changes.forget(pid)
 
     # ------------------------------------------------------------------ (C) recovery / control plane
