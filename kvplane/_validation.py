@@ -179,6 +179,7 @@ def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
     if len(tags) != n:
         raise DataPlaneBadRequest(f"got {len(tags)} tags for {n} keys; pass exactly one tag dict per key")
     out = []
+    texts: list[str] = []  # names and string values, checked for valid Unicode together below
     for i, tag in enumerate(tags):
         if tag is None:
             tag = {}
@@ -188,9 +189,14 @@ def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
         for name, value in tag.items():
             if not isinstance(name, str):
                 raise DataPlaneBadRequest(f"tags[{i}] has a non-string tag name {name!r}")
-            check_text(name, f"tags[{i}] name")
-            if type(value) is str:
-                own[name] = check_text(value, f"tags[{i}][{name!r}]")
+            texts.append(name)
+            kind = type(value)
+            if kind in _PLAIN:  # immutable and nothing to check: shared, as copy_value would
+                own[name] = value
+                continue
+            if kind is str:
+                texts.append(value)
+                own[name] = value
                 continue
             try:
                 own[name] = copy_value(value, _tag_leaf(f"tags[{i}][{name!r}]"))
@@ -202,7 +208,17 @@ def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
                     f"({type(value).__name__}: {exc}); use plain values"
                 ) from exc
         out.append(own)
+    if not "".join(texts).isascii():  # one pass for the common all-ASCII case; else say which
+        for i, tag in enumerate(out):
+            for name, value in tag.items():
+                check_text(name, f"tags[{i}] name")
+                if type(value) is str:
+                    check_text(value, f"tags[{i}][{name!r}]")
     return out
+
+
+#: Tag value types stored as they are, with no check (strings are checked for valid Unicode).
+_PLAIN = frozenset({type(None), bool, int, float, complex, bytes})
 
 
 def check_timeout(timeout_s: Any, what: str = "timeout_s") -> float:

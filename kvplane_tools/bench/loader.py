@@ -4,8 +4,8 @@ On the embedded backend: ``throughput`` (the loader's steady-state samples/s ove
 target ≥ 0.9), ``latency`` (a put reaching a waiting consumer, p99 target < 50 ms) and
 ``first_batch`` (``iter(loader)`` to the first micro-batch with 0 and 2 DataLoader workers; the
 embedded backend refuses workers, and TransferQueue's workers are spawned and attach). With
-``KVPLANE_BENCH_TQ=simple`` (never in quick mode), ``transfer_queue`` also sets kvplane's loader over
-TransferQueue against raw ``kv_batch_get`` and TransferQueue's own loader. On a shared 2-core machine
+``KVPLANE_BENCH_TQ=simple`` (or ``columnar``; never in quick mode), ``transfer_queue`` also sets
+kvplane's loader over TransferQueue against raw ``kv_batch_get`` and TransferQueue's own loader. On a shared 2-core machine
 the figures move by ±50% between runs: compare ratios from one run, never across runs.
 
 Design: docs/internals.md#kvplane_toolsbenchloaderpy--the-loader-suite
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 TASK = "bench"
 #: The backends the loader comparison runs on (see :func:`_tq_backend`).
-TQ_LOADER_BACKENDS = ("simple",)
+TQ_LOADER_BACKENDS = ("simple", "columnar")
 #: The producer's pause before each put in the TransferQueue latency run: on TransferQueue the
 #: loader's bookkeeping after a step (the progress acknowledgement, and every 8th step a plan
 #: collection on a helper thread) can outlast the embedded run's 10 ms, and the target's measure
@@ -461,7 +461,7 @@ def bench_transfer_queue(
     consumer per ``dp_rank`` both samplers hand out the same batches (the report's ``tq_sampler``).
 
     Args:
-        backend: ``simple`` (the only backend measured here).
+        backend: ``simple`` or ``columnar`` (MooncakeStore is not measured: :func:`_tq_backend`).
         small: Few steps, rounds and latency samples (a smoke run: the e2e test).
         client: A TransferQueue client bootstrapped in this process to measure on (its deployment
             stays up); by default the bench opens its own deployment and tears it down afterwards.
@@ -520,8 +520,8 @@ def _tq_backend(backend: str) -> dict[str, Any]:
     """One requested backend's report, or why it is not measured.
 
     Examples:
-        >>> _tq_backend("mooncake_cpu")["skipped"][:55]
-        "the loader comparison runs on ['simple'] only: Transfer"
+        >>> _tq_backend("mooncake_cpu")["skipped"][:67]
+        "the loader comparison runs on ['simple', 'columnar'] only: Transfer"
     """
     if backend not in TQ_LOADER_BACKENDS:
         return {
