@@ -15,11 +15,11 @@
 
 Examples:
     >>> from kvplane import DataPlaneKeyError, DataPlaneBadRequest
-    >>> err = DataPlaneKeyError("partition 'train' has no key 'k9'")
+    >>> err = DataPlaneKeyError("key(s) 'k9' not found in partition 'train'")
     >>> isinstance(err, KeyError) and isinstance(err, ValueError) and isinstance(err, DataPlaneBadRequest)
     True
     >>> str(err)
-    "partition 'train' has no key 'k9'"
+    "key(s) 'k9' not found in partition 'train'"
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ Examples:
     >>> client.get_samples(["a", "zz"], "p", ["x"])
     Traceback (most recent call last):
     ...
-    kvplane._errors.DataPlaneKeyError: partition 'p' has no key 'zz'
+    kvplane._errors.DataPlaneKeyError: key(s) 'zz' not found in partition 'p'
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
     def _partition(self, partition_id: str) -> Partition:
         part = self._partitions.get(partition_id)
         if part is None:
-            raise DataPlaneKeyError(f"no partition {partition_id!r}")
+            raise DataPlaneKeyError(f"partition {partition_id!r} not found")
         return part
 
     def _part_meta(
@@ -254,7 +254,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                 listed = ", ".join(repr(k) for k in missing[:5]) + (
                     f" and {len(missing) - 5} more" if len(missing) > 5 else ""
                 )
-                raise DataPlaneKeyError(f"partition {partition_id!r} has no key {listed}")
+                raise DataPlaneKeyError(f"key(s) {listed} not found in partition {partition_id!r}")
             if wanted is None:
                 wanted = _uniform_fields(partition_id, keys, [part.fields_of(k) for k in keys])
             columns: dict[str, list[Cell]] = {}

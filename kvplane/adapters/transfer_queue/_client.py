@@ -257,7 +257,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             *(self._tq.async_get_consumption_status(task, pid) for task in tasks),
         )
         if pid not in partitions and state.registration is None:
-            raise DataPlaneKeyError(f"no partition {pid!r}")
+            raise DataPlaneKeyError(f"partition {pid!r} not found")
         expected = state.registration.num_samples if state.registration is not None else None
         for task, (_, consumed) in zip(tasks, statuses, strict=True):
             if consumed is not None and consumed.numel() and not bool((consumed == 1).all()):
@@ -464,14 +464,14 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
 
     async def _raise_missing_keys(self, pid: str, keys: list[str], meta: BatchMeta) -> None:
         if meta.size == 0 and not await self._partition_exists(pid):
-            raise DataPlaneKeyError(f"no partition {pid!r}")
+            raise DataPlaneKeyError(f"partition {pid!r} not found")
         present = (
             set(await self._tq.async_kv_retrieve_keys(list(meta.global_indexes), pid)) if meta.size else set()
         )
         missing = [k for k in keys if k not in present]
         if not missing:
             raise _Raced("keys")
-        raise DataPlaneKeyError(f"partition {pid!r} has no key {_listed(missing)}")
+        raise DataPlaneKeyError(f"key(s) {_listed(missing)} not found in partition {pid!r}")
 
     async def _uniform_fields(
         self, pid: str, keys: list[str], meta: BatchMeta, state: ControlState
