@@ -296,8 +296,12 @@ class DataPlaneClient(ABC):
         """
         raise self._unsupported("save_checkpoint")
 
-    def load_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> None:
+    def load_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Replace the store's whole state with a checkpoint's; claims continue where they were.
+
+        Returns:
+            The ``metadata`` the checkpoint was saved with (NeMo-RL's return; TransferQueue's is
+            ``None``, which callers there ignore).
 
         Raises:
             CheckpointNotFoundError: The directory or its ``metadata.json`` is missing (also a

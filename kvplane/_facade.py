@@ -373,8 +373,11 @@ def save_checkpoint(
     )
 
 
-def load_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> None:
+def load_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Replace the default client's store with a checkpoint's (TransferQueue's signature).
+
+    Returns:
+        The ``metadata`` saved with the checkpoint (TransferQueue returns ``None``).
 
     Raises:
         DataPlaneNotReady: :func:`init` was not called.
@@ -383,7 +386,7 @@ def load_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> None:
         DataPlaneCheckpointError: A file is corrupted, truncated or of another version; the store
             is exactly as it was.
     """
-    _initialised("load_checkpoint").load_checkpoint(checkpoint_dir)
+    return _initialised("load_checkpoint").load_checkpoint(checkpoint_dir)
 
 
 P = ParamSpec("P")

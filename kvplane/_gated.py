@@ -234,15 +234,15 @@ class GatedDataPlaneClient(DataPlaneClient):
             check_metadata(metadata),
         )
 
-    def load_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> None:
-        self._load_checkpoint(check_path(checkpoint_dir, "checkpoint_dir"))
+    def load_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        return self._load_checkpoint(check_path(checkpoint_dir, "checkpoint_dir"))
 
     def _save_checkpoint(self, path: Path, include_storage: bool, metadata: dict[str, Any]) -> None:
         """Save to a checked ``path``; ``metadata`` is a JSON-serialisable dict."""
         raise self._unsupported("save_checkpoint")
 
-    def _load_checkpoint(self, path: Path) -> None:
-        """Load from a checked ``path`` (all or nothing)."""
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Load from a checked ``path`` (all or nothing); returns the checkpoint's user metadata."""
         raise self._unsupported("load_checkpoint")
 
     # ------------------------------------------------------------------ what a backend implements

@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -442,6 +443,29 @@ class MetricsDataPlaneClient(DataPlaneClient):
     def list_metadata(self, partition_id: str) -> list[DataPlaneGroupMeta]:
         """See :meth:`kvplane.DataPlaneClient.list_metadata` (event ``list_metadata``; n_keys = groups)."""
         return self._run("list_metadata", partition_id, lambda: self.inner.list_metadata(partition_id))
+
+    def save_checkpoint(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        *,
+        include_storage: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """See :meth:`kvplane.DataPlaneClient.save_checkpoint` (event ``save_checkpoint``)."""
+        def save() -> None:
+            self.inner.save_checkpoint(checkpoint_dir, include_storage=include_storage, metadata=metadata)
+
+        return self._run("save_checkpoint", "", save)
+
+    def load_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """See :meth:`kvplane.DataPlaneClient.load_checkpoint` (event ``load_checkpoint``). The store is
+        replaced, so the outstanding-bytes accounting starts over from the writes after it."""
+        return self._run(
+            "load_checkpoint",
+            "",
+            lambda: self.inner.load_checkpoint(checkpoint_dir),
+            on_success=lambda _: self._outstanding.clear(),
+        )
 
     def list_sample_ids(self, partition_id: str) -> list[str]:
         """See :meth:`kvplane.DataPlaneClient.list_sample_ids` (event ``list_sample_ids``)."""

@@ -357,8 +357,10 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             )
         write_checkpoint(path, self._snapshot(), include_storage=True, metadata=metadata)
 
-    def _load_checkpoint(self, path: Path) -> None:
-        self._restore(read_checkpoint(path))
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
+        snapshot = read_checkpoint(path)
+        self._restore(snapshot)
+        return snapshot.metadata
 
     def _snapshot(self) -> StoreSnapshot:
         """Every partition (kvplane's own included) as one consistent snapshot."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kvplane
 from kvplane._checkpoint import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -205,6 +206,35 @@ def test_user_metadata_kept_as_transfer_queue_does(tmp_path, client):
     with pytest.raises(DataPlaneBadRequest, match="JSON"):
         write_checkpoint(tmp_path / "bad", client._snapshot(), metadata={"x": object()})
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
+
+
+def test_load_returns_the_user_metadata_as_nemo_rl_does(tmp_path, client):
+    client.put_samples(["a"], "p", {"x": torch.ones(1)})
+    client.save_checkpoint(tmp_path / "ck", metadata={"step": 7})
+    client.save_checkpoint(tmp_path / "bare")
+    fresh = MemoryDataPlaneClient()
+    assert fresh.load_checkpoint(tmp_path / "ck") == {"step": 7}
+    assert fresh.load_checkpoint(tmp_path / "bare") == {}
+
+
+@pytest.mark.parametrize("observed", [False, True], ids=["plain", "with_metrics"])
+def test_checkpoints_pass_through_the_metrics_middleware(tmp_path, observed):
+    config = {"impl": "embedded", "observability": {"enabled": observed}}
+    source = kvplane.build_data_plane_client(config)
+    source.put_samples(["a", "b"], "p", {"x": torch.arange(2.0)})
+    source.save_checkpoint(tmp_path / "ck", metadata={"step": 1})
+    restored = kvplane.build_data_plane_client(config)
+    restored.put_samples(["stale"], "q", {"x": torch.zeros(1)})
+    assert restored.load_checkpoint(tmp_path / "ck") == {"step": 1}
+    assert restored.get_samples(["a", "b"], "p", ["x"])["x"].tolist() == [0.0, 1.0]
+    assert restored.list_keys() == {"p": {"a": {}, "b": {}}}
+    if observed:
+        assert source.snapshot()["ops_by_op"]["save_checkpoint"] == 1
+        snap = restored.snapshot()
+        assert snap["ops_by_op"]["load_checkpoint"] == 1
+        assert snap["n_keys_outstanding"] == 0  # the stale put's accounting went with its store
+    source.close()
+    restored.close()
 
 
 def test_metadata_only_checkpoint(tmp_path, client):

@@ -153,7 +153,7 @@ else:
         refused = None
     except kvplane.DataPlaneBadRequest as exc:
         refused = str(exc)
-    kvplane.load_checkpoint(ckpt)
+    assert kvplane.load_checkpoint(ckpt) == {"trainer_step": 37}
     loader.load_state_dict(saved["state"])
     with open(out, "w") as f:
         json.dump({"refused": refused, "after": xs(loader)}, f)

@@ -620,9 +620,11 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             )
         write_checkpoint(path, take_snapshot(self), include_storage=True, metadata=metadata)
 
-    def _load_checkpoint(self, path: Path) -> None:
+    def _load_checkpoint(self, path: Path) -> dict[str, Any]:
         """Replace the deployment's whole state with the checkpoint's; all or nothing (:mod:`._durable`)."""
-        restore(self, read_checkpoint(path))
+        snapshot = read_checkpoint(path)
+        restore(self, snapshot)
+        return snapshot.metadata
 
     def get_capabilities(self) -> DataPlaneCapabilities:
         """All False on TransferQueue 0.1.11, for these reasons.
