@@ -363,7 +363,8 @@ def save_checkpoint(
         >>> ckpt = tempfile.mkdtemp() + "/ckpt"
         >>> kvplane.save_checkpoint(ckpt, metadata={"step": 10})
         >>> kvplane.kv_clear(None, "demo")
-        >>> kvplane.load_checkpoint(ckpt)
+        >>> kvplane.load_checkpoint(ckpt)  # returns the saved metadata
+        {'step': 10}
         >>> kvplane.kv_batch_get(["k0"], "demo")["x"].tolist()
         [[1.0]]
         >>> kvplane.close()

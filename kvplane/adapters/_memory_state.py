@@ -18,6 +18,7 @@ Examples:
     >>> a.save_checkpoint(ckpt, metadata={"step": 1})
     >>> b = build_data_plane_client({"impl": "embedded"})
     >>> b.load_checkpoint(ckpt)
+    {'step': 1}
     >>> b.claim_meta("p", "train", ["x"], batch_size=1).sample_ids     # k0 stays claimed
     ['k1']
     >>> b.get_samples(["k0"], "p", ["x"])["x"].tolist()
