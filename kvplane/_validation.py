@@ -39,7 +39,7 @@ import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict, TensorDictBase, is_non_tensor
 
 from kvplane._errors import DataPlaneBadRequest
-from kvplane._tags import copy_value
+from kvplane._tags import SCALARS, copy_value
 from kvplane._tensors import make_object_column, stack_rows
 
 __all__ = [
@@ -218,7 +218,7 @@ def check_tags(tags: Any, n: int) -> list[dict[str, Any]] | None:
 
 
 #: Tag value types stored as they are, with no check (strings are checked for valid Unicode).
-_PLAIN = frozenset({type(None), bool, int, float, complex, bytes})
+_PLAIN = SCALARS - {str}
 
 
 def check_timeout(timeout_s: Any, what: str = "timeout_s") -> float:

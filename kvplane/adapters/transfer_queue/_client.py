@@ -550,6 +550,7 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
         wipes += [wipe_log(self._tq, pid)] if log_partition(pid) in present else []
         await asyncio.gather(*wipes)
         self._changes.forget(pid)
+        self._caches.pop(pid, None)  # its summaries went with it
 
     # ------------------------------------------------------------------ (C) recovery / control plane
     def _ping(self, timeout_s: float | None) -> None:
