@@ -21,15 +21,43 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ray
 from transfer_queue import BatchMeta, TransferQueueClient
 
-__all__ = ["clear_partition", "controller_actor", "index_span", "pack_cursor", "scan_page", "unpack_cursor"]
+__all__ = [
+    "clear_meta",
+    "clear_partition",
+    "controller_actor",
+    "index_span",
+    "pack_cursor",
+    "scan_page",
+    "unpack_cursor",
+]
 
 _SHIFT = 32
+#: Stands in for "every field" when clearing keys that store none (KV backends need a field name).
+_NO_FIELD = "__kvplane_no_field__"
 _UNKNOWN_SCHEMA = {"dtype": None, "shape": None, "is_nested": False, "is_non_tensor": False}
+
+
+def clear_meta(
+    global_indexes: Sequence[int],
+    partition_ids: Sequence[str],
+    fields: Sequence[str] = (),
+    custom_backend_meta: list[dict[str, Any]] | None = None,
+) -> BatchMeta:
+    """The ``BatchMeta`` a storage clear takes: these samples and every field a backend may hold."""
+    names = list(dict.fromkeys(fields)) or [_NO_FIELD]
+    extra = {} if custom_backend_meta is None else {"_custom_backend_meta": custom_backend_meta}
+    return BatchMeta(
+        global_indexes=list(global_indexes),
+        partition_ids=list(partition_ids),
+        field_schema={name: dict(_UNKNOWN_SCHEMA) for name in names},
+        **extra,
+    )
 
 
 def pack_cursor(end: int, position: int) -> int:
@@ -112,12 +140,7 @@ async def clear_partition(client: TransferQueueClient, controller: Any, partitio
 
     indexes = await controller.__ray_call__.remote(mark, partition_id)
     if indexes:
-        meta = BatchMeta(
-            global_indexes=indexes,
-            partition_ids=[partition_id] * len(indexes),
-            field_schema={"__kvplane_no_field__": dict(_UNKNOWN_SCHEMA)},
-        )
-        await client.storage_manager.clear_data(meta)
+        await client.storage_manager.clear_data(clear_meta(indexes, [partition_id] * len(indexes)))
     await controller.__ray_call__.remote(drop, partition_id)
 
 

@@ -52,7 +52,7 @@ from kvplane._gated import GatedDataPlaneClient, claim_timeout
 from kvplane._meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 from kvplane._validation import Declaration
 
-from ._bulk import clear_partition, controller_actor, scan_page
+from ._bulk import clear_meta, clear_partition, controller_actor, scan_page
 from ._calls import LoopRunner, run_bounded, set_tags
 from ._changes import ChangeLog, GroupCache, log_partition, wipe_log
 from ._control import ControlPlane, ControlState, FieldSpec, Registration, control_partition, user_partition
@@ -65,11 +65,8 @@ __all__ = ["TransferQueueDataPlaneClient"]
 
 logger = logging.getLogger(__name__)
 
-#: Stands in for "every field" when clearing keys that store none (KV backends need a field name).
-_NO_FIELD = "__kvplane_no_field__"
 #: Looks a read takes when writes or clears keep landing between its checks.
 _READ_ATTEMPTS = 3
-_UNKNOWN_SCHEMA = {"dtype": None, "shape": None, "is_nested": False, "is_non_tensor": False}
 
 
 async def _put_simple(manager: Any, data: TensorDict, meta: BatchMeta) -> None:
@@ -505,15 +502,10 @@ class TransferQueueDataPlaneClient(GatedDataPlaneClient):
             return
         self._runner.run("clear_samples", self._clear_keys(pid, keys), DataPlaneClearError)
 
-    def _clear_batch(self, meta: BatchMeta, fields: Sequence[str]) -> BatchMeta:
+    @staticmethod
+    def _clear_batch(meta: BatchMeta, fields: Sequence[str]) -> BatchMeta:
         """A BatchMeta naming every field a KV backend may hold for these samples."""
-        names = list(dict.fromkeys(fields)) or [_NO_FIELD]
-        return BatchMeta(
-            global_indexes=meta.global_indexes,
-            partition_ids=meta.partition_ids,
-            field_schema={name: dict(_UNKNOWN_SCHEMA) for name in names},
-            _custom_backend_meta=meta._custom_backend_meta,
-        )
+        return clear_meta(meta.global_indexes, meta.partition_ids, fields, meta._custom_backend_meta)
 
     async def _clear_keys(self, pid: str, keys: list[str]) -> None:
         fields: list[str] = []
