@@ -6,7 +6,7 @@ count of groups that are committed and complete (``depth``, O(1)). A backend cal
 :meth:`GroupIndex.apply` with each key's tags before and after every change; the derivation is
 exactly :func:`kvplane._groups.groups_from_tags`'s (a key's group is its ``group_id`` tag or the key
 alone; group fields come from the smallest key's tags; committed needs every key committed), which
-``tests/unit/test_groupindex.py`` checks against a full rescan after random changes.
+``tests/unit/test_group_summaries.py`` checks against a full rescan after random changes.
 
 Examples:
     >>> from kvplane._groupindex import GroupIndex
