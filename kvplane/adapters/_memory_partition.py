@@ -32,7 +32,8 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import cache, lru_cache
 from typing import Any
 
 import torch
@@ -43,7 +44,17 @@ from kvplane._groupindex import GroupIndex
 from kvplane._tags import SCALARS
 from kvplane._validation import Declaration
 
-__all__ = ["Cell", "Chunk", "Partition", "Put", "own_column", "release", "resolve"]
+__all__ = [
+    "Cell",
+    "Chunk",
+    "Partition",
+    "Put",
+    "own_column",
+    "record_tags",
+    "release",
+    "resolve",
+    "tags_builder",
+]
 
 # A cell: ("chunk", Chunk, slot) — a row of a put's dense column; ("row", tensor) — a standalone row
 # (from a jagged column); ("obj", value) — a Python object. Read paths resolve a chunk cell under the
@@ -53,6 +64,42 @@ Cell = tuple
 _TAGS = 4  # record[_TAGS:] are the tag values
 _INTS: list[int] = []  # shared int objects for rows within a put (a row number costs no memory per key)
 _INTS_GROWING = threading.Lock()  # stores of different clients grow it from different threads
+
+
+@cache
+def _literal_maker(width: int) -> Callable[..., Callable[[tuple], dict[str, Any]]]:
+    """``make(*names)`` → ``lambda record: {names[0]: record[4], ...}`` for ``width`` tag names.
+
+    The source holds only indices (the names are closure cells), so it is the same for every schema
+    of one width; a dict literal builds a record's tags 2-3× faster than ``dict(zip(...))``.
+    """
+    names = [f"n{i}" for i in range(width)]
+    body = ", ".join(f"{name}: r[{_TAGS + i}]" for i, name in enumerate(names))
+    scope: dict[str, Any] = {}
+    exec(f"def make({', '.join(names)}):\n    return lambda r: {{{body}}}\n", scope)  # noqa: S102
+    return scope["make"]
+
+
+@lru_cache(maxsize=4096)
+def tags_builder(schema: tuple[str, ...]) -> Callable[[tuple], dict[str, Any]]:
+    """The function that turns a record with tag names ``schema`` into a new tag dict.
+
+    Examples:
+        >>> tags_builder(("group_id", "seq_len"))((0, None, None, ("group_id", "seq_len"), "g", 7))
+        {'group_id': 'g', 'seq_len': 7}
+    """
+    return _literal_maker(len(schema))(*schema)
+
+
+def record_tags(records: Iterable[tuple]) -> list[dict[str, Any]]:
+    """New tag dicts of ``records`` (values shared), with one builder lookup per run of one schema."""
+    out, schema, build = [], None, None
+    for rec in records:
+        if rec[3] is not schema:
+            schema = rec[3]
+            build = tags_builder(schema)
+        out.append(build(rec))  # type: ignore[misc]
+    return out
 
 
 def _ints(n: int) -> list[int]:
@@ -175,7 +222,11 @@ class Partition:
     def tags_of(self, key: str) -> dict[str, Any] | None:
         """The key's tags as a new dict (values shared with the store), or ``None`` if absent."""
         rec = self.records.get(key)
-        return None if rec is None else dict(zip(rec[3], rec[_TAGS:], strict=True))
+        return None if rec is None else tags_builder(rec[3])(rec)
+
+    def tag_dicts(self, keys: list[str]) -> list[dict[str, Any]]:
+        """New tag dicts of present ``keys`` (values shared with the store)."""
+        return record_tags(map(self.records.__getitem__, keys))
 
     def fields_of(self, key: str) -> Any:
         """The names of the fields ``key`` holds (a tuple or a dict's keys)."""
@@ -223,7 +274,7 @@ class Partition:
                     queue[key] = None
             else:
                 slot, cols, row = rec[:3]
-                old = dict(zip(rec[3], rec[_TAGS:], strict=True))
+                old = tags_builder(rec[3])(rec)
             if put is not None:
                 cols, row = self._with_fields(cols, row, put, rows[i])
             tags = old if old is not None else {}
@@ -301,7 +352,7 @@ class Partition:
             self.nested.discard(key)
             for queue in self.unclaimed.values():
                 queue.pop(key, None)
-            changes.append((key, dict(zip(rec[3], rec[_TAGS:], strict=True)), None))
+            changes.append((key, tags_builder(rec[3])(rec), None))
         self.groups.apply(changes)
 
     def _take_slot(self, key: str) -> int:

@@ -50,7 +50,7 @@ from kvplane._meta import DataPlaneCapabilities, DataPlaneGroupMeta, KVBatchMeta
 from kvplane._tags import copy_tags
 from kvplane._tensors import field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
-from kvplane.adapters._memory_partition import Cell, Chunk, Partition, Put, own_column, resolve
+from kvplane.adapters._memory_partition import Cell, Chunk, Partition, Put, own_column, record_tags, resolve
 from kvplane.adapters._memory_state import copy_partitions, export_state, import_state
 
 __all__ = ["MemoryDataPlaneClient"]
@@ -104,7 +104,10 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
     def _part_meta(
         self, part: Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
-        return self._meta(partition_id, task, keys, fields, [_tags_of(part, k) for k in keys])
+        tags = part.tag_dicts(keys)
+        if part.nested:
+            tags = [copy_tags(t) if k in part.nested else t for k, t in zip(keys, tags, strict=True)]
+        return self._meta(partition_id, task, keys, fields, tags)
 
     @staticmethod
     def _held_by_all(part: Partition, keys: list[str]) -> list[str] | None:
@@ -392,15 +395,9 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             self._changed.notify_all()
 
 
-def _tags_of(part: Partition, key: str) -> dict[str, Any]:
-    """A copy of ``key``'s tags that shares nothing mutable with the store (call with the lock held)."""
-    tag = part.tags_of(key)
-    return copy_tags(tag) if key in part.nested else tag
-
-
 def _tag_dicts(records: list[tuple[str, tuple]], nested: set[str]) -> dict[str, dict[str, Any]]:
     """``{key: tags}`` from a snapshot of records; containers copied for ``nested`` keys."""
-    out = {key: dict(zip(rec[3], rec[4:], strict=True)) for key, rec in records}
+    out = dict(zip([key for key, _ in records], record_tags(rec for _, rec in records), strict=True))
     for key in nested:
         out[key] = copy_tags(out[key])
     return out

@@ -79,3 +79,23 @@ def test_ragged_rows_free_one_by_one(client, pid):
     full = client.retained_nbytes()
     client.pop(["a", "b", "c"], pid)
     assert client.retained_nbytes() == 4 * (MIB // 4 + 3) < full / 3
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {},
+        {"group_id": "g", "seq_len": 7},
+        {"a b": 1, "'": 2, "}": 3, "r": 4, "n0": 5},  # names that would break generated source
+        {f"t{i}": i for i in range(300)},
+    ],
+    ids=["none", "plain", "awkward-names", "300-tags"],
+)
+def test_tags_come_back_whole_through_every_read_path(client, pid, tags):
+    client.register_partition(pid, ["x"], num_samples=None, consumer_tasks=["t"])
+    client.put_samples(["a", "b"], pid, {"x": torch.zeros(2)}, tags=[tags, {**tags, "extra": None}])
+    claimed = client.claim_meta(pid, "t", ["x"], 2)
+    assert claimed.tags == [tags, {**tags, "extra": None}]
+    assert client.list_keys(pid)[pid] == {"a": tags, "b": {**tags, "extra": None}}
+    claimed.tags[0]["mutated"] = True  # a caller's edit never reaches the store
+    assert client.list_keys(pid)[pid]["a"] == tags
