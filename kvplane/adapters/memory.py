@@ -52,14 +52,15 @@ from kvplane._tensors import field_kind, make_object_column, stack_rows
 from kvplane._validation import Declaration
 from kvplane.adapters._memory_partition import Cell, Chunk, Partition, Put, own_column, record_tags, resolve
 from kvplane.adapters._memory_state import copy_partitions, export_state, import_state
+from kvplane.adapters._read_buffers import ReadBuffers
 
 __all__ = ["MemoryDataPlaneClient"]
 
 logger = logging.getLogger(__name__)
 
 
-def _read_column(name: str, cells: list[Cell]) -> Any:
-    """Assemble one output column from cells, copying once."""
+def _read_column(name: str, cells: list[Cell], buffers: ReadBuffers) -> Any:
+    """Assemble one output column from cells, copying once (a dense column into ``buffers``)."""
     kinds = {c[0] for c in cells}
     if kinds == {"obj"}:
         return make_object_column(copy.deepcopy([c[1] for c in cells]))
@@ -69,10 +70,15 @@ def _read_column(name: str, cells: list[Cell]) -> Any:
         chunk = cells[0][1]
         if all(c[1] is chunk for c in cells):
             rows = [c[2] for c in cells]
+            out = buffers.take((len(rows), *chunk.shape[1:]), chunk.dtype)
             if rows == list(range(chunk.shape[0])):
-                return chunk.clone()
-            return chunk.index_select(0, torch.tensor(rows, dtype=torch.long))
-    return stack_rows(name, [c[1][c[2]] if c[0] == "chunk" else c[1] for c in cells])
+                return out.copy_(chunk)
+            return torch.index_select(chunk, 0, torch.tensor(rows, dtype=torch.long), out=out)
+    tensors = [c[1][c[2]] if c[0] == "chunk" else c[1] for c in cells]
+    first = tensors[0]
+    if all(t.shape == first.shape and t.dtype == first.dtype for t in tensors):
+        return torch.stack(tensors, out=buffers.take((len(tensors), *first.shape), first.dtype))
+    return stack_rows(name, tensors)
 
 
 class MemoryDataPlaneClient(GatedDataPlaneClient):
@@ -89,6 +95,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         self._partitions: dict[str, Partition] = {}
         self._changed = threading.Condition(threading.Lock())
         self._closed = False
+        self._read_buffers = ReadBuffers()
 
     # ------------------------------------------------------------------ helpers (call with the lock held)
     def _check_open(self) -> None:
@@ -270,7 +277,8 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                     )
                 columns[name] = [resolve(cell) for cell in cells]
         return TensorDict(
-            {name: _read_column(name, cells) for name, cells in columns.items()}, batch_size=[len(keys)]
+            {name: _read_column(name, cells, self._read_buffers) for name, cells in columns.items()},
+            batch_size=[len(keys)],
         )
 
     def _clear_samples(self, partition_id: str, keys: list[str] | None) -> None:
@@ -393,6 +401,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
             self._closed = True
             self._partitions.clear()
             self._changed.notify_all()
+        self._read_buffers.clear()
 
 
 def _tag_dicts(records: list[tuple[str, tuple]], nested: set[str]) -> dict[str, dict[str, Any]]:

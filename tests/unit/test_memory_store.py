@@ -99,3 +99,75 @@ def test_tags_come_back_whole_through_every_read_path(client, pid, tags):
     assert client.list_keys(pid)[pid] == {"a": tags, "b": {**tags, "extra": None}}
     claimed.tags[0]["mutated"] = True  # a caller's edit never reaches the store
     assert client.list_keys(pid)[pid]["a"] == tags
+
+
+def _read_x(client, pid, key):
+    return client.get_samples([key], pid, ["x"])["x"]
+
+
+@pytest.fixture
+def big_rows(client, pid):
+    """Keys "a" and "b", one 2 MiB row each, of 1.0 and 2.0 (their reads use the reused buffers)."""
+    rows = torch.stack([torch.full((MIB // 2,), 1.0), torch.full((MIB // 2,), 2.0)])
+    client.put_samples(["a", "b"], pid, {"x": rows})
+    return client
+
+
+@pytest.mark.parametrize(
+    ("keep", "value"),
+    [
+        (lambda x: x, lambda kept: kept[0, 0].item()),
+        (lambda x: x[0, :8], lambda kept: kept[0].item()),  # a view
+        (lambda x: x.numpy(), lambda kept: float(kept[0, 0])),
+        (lambda x: x.untyped_storage(), lambda kept: torch.empty(0).set_(kept)[0].item()),
+        (lambda x: {"held": x}, lambda kept: kept["held"][0, 0].item()),
+    ],
+    ids=["tensor", "view", "numpy", "storage", "container"],
+)
+def test_a_read_never_lands_in_memory_a_caller_still_holds(big_rows, pid, keep, value):
+    first = _read_x(big_rows, pid, "a")
+    ptr, kept = first.data_ptr(), keep(first)
+    del first
+    second = _read_x(big_rows, pid, "b")
+    assert second.data_ptr() != ptr
+    assert value(kept) == 1.0 and second[0, 0].item() == 2.0
+
+
+def test_a_dropped_read_buffer_is_reused_and_overwritten_whole(big_rows, pid):
+    first = _read_x(big_rows, pid, "a")
+    ptr = first.data_ptr()
+    del first
+    second = _read_x(big_rows, pid, "b")
+    assert second.data_ptr() == ptr  # no new pages to fault in
+    assert bool((second == 2.0).all())
+
+
+def test_a_buffer_moved_to_shared_memory_is_never_reused(big_rows, pid):
+    first = _read_x(big_rows, pid, "a")
+    first.share_memory_()
+    ptr = first.data_ptr()
+    del first
+    assert _read_x(big_rows, pid, "b").data_ptr() != ptr
+
+
+def test_small_outputs_and_a_torch_without_use_counts_bypass_the_pool(monkeypatch):
+    from kvplane.adapters import _read_buffers
+
+    pool = _read_buffers.ReadBuffers()
+    pool.take((4,), torch.float32)
+    assert pool._buffers == []
+    monkeypatch.setattr(_read_buffers, "_use_count", None)
+    plain = _read_buffers.ReadBuffers(min_bytes=0)
+    plain.take((4,), torch.float32)
+    assert plain._buffers == []
+
+
+def test_free_buffers_kept_are_bounded():
+    from kvplane.adapters._read_buffers import ReadBuffers
+
+    pool = ReadBuffers(min_bytes=0, max_free_bytes=3 * 1024)
+    for size in (256, 512, 768, 1024):  # 1, 2, 3 and 4 KiB of float32, each dropped at once
+        pool.take((size,), torch.float32)
+    *older, newest = pool._buffers
+    assert newest.numel() == 1024  # the one handed out last stays
+    assert sum(b.numel() * b.element_size() for b in older) <= 3 * 1024
