@@ -5,8 +5,9 @@ target ≥ 0.9), ``latency`` (a put reaching a waiting consumer, p99 target < 50
 ``first_batch`` (``iter(loader)`` to the first micro-batch with 0 and 2 DataLoader workers; the
 embedded backend refuses workers, and TransferQueue's workers are spawned and attach). With
 ``KVPLANE_BENCH_TQ=simple`` (or ``columnar``; never in quick mode), ``transfer_queue`` also sets
-kvplane's loader over TransferQueue against raw ``kv_batch_get`` and TransferQueue's own loader. On a shared 2-core machine
-the figures move by ±50% between runs: compare ratios from one run, never across runs.
+kvplane's loader over TransferQueue against raw ``kv_batch_get`` and TransferQueue's own loader. On
+a shared 2-core machine the figures move by ±50% between runs: compare ratios from one run, never
+across runs.
 
 Design: docs/internals.md#kvplane_toolsbenchloaderpy--the-loader-suite
 
@@ -110,14 +111,22 @@ def _raw_gets(
     partition: str,
     batches: list[list[str]],
     fields: list[str],
+    *,
+    hold: bool = False,
 ) -> list[float]:
     """``get(ids, partition, fields)`` per batch (``get_samples``, or raw ``kv_batch_get``); when each
-    returned, from the start."""
+    returned, from the start. ``hold`` keeps each result until the next one has arrived, as a
+    trainer's loop variable does (a batch is then allocated while the previous one is alive)."""
     start = time.perf_counter()
     marks = []
+    held = None
     for ids in batches:
-        get(ids, partition, fields)
+        batch = get(ids, partition, fields)
+        if hold:
+            held = batch
+        del batch
         marks.append(time.perf_counter() - start)
+    del held
     return marks
 
 
@@ -164,8 +173,11 @@ def _one_repeat(
     def raw_thread() -> list[float]:
         return _run_threads(1, lambda _: raw_caller())[0]
 
-    runs = {"raw_caller": raw_caller, "raw_thread": raw_thread, "loader": loader}
-    order = list(runs)[rep % 3 :] + list(runs)[: rep % 3]
+    def raw_held() -> list[float]:
+        return _raw_gets(client.get_samples, partition, batches, fields, hold=True)
+
+    runs = {"raw_caller": raw_caller, "raw_thread": raw_thread, "raw_held": raw_held, "loader": loader}
+    order = list(runs)[rep % len(runs) :] + list(runs)[: rep % len(runs)]
     try:
         return {what: runs[what]() for what in order}, delivered
     finally:
@@ -177,13 +189,14 @@ def bench_throughput(client: DataPlaneClient, *, steps: int, repeats: int) -> di
     """Raw ``get_samples`` of ``steps`` GRPO batches, one after the other, vs the loader delivering them.
 
     Each repeat fills a partition with ``steps`` batches, then, in an order that rotates between
-    repeats, reads them raw from the calling thread, reads them raw from a fresh thread (the loader
-    fetches from one; glibc gives threads their own allocator arenas, whose page faults differ), and
-    lets the loader deliver them; a first, untimed repeat warms up. Rates are reported for the whole
-    run and for the *steady state* (the steps after the first quarter): the loader keeps up to
-    ``prefetch`` + 1 batches alive where a raw loop keeps one, so its first steps fault in more fresh
-    pages, a one-off cost that a long training run does not see. ``ratio_vs_raw_get`` is the
-    steady-state rate over the faster raw read's.
+    repeats, reads them raw from the calling thread (each batch dropped before the next read), raw
+    from a fresh thread (glibc gives threads their own allocator arenas), raw keeping each batch
+    until the next has arrived (``raw_held``: a new batch then lands in fresh pages, which the kernel
+    faults in and zeroes, as it does for any consumer that holds its batch while the next one is
+    read), and lets the loader deliver them; a first, untimed repeat warms up. Rates are reported
+    for the whole run and for the *steady state* (the steps after the first quarter).
+    ``ratio_vs_raw_get`` is the steady-state rate over the faster of the two dropping raw reads';
+    ``ratio_vs_raw_held`` over the holding one's.
     """
     keys, td, _ = grpo_batch()
     n = len(keys)
@@ -198,7 +211,7 @@ def bench_throughput(client: DataPlaneClient, *, steps: int, repeats: int) -> di
     }
     variants = {"dp1": (1, {}), "dp1_micro64": (1, {"micro_batch_size": 64}), "dp2_threads": (2, {})}
     for name, (world, kw) in variants.items():
-        whole: dict[str, list[float]] = {"raw_caller": [], "raw_thread": [], "loader": []}
+        whole: dict[str, list[float]] = {"raw_caller": [], "raw_thread": [], "raw_held": [], "loader": []}
         steady: dict[str, list[float]] = {what: [] for what in whole}
         delivered: list[str] = []
         once = []
@@ -224,6 +237,7 @@ def bench_throughput(client: DataPlaneClient, *, steps: int, repeats: int) -> di
             "ratio_vs_raw_get": ratio(
                 steady_rate["loader"], max(steady_rate["raw_caller"], steady_rate["raw_thread"])
             ),
+            "ratio_vs_raw_held": ratio(steady_rate["loader"], steady_rate["raw_held"]),
         }
     return report
 
