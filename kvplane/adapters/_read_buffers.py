@@ -86,9 +86,10 @@ class ReadBuffers:
             return torch.empty(shape, dtype=dtype)
         with self._lock:
             self._buffers = [b for b in self._buffers if not b.is_shared()]  # another process may map it
-            for i, base in enumerate(self._buffers):
+            for i in range(len(self._buffers) - 1, -1, -1):  # the most recently used first: still in cache
+                base = self._buffers[i]
                 if base.dtype == dtype and base.numel() == numel and self._is_free(base):
-                    self._buffers.append(self._buffers.pop(i))  # newest last
+                    self._buffers.append(self._buffers.pop(i))  # most recently used last
                     return base.view(shape)
             base = torch.empty(numel, dtype=dtype)
             self._trim()
