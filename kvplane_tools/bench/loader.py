@@ -191,10 +191,11 @@ def bench_throughput(client: DataPlaneClient, *, steps: int, repeats: int) -> di
     Each repeat fills a partition with ``steps`` batches, then, in an order that rotates between
     repeats, reads them raw from the calling thread (each batch dropped before the next read), raw
     from a fresh thread (glibc gives threads their own allocator arenas), raw keeping each batch
-    until the next has arrived (``raw_held``: a new batch then lands in fresh pages, which the kernel
-    faults in and zeroes, as it does for any consumer that holds its batch while the next one is
-    read), and lets the loader deliver them; a first, untimed repeat warms up. Rates are reported
-    for the whole run and for the *steady state* (the steps after the first quarter).
+    until the next has arrived (``raw_held``, as any consumer that holds its batch while the next one
+    is read: without the store's reused read buffers each batch landed in fresh pages, which the
+    kernel faults in and zeroes), and lets the loader deliver them; a first, untimed repeat warms up.
+    Rates are reported for the whole run and for the *steady state* (the steps after the first
+    quarter).
     ``ratio_vs_raw_get`` is the steady-state rate over the faster of the two dropping raw reads';
     ``ratio_vs_raw_held`` over the holding one's.
     """
