@@ -19,7 +19,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -48,8 +48,13 @@ def field_kind(value: Any) -> str:
     return OBJECT_KIND
 
 
-def stack_rows(name: str, rows: list[torch.Tensor]) -> torch.Tensor:
-    """Rows of equal shape → one dense tensor; ragged rows → a jagged nested tensor.
+def stack_rows(
+    name: str,
+    rows: list[torch.Tensor],
+    alloc: Callable[[tuple[int, ...], torch.dtype], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Rows of equal shape → one dense tensor (into ``alloc(shape, dtype)`` when given and the rows
+    share a dtype); ragged rows → a jagged nested tensor.
 
     Raises:
         DataPlaneBadRequest: Rows differ in rank or in a dimension other than their first.
@@ -58,6 +63,9 @@ def stack_rows(name: str, rows: list[torch.Tensor]) -> torch.Tensor:
         return torch.empty(0)
     first = rows[0].shape
     if all(r.shape == first for r in rows):
+        dtype = rows[0].dtype
+        if alloc is not None and all(r.dtype == dtype for r in rows):
+            return torch.stack(rows, out=alloc((len(rows), *first), dtype))
         return torch.stack(rows)
     if any(r.dim() != len(first) or r.dim() == 0 or r.shape[1:] != first[1:] for r in rows):
         raise DataPlaneBadRequest(

@@ -74,11 +74,7 @@ def _read_column(name: str, cells: list[Cell], buffers: ReadBuffers) -> Any:
             if rows == list(range(chunk.shape[0])):
                 return out.copy_(chunk)
             return torch.index_select(chunk, 0, torch.tensor(rows, dtype=torch.long), out=out)
-    tensors = [c[1][c[2]] if c[0] == "chunk" else c[1] for c in cells]
-    first = tensors[0]
-    if all(t.shape == first.shape and t.dtype == first.dtype for t in tensors):
-        return torch.stack(tensors, out=buffers.take((len(tensors), *first.shape), first.dtype))
-    return stack_rows(name, tensors)
+    return stack_rows(name, [c[1][c[2]] if c[0] == "chunk" else c[1] for c in cells], buffers.take)
 
 
 class MemoryDataPlaneClient(GatedDataPlaneClient):

@@ -171,3 +171,14 @@ def test_free_buffers_kept_are_bounded():
     *older, newest = pool._buffers
     assert newest.numel() == 1024  # the one handed out last stays
     assert sum(b.numel() * b.element_size() for b in older) <= 3 * 1024
+
+
+def test_rows_from_several_puts_are_stacked_into_reused_buffers(client, pid):
+    for key, value in (("a", 1.0), ("b", 2.0)):  # one put each: the read stacks rows of two chunks
+        client.put_samples([key], pid, {"x": torch.full((1, MIB // 2), value)})
+    first = client.get_samples(["b", "a"], pid, ["x"])["x"]
+    assert first[:, 0].tolist() == [2.0, 1.0]
+    ptr = first.data_ptr()
+    del first
+    second = client.get_samples(["a", "b"], pid, ["x"])["x"]
+    assert second.data_ptr() == ptr and second[:, 0].tolist() == [1.0, 2.0]
