@@ -183,6 +183,17 @@ def _rebuild(pid: str) -> dict[str, Any]:
     return report
 
 
+def _probe(client, pid: str, keys: list[str]) -> dict[str, Any]:
+    """What each call does after a kill: ping, listing, claim queue, each key's read, a new put."""
+    return {
+        "ping": _outcome(client.ping),
+        "listed": _outcome(lambda: client.list_sample_ids(pid)),
+        "queue_after_kill": _outcome(lambda: _queue(client, pid)),
+        "reads": {k: _outcome(lambda k=k: client.get_samples([k], pid, ["x"])["x"].tolist()) for k in keys},
+        "put": _outcome(lambda: client.put_samples(["n0", "n1"], pid, {"x": torch.zeros(2, 3)})),
+    }
+
+
 def storage_unit_killed(pid: str, victim: int) -> dict[str, Any]:
     """Kill one SimpleStorage unit under a partition of committed groups; probe; rebuild."""
     client = _client()
@@ -193,13 +204,7 @@ def storage_unit_killed(pid: str, victim: int) -> dict[str, Any]:
     report: dict[str, Any] = {"unit_of": unit_of, "queue_before": _queue(client, pid)}
 
     _kill(f"TransferQueueStorageUnit#{victim}")  # this process bootstrapped: the units are in its namespace
-    report["ping"] = _outcome(client.ping)
-    report["listed"] = _outcome(lambda: client.list_sample_ids(pid))
-    report["queue_after_kill"] = _outcome(lambda: _queue(client, pid))
-    report["reads"] = {
-        k: _outcome(lambda k=k: client.get_samples([k], pid, ["x"])["x"].tolist()) for k in keys
-    }
-    report["put"] = _outcome(lambda: client.put_samples(["n0", "n1"], pid, {"x": torch.zeros(2, 3)}))
+    report.update(_probe(client, pid, keys))
     report["listed_after_put"] = client.list_sample_ids(pid)
     lost = [k for k in keys if unit_of[k] == victim]
     report["evict_lost"] = _outcome(lambda: client.evict(lost[:1], pid))
@@ -214,13 +219,7 @@ def owner_killed(pid: str) -> dict[str, Any]:
     keys = [k for g in range(GROUPS) for k in _group_keys(g)]
     report: dict[str, Any] = {"keys": keys, "owners": owner_names(), "queue_before": _queue(client, pid)}
     _kill(report["owners"][0], OWNER_NAMESPACE)
-    report["ping"] = _outcome(client.ping)
-    report["listed"] = _outcome(lambda: client.list_sample_ids(pid))
-    report["queue_after_kill"] = _outcome(lambda: _queue(client, pid))
-    report["reads"] = {
-        k: _outcome(lambda k=k: client.get_samples([k], pid, ["x"])["x"].tolist()) for k in keys
-    }
-    report["put"] = _outcome(lambda: client.put_samples(["n0", "n1"], pid, {"x": torch.zeros(2, 3)}))
+    report.update(_probe(client, pid, keys))
     report.update(_rebuild(pid))
     return report
 
