@@ -270,8 +270,13 @@ def test_claimed_but_unyielded_steps_never_exceed_prefetch(client, pid, prefetch
     counting = count_claims(ds, monkeypatch)
     ahead = []
     finished_steps = 0
+    deadline = time.monotonic() + 20
     for _, meta in ds:
-        time.sleep(0.005)  # a slow trainer: the producer runs as far ahead as it may
+        # A slow trainer: the producer runs as far ahead as it may (waited for, so a loaded machine
+        # cannot make it look slower than it is), then gets a moment more to overshoot, if it would.
+        while counting.claims < min(finished_steps + prefetch, 10) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.005)
         info = meta.extra_info
         in_flight = counting.claims - finished_steps  # the current step counts
         ahead.append(in_flight)
