@@ -119,14 +119,11 @@ def _raw_gets(
     trainer's loop variable does (a batch is then allocated while the previous one is alive)."""
     start = time.perf_counter()
     marks = []
-    held = None
     for ids in batches:
-        batch = get(ids, partition, fields)
-        if hold:
-            held = batch
-        del batch
+        batch = get(ids, partition, fields)  # held, this stays alive until the next get returns
+        if not hold:
+            del batch
         marks.append(time.perf_counter() - start)
-    del held
     return marks
 
 
