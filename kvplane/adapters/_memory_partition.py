@@ -41,7 +41,7 @@ from tensordict import is_non_tensor
 
 from kvplane._errors import DataPlaneBadRequest, DataPlaneWriteError
 from kvplane._groupindex import GroupIndex
-from kvplane._tags import SCALARS
+from kvplane._tags import SCALARS, copy_tags
 from kvplane._validation import Declaration
 
 __all__ = [
@@ -225,8 +225,11 @@ class Partition:
         return None if rec is None else tags_builder(rec[3])(rec)
 
     def tag_dicts(self, keys: list[str]) -> list[dict[str, Any]]:
-        """New tag dicts of present ``keys`` (values shared with the store)."""
-        return record_tags(map(self.records.__getitem__, keys))
+        """Tag dicts of present ``keys`` to hand out: new dicts, and new containers where a tag holds one."""
+        tags = record_tags(map(self.records.__getitem__, keys))
+        if self.nested:
+            tags = [copy_tags(t) if k in self.nested else t for k, t in zip(keys, tags, strict=True)]
+        return tags
 
     def fields_of(self, key: str) -> Any:
         """The names of the fields ``key`` holds (a tuple or a dict's keys)."""

@@ -107,10 +107,7 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
     def _part_meta(
         self, part: Partition, partition_id: str, task: str | None, keys: list[str], fields: list[str] | None
     ) -> KVBatchMeta:
-        tags = part.tag_dicts(keys)
-        if part.nested:
-            tags = [copy_tags(t) if k in part.nested else t for k, t in zip(keys, tags, strict=True)]
-        return self._meta(partition_id, task, keys, fields, tags)
+        return self._meta(partition_id, task, keys, fields, part.tag_dicts(keys))
 
     @staticmethod
     def _held_by_all(part: Partition, keys: list[str]) -> list[str] | None:
