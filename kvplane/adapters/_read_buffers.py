@@ -25,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ __all__ = ["MAX_BUFFERS", "MAX_FREE_BYTES", "MIN_BYTES", "ReadBuffers"]
 
 #: Outputs smaller than this come from the allocator as before (its small-size bins are reused).
 MIN_BYTES = 1 << 20
-#: The most bytes of free buffers kept when a new buffer is made (the oldest go first).
+#: The most bytes of free buffers kept when a new buffer is made (the least recently used go first).
 MAX_FREE_BYTES = 1 << 30
 #: The most buffers kept, in use or free.
 MAX_BUFFERS = 16
@@ -74,14 +75,12 @@ class ReadBuffers:
         self._min_bytes = min_bytes
         self._max_free_bytes = max_free_bytes
         self._free_when = _unreferenced()
-        self._buffers: list[torch.Tensor] = []  # flat bases, oldest first
+        self._buffers: list[torch.Tensor] = []  # flat bases, least recently used first
         self._lock = threading.Lock()
 
     def take(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor of ``shape`` and ``dtype``: a free buffer's memory, or new memory."""
-        numel = 1
-        for size in shape:
-            numel *= size
+        numel = math.prod(shape)
         if self._free_when is None or numel * dtype.itemsize < self._min_bytes:
             return torch.empty(shape, dtype=dtype)
         with self._lock:
@@ -105,8 +104,8 @@ class ReadBuffers:
         return _references(base) == self._free_when
 
     def _trim(self) -> None:
-        """Make room for one more buffer: drop the oldest beyond :data:`MAX_BUFFERS`, and free ones beyond
-        the byte bound."""
+        """Make room for one more buffer: drop the least recently used beyond :data:`MAX_BUFFERS`, and free
+        ones beyond the byte bound."""
         while len(self._buffers) >= MAX_BUFFERS:
             self._buffers.pop(0)
         free = [b for b in self._buffers if self._is_free(b)]
