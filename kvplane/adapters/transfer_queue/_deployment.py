@@ -49,6 +49,7 @@ from kvplane._errors import DataPlaneBadRequest, DataPlaneError, DataPlaneUnavai
 
 from . import _columnar as columnar
 from ._calls import run_bounded, translate
+from ._ports import unused_ports
 
 __all__ = ["Deployment", "default_num_cpus", "open_deployment", "required_cpus", "tq_conf"]
 
@@ -58,8 +59,6 @@ CONTROLLER_NAME = "TransferQueueController"
 NAMESPACE = "transfer_queue"
 #: kvplane backend name → TransferQueue storage backend name.
 STORAGE_BACKENDS = {"simple": "SimpleStorage", "mooncake_cpu": "MooncakeStore", "columnar": columnar.BACKEND}
-MOONCAKE_METADATA_PORT = 50050
-MOONCAKE_MASTER_PORT = 50051
 #: TransferQueue names SimpleStorage unit ``rank`` so (in the bootstrapping process's Ray namespace).
 STORAGE_UNIT_NAME = "TransferQueueStorageUnit#{rank}"
 _STOP_TIMEOUT_S = 10.0
@@ -80,7 +79,9 @@ def required_cpus(cfg: DataPlaneConfig) -> int:
 def tq_conf(cfg: DataPlaneConfig, *, node_ip: str) -> dict[str, Any]:
     """The TransferQueue config a bootstrap passes to ``tq.init`` (merged over TQ's defaults).
 
-    Claims poll (``polling_mode``): TransferQueue's blocking fetch stalls the whole controller.
+    Claims poll (``polling_mode``): TransferQueue's blocking fetch stalls the whole controller. A
+    MooncakeStore master gets two ports free on ``node_ip`` now (:mod:`._ports`); attaching processes
+    read them from the running controller's config.
     """
     backend = STORAGE_BACKENDS[cfg.backend]  # type: ignore[index]
     if cfg.backend == "simple":
@@ -91,10 +92,11 @@ def tq_conf(cfg: DataPlaneConfig, *, node_ip: str) -> dict[str, Any]:
     elif cfg.backend == "columnar":
         storage = {}
     else:
+        metadata_port, master_port = unused_ports(node_ip, 2)
         storage = {
             "auto_init": True,
-            "metadata_server": f"{node_ip}:{MOONCAKE_METADATA_PORT}",
-            "master_server_address": f"{node_ip}:{MOONCAKE_MASTER_PORT}",
+            "metadata_server": f"{node_ip}:{metadata_port}",
+            "master_server_address": f"{node_ip}:{master_port}",
             "protocol": "tcp",
             "global_segment_size": cfg.global_segment_size,
             "local_buffer_size": cfg.local_buffer_size,
