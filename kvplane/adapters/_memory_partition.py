@@ -242,6 +242,30 @@ class Partition:
             return cols.cell(name, row) if name in cols.cols else None
         return cols.get(name)
 
+    def put_columns(self, keys: list[str], names: list[str] | None) -> dict[str, Any] | None:
+        """Columns ``names`` (``None``: all) of present ``keys`` when one put wrote every one of them
+        for every key (a batch read back as it was put), else ``None``. A dense column comes as
+        ``(tensor, rows)``, resolved (it stays valid after the lock); any other as the keys' cells.
+        """
+        recs = list(map(self.records.__getitem__, keys))
+        cols = recs[0][1]
+        if type(cols) is not Put or not cols.names or any(rec[1] is not cols for rec in recs):
+            return None
+        if names is None:
+            names = list(cols.names)
+        elif not all(name in cols.cols for name in names):
+            return None
+        rows = [rec[2] for rec in recs]
+        columns: dict[str, Any] = {}
+        for name in names:
+            form, data = cols.cols[name]
+            if form == "chunk":
+                live = data.rows
+                columns[name] = (data.tensor, rows if live is None else [live[row] for row in rows])
+            else:
+                columns[name] = [cols.cell(name, row) for row in rows]
+        return columns
+
     def row_items(self, key: str) -> list[tuple[str, Cell]]:
         _, cols, row = self.records[key][:3]
         if type(cols) is Put:

@@ -59,22 +59,29 @@ __all__ = ["MemoryDataPlaneClient"]
 logger = logging.getLogger(__name__)
 
 
-def _read_column(name: str, cells: list[Cell], buffers: ReadBuffers) -> Any:
-    """Assemble one output column from cells, copying once (a dense column into ``buffers``)."""
-    kinds = {c[0] for c in cells}
+def _read_column(name: str, column: list[Cell] | tuple[torch.Tensor, list[int]], buffers: ReadBuffers) -> Any:
+    """Assemble one output column from cells or ``(tensor, rows)``, copying once (a dense column
+    into ``buffers``)."""
+    if isinstance(column, tuple):
+        return _gather(*column, buffers)
+    kinds = {c[0] for c in column}
     if kinds == {"obj"}:
-        return make_object_column(copy.deepcopy([c[1] for c in cells]))
+        return make_object_column(copy.deepcopy([c[1] for c in column]))
     if "obj" in kinds:
         raise DataPlaneBadRequest(f"field {name!r} holds tensors for some keys and objects for others")
     if kinds == {"chunk"}:
-        chunk = cells[0][1]
-        if all(c[1] is chunk for c in cells):
-            rows = [c[2] for c in cells]
-            out = buffers.take((len(rows), *chunk.shape[1:]), chunk.dtype)
-            if rows == list(range(chunk.shape[0])):
-                return out.copy_(chunk)
-            return torch.index_select(chunk, 0, torch.tensor(rows, dtype=torch.long), out=out)
-    return stack_rows(name, [c[1][c[2]] if c[0] == "chunk" else c[1] for c in cells], buffers.take)
+        chunk = column[0][1]
+        if all(c[1] is chunk for c in column):
+            return _gather(chunk, [c[2] for c in column], buffers)
+    return stack_rows(name, [c[1][c[2]] if c[0] == "chunk" else c[1] for c in column], buffers.take)
+
+
+def _gather(tensor: torch.Tensor, rows: list[int], buffers: ReadBuffers) -> torch.Tensor:
+    """``tensor[rows]`` in a buffer from ``buffers``."""
+    out = buffers.take((len(rows), *tensor.shape[1:]), tensor.dtype)
+    if rows == list(range(tensor.shape[0])):
+        return out.copy_(tensor)
+    return torch.index_select(tensor, 0, torch.tensor(rows, dtype=torch.long), out=out)
 
 
 class MemoryDataPlaneClient(GatedDataPlaneClient):
@@ -258,21 +265,29 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
                     f" and {len(missing) - 5} more" if len(missing) > 5 else ""
                 )
                 raise DataPlaneKeyError(f"key(s) {listed} not found in partition {partition_id!r}")
-            if wanted is None:
-                wanted = _uniform_fields(partition_id, keys, [part.fields_of(k) for k in keys])
-            columns: dict[str, list[Cell]] = {}
-            for name in wanted:
-                cells = [part.cell(k, name) for k in keys]
-                if None in cells:
-                    lacking = [k for k, cell in zip(keys, cells, strict=True) if cell is None]
-                    raise DataPlaneKeyError(
-                        f"field {name!r} is not stored for key(s) {lacking[:5]} of partition {partition_id!r}"
-                    )
-                columns[name] = [resolve(cell) for cell in cells]
+            columns = part.put_columns(keys, wanted) if keys else None
+            if columns is None:
+                columns = self._cells(part, partition_id, keys, wanted)
         return TensorDict(
-            {name: _read_column(name, cells, self._read_buffers) for name, cells in columns.items()},
+            {name: _read_column(name, column, self._read_buffers) for name, column in columns.items()},
             batch_size=[len(keys)],
         )
+
+    @staticmethod
+    def _cells(part: Partition, partition_id: str, keys: list[str], wanted: list[str] | None) -> dict[str, Any]:
+        """Each wanted field's resolved cells for ``keys``, key by key (their fields from any writes)."""
+        if wanted is None:
+            wanted = _uniform_fields(partition_id, keys, [part.fields_of(k) for k in keys])
+        columns: dict[str, list[Cell]] = {}
+        for name in wanted:
+            cells = [part.cell(k, name) for k in keys]
+            if None in cells:
+                lacking = [k for k, cell in zip(keys, cells, strict=True) if cell is None]
+                raise DataPlaneKeyError(
+                    f"field {name!r} is not stored for key(s) {lacking[:5]} of partition {partition_id!r}"
+                )
+            columns[name] = [resolve(cell) for cell in cells]
+        return columns
 
     def _clear_samples(self, partition_id: str, keys: list[str] | None) -> None:
         with self._changed:

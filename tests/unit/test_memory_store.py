@@ -48,6 +48,26 @@ def test_compaction_keeps_every_remaining_row_and_overwrites_release_rows(client
     assert got == [-1.0, -1.0, -1.0, 8.0, 9.0]
 
 
+def test_rows_of_one_put_read_back_in_any_order_after_compaction(client, pid):
+    # A read of keys that one put wrote takes each column whole from that put (no per-key cells).
+    keys = [f"k{i}" for i in range(8)]
+    columns = {
+        "x": torch.arange(8).unsqueeze(1).expand(8, 3).contiguous(),
+        "ragged": [torch.full((i + 1,), float(i)) for i in range(8)],
+        "text": [f"t{i}" for i in range(8)],
+    }
+    client.put_samples(keys, pid, columns)
+    client.pop(keys[1:6], pid)  # 5 of 8 rows gone: the dense column is compacted to rows 0, 6, 7
+    got = client.get_samples(["k7", "k0", "k6"], pid, None)
+    assert sorted(got.keys()) == ["ragged", "text", "x"]
+    assert got["x"][:, 0].tolist() == [7, 0, 6]
+    assert [row.tolist() for row in got["ragged"].unbind()] == [[7.0] * 8, [0.0], [6.0] * 7]
+    assert got.get("text").tolist() == ["t7", "t0", "t6"]
+    client.put_samples(["k6"], pid, {"x": torch.full((1, 3), -1)})  # k6 now holds rows of two puts
+    assert client.get_samples(["k6", "k7"], pid, ["x", "text"])["x"][:, 0].tolist() == [-1, 7]
+    assert client.get_samples(["k7", "k0"], pid, ["x"])["x"][:, 0].tolist() == [7, 0]
+
+
 def test_a_read_that_races_compaction_reads_the_rows_it_resolved(pid):
     # Readers copy outside the lock from the tensor they resolved under it; compaction replaces the
     # tensor rather than editing it, so rows never shift under a reader.
