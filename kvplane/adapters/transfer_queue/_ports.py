@@ -5,7 +5,8 @@ either is taken. A fixed port inside the kernel's ephemeral range can be taken a
 outgoing connection on the host (Ray and ZMQ open many), and a port the OS hands out as free is
 ephemeral too. So the ports come from below the ephemeral range and above Ray's worker ports
 (10002-19999), and each is checked free on the master's address by binding it without
-``SO_REUSEADDR`` (so a port still in ``TIME_WAIT`` counts as taken).
+``SO_REUSEADDR`` (so a port still in ``TIME_WAIT`` counts as taken). Where none is free there (or
+the host's ephemeral range covers them all), the OS picks.
 
 Examples:
     >>> ports = unused_ports("127.0.0.1", 2)
@@ -15,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 from collections.abc import Sequence
@@ -23,6 +25,8 @@ from pathlib import Path
 from kvplane._errors import DataPlaneUnavailable
 
 __all__ = ["ephemeral_range", "unused_ports"]
+
+logger = logging.getLogger(__name__)
 
 #: Above Ray's default worker ports, below Linux's default ephemeral range.
 CANDIDATES = range(20000, 32768)
@@ -40,29 +44,45 @@ def ephemeral_range() -> range:
 
 
 def unused_ports(host: str, count: int, candidates: Sequence[int] = CANDIDATES) -> list[int]:
-    """``count`` distinct ports nothing on ``host`` holds, outside the ephemeral range.
+    """``count`` distinct ports nothing on ``host`` holds: from ``candidates`` outside the ephemeral
+    range while some are free, else ports the OS picks (a host whose ephemeral range covers them all).
 
     Raises:
-        DataPlaneUnavailable: Too few of ``candidates`` are free (the message says how many it found).
+        DataPlaneUnavailable: The OS has no free port on ``host`` either (the message says why).
     """
     ephemeral = ephemeral_range()
     pool = [p for p in candidates if p not in ephemeral]
     found: list[int] = []
     for port in random.sample(pool, min(len(pool), _TRIES)):
+        if len(found) == count:
+            break
         if _free(host, port):
             found.append(port)
-            if len(found) == count:
-                return found
-    raise DataPlaneUnavailable(
-        f"found {len(found)} of the {count} free ports mooncake_master needs on {host} among "
-        f"{min(len(pool), _TRIES)} tried outside the ephemeral range {ephemeral.start}-{ephemeral.stop - 1}"
-    )
+    while len(found) < count:
+        port = _os_port(host)
+        if port not in found:
+            logger.debug("no free port on %s outside the ephemeral range: using %d", host, port)
+            found.append(port)
+    return found
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def _os_port(host: str) -> int:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            raise DataPlaneUnavailable(f"no free port for mooncake_master on {host}: {exc}") from exc
+        return int(sock.getsockname()[1])
