@@ -161,6 +161,7 @@ def pack_jagged_fields(
     lengths: torch.Tensor | None,
     token_aligned_fields: Iterable[str] | None = None,
     lengths_by_field: Mapping[str, torch.Tensor] | None = None,
+    force_jagged_fields: Iterable[str] | None = None,
 ) -> TensorDict:
     """Pack a column dict into the wire ``TensorDict`` a put takes (a layout change, no copy if possible).
 
@@ -176,6 +177,8 @@ def pack_jagged_fields(
         lengths: Per-row valid lengths, ``(N,)``; ``None`` turns jagged packing off.
         token_aligned_fields: Names of the per-token fields.
         lengths_by_field: Per-field lengths for per-token fields whose rows have other lengths.
+        force_jagged_fields: NeMo-RL's other name for ``token_aligned_fields`` (some of its versions
+            use it); the two sets are joined.
 
     Returns:
         A ``TensorDict`` with ``batch_size=[N]``: ``N = len(lengths)``, or with ``lengths=None`` the
@@ -194,7 +197,7 @@ def pack_jagged_fields(
     """
     if not isinstance(fields, Mapping):
         raise DataPlaneBadRequest(f"pack_jagged_fields: fields must be a mapping, got {type(fields).__name__}")
-    aligned = frozenset(token_aligned_fields or ())
+    aligned = frozenset(token_aligned_fields or ()) | frozenset(force_jagged_fields or ())
     per_field = dict(lengths_by_field or {})
     packed: dict[str, Any] = {}
     for key, value in fields.items():

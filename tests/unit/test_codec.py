@@ -142,12 +142,13 @@ def test_pack_per_token_field_rejects_bad_lengths():
 # ── pack_jagged_fields ────────────────────────────────────────────────
 
 
-def test_pack_jagged_fields_jaggedizes_only_the_named_per_token_fields():
+@pytest.mark.parametrize("keyword", ["token_aligned_fields", "force_jagged_fields"])  # NeMo-RL uses both
+def test_pack_jagged_fields_jaggedizes_only_the_named_per_token_fields(keyword):
     lengths = torch.tensor([3, 5])
     advantages = torch.arange(16, dtype=torch.float32).view(2, 8)
     extra = torch.arange(16, dtype=torch.float32).view(2, 8)
     td = pack_jagged_fields({"advantages": advantages, "extra_2d": extra}, lengths=lengths,
-                            token_aligned_fields=frozenset({"advantages"}))
+                            **{keyword: frozenset({"advantages"})})
     assert isinstance(td, TensorDict) and td.batch_size == torch.Size([2])
     out = materialize(td, layout="padded")
     assert out["advantages"].shape == (2, 5)
