@@ -274,7 +274,9 @@ class MemoryDataPlaneClient(GatedDataPlaneClient):
         )
 
     @staticmethod
-    def _cells(part: Partition, partition_id: str, keys: list[str], wanted: list[str] | None) -> dict[str, Any]:
+    def _cells(
+        part: Partition, partition_id: str, keys: list[str], wanted: list[str] | None
+    ) -> dict[str, list[Cell]]:
         """Each wanted field's resolved cells for ``keys``, key by key (their fields from any writes)."""
         if wanted is None:
             wanted = _uniform_fields(partition_id, keys, [part.fields_of(k) for k in keys])
