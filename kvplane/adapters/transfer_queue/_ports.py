@@ -48,7 +48,7 @@ def unused_ports(host: str, count: int, candidates: Sequence[int] = CANDIDATES) 
     range while some are free, else ports the OS picks (a host whose ephemeral range covers them all).
 
     Raises:
-        DataPlaneUnavailable: The OS has no free port on ``host`` either (the message says why).
+        DataPlaneUnavailable: Not even the OS found ``count`` free ports on ``host``.
     """
     ephemeral = ephemeral_range()
     pool = [p for p in candidates if p not in ephemeral]
@@ -56,33 +56,29 @@ def unused_ports(host: str, count: int, candidates: Sequence[int] = CANDIDATES) 
     for port in random.sample(pool, min(len(pool), _TRIES)):
         if len(found) == count:
             break
-        if _free(host, port):
+        if _bind(host, port) is not None:
             found.append(port)
-    while len(found) < count:
-        port = _os_port(host)
-        if port not in found:
+    for _ in range(_TRIES):  # the OS's picks, bounded (it may hand out one port again)
+        if len(found) == count:
+            break
+        port = _bind(host, 0)
+        if port is not None and port not in found:
             logger.debug("no free port on %s outside the ephemeral range: using %d", host, port)
             found.append(port)
+    if len(found) < count:
+        raise DataPlaneUnavailable(
+            f"found {len(found)} of the {count} free ports mooncake_master needs on {host}"
+        )
     return found
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _free(host: str, port: int) -> bool:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+def _bind(host: str, port: int) -> int | None:
+    """The port a bind to ``port`` on ``host`` got (``0``: one the OS picks), released again;
+    ``None`` if the bind failed (the port is held, or ``host`` has none free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError:
-            return False
-    return True
-
-
-def _os_port(host: str) -> int:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, 0))
-        except OSError as exc:
-            raise DataPlaneUnavailable(f"no free port for mooncake_master on {host}: {exc}") from exc
+            return None
         return int(sock.getsockname()[1])
